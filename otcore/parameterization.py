@@ -1,0 +1,177 @@
+"""Area-preserving parameterization of a surface onto the unit square by semi-discrete optimal transport.
+
+Neural Geometry Images with OT (Gao et al. 2025, arXiv 2511.18679), parameterization stage:
+
+1. cut the surface to a disk (:func:`otcore.disk_cut.cut_to_disk`) and map it harmonically onto the square
+   (:func:`otcore.harmonic.harmonic_map`), which fixes the layout but distorts areas;
+2. solve semi-discrete OT from the uniform measure on the square to Diracs at the vertices' harmonic positions
+   with masses equal to their 3D one-ring areas (optionally multiplied by ``1 + lambda |H|``, the paper's fix for
+   undersampled feature-rich regions), by damped Newton (:func:`otcore.semi_discrete.solve_semi_discrete_ot`);
+3. move every vertex to the centroid of its power cell. Boundary vertices keep the coordinate that puts them on
+   the square's side (corners stay corners), so the map still covers the whole square;
+4. where the harmonic map crowded vertices (appendages, ears), neighbouring centroids can swap order and flip
+   triangles: :func:`otcore.harmonic.untangle` re-solves those small regions harmonically so the final map is
+   bijective. The number of re-placed vertices is reported (``untangled_vertices``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import igl
+import numpy as np
+
+from otcore.disk_cut import DiskMesh, cut_to_disk
+from otcore.harmonic import flipped_triangles, harmonic_map, untangle
+from otcore.semi_discrete import SemiDiscreteOTResult, solve_semi_discrete_ot
+
+__all__ = [
+    "Parameterization",
+    "SquareParameterizations",
+    "vertex_areas",
+    "mean_curvature",
+    "area_distortion",
+    "ot_parameterization",
+    "parameterize_to_square",
+]
+
+# Sites are pulled this far (relative) toward the square's centre so none lies on a side of the OT domain.
+_SITE_INSET = 1e-4
+
+
+@dataclass(frozen=True)
+class Parameterization:
+    """A map of a disk mesh onto ``[0, 1]^2``.
+
+    Attributes:
+        method: ``"harmonic"`` or ``"ot"``.
+        uv: ``[V, 2]`` float64.
+        area_distortion: std over triangles of ``log(uv area share / 3D area share)`` (0 = area-preserving).
+        flipped_triangles: triangles with non-positive uv area (0 for a bijective map).
+        ot: the Newton solve (``None`` for the harmonic map).
+        untangled_vertices: vertices re-placed by :func:`otcore.harmonic.untangle` after the OT step.
+    """
+
+    method: str
+    uv: np.ndarray
+    area_distortion: float
+    flipped_triangles: int
+    ot: SemiDiscreteOTResult | None = None
+    untangled_vertices: int = 0
+
+
+@dataclass(frozen=True)
+class SquareParameterizations:
+    """Both parameterizations of one surface: the harmonic baseline and its OT area correction."""
+
+    disk: DiskMesh
+    harmonic: Parameterization
+    ot: Parameterization
+
+
+def vertex_areas(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Barycentric vertex areas ``[V]`` float64: one third of the areas of the incident triangles (area units)."""
+    a, b, c = (np.asarray(vertices, dtype=np.float64)[faces[:, k]] for k in range(3))
+    face_area = 0.5 * np.linalg.norm(np.cross(b - a, c - a), axis=1)
+    return np.bincount(faces.ravel(), weights=np.repeat(face_area / 3.0, 3), minlength=len(vertices))
+
+
+def mean_curvature(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Unsigned discrete mean curvature ``|H|`` ``[V]`` float64 (1 / length units): ``|M^-1 L x| / 2``.
+
+    ``L`` is the cotangent Laplacian and ``M`` the Voronoi mass matrix (Meyer et al. 2003). Boundary vertices get 0.
+    """
+    vertices = np.asarray(vertices, dtype=np.float64)
+    laplacian = igl.cotmatrix(vertices, faces)
+    mass = igl.massmatrix(vertices, faces, igl.MASSMATRIX_TYPE_VORONOI).diagonal()
+    curvature = 0.5 * np.linalg.norm(laplacian @ vertices, axis=1) / np.maximum(mass, 1e-300)
+    curvature[np.unique(igl.boundary_facets(faces)[0])] = 0.0
+    return curvature
+
+
+def area_distortion(vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray) -> float:
+    """Std over triangles of ``log((A_uv / sum A_uv) / (A_3d / sum A_3d))`` (dimensionless; 0 = area-preserving).
+
+    Triangles with zero 3D area are ignored; non-positive uv areas are floored at 1e-300 (they also count as
+    flipped, see :func:`otcore.harmonic.flipped_triangles`).
+    """
+    a, b, c = (np.asarray(vertices, dtype=np.float64)[faces[:, k]] for k in range(3))
+    area3 = 0.5 * np.linalg.norm(np.cross(b - a, c - a), axis=1)
+    p, q, r = uv[faces[:, 0]], uv[faces[:, 1]], uv[faces[:, 2]]
+    area2 = 0.5 * ((q[:, 0] - p[:, 0]) * (r[:, 1] - p[:, 1]) - (q[:, 1] - p[:, 1]) * (r[:, 0] - p[:, 0]))
+    keep = area3 > 0.0
+    ratio = (np.maximum(area2[keep], 1e-300) / area2[keep].clip(0).sum()) / (area3[keep] / area3[keep].sum())
+    return float(np.std(np.log(ratio)))
+
+
+def ot_parameterization(
+    disk: DiskMesh, harmonic_uv: np.ndarray, masses: np.ndarray, tol: float = 1e-6, max_iterations: int = 60
+) -> Parameterization:
+    """OT area correction of a square map: vertices move to their power-cell centroids.
+
+    Args:
+        disk: the disk mesh (``vertices`` ``[V, 3]``, ``faces`` ``[F, 3]``, ``boundary`` ``[B]``).
+        harmonic_uv: ``[V, 2]`` float64 initial bijective map onto the square (the Diracs' positions).
+        masses: ``[V]`` positive target masses (e.g. vertex areas times a feature weight).
+        tol: Newton tolerance on the max relative cell-mass error.
+        max_iterations: Newton iteration cap.
+
+    Returns:
+        :class:`Parameterization` with ``method="ot"`` and the solve in ``.ot``.
+
+    Raises:
+        OTConvergenceError: if the Newton solve does not reach ``tol``.
+        FlippedMapError: if flipped triangles cannot be untangled.
+    """
+    sites = 0.5 + (harmonic_uv - 0.5) * (1.0 - 2.0 * _SITE_INSET)
+    result = solve_semi_discrete_ot(sites, masses, tol=tol, max_iterations=max_iterations)
+    uv = result.cells.centroids.copy()
+    boundary_uv = harmonic_uv[disk.boundary]
+    on_side = (boundary_uv == 0.0) | (boundary_uv == 1.0)
+    snapped = uv[disk.boundary]
+    snapped[on_side] = boundary_uv[on_side]
+    uv[disk.boundary] = snapped
+    uv, moved = untangle(uv, disk.vertices, disk.faces, disk.boundary)
+    return Parameterization(
+        "ot", uv, area_distortion(disk.vertices, disk.faces, uv), flipped_triangles(uv, disk.faces), result, moved
+    )
+
+
+def parameterize_to_square(
+    vertices: np.ndarray, faces: np.ndarray, feature_weight: float = 0.0, tol: float = 1e-6, max_iterations: int = 60
+) -> SquareParameterizations:
+    """Cut, harmonic map and OT area correction of a surface (the full parameterization stage).
+
+    Args:
+        vertices: ``[V, 3]`` float positions (normalise to unit bounding-box diagonal first for comparable units).
+        faces: ``[F, 3]`` int triangles.
+        feature_weight: ``lambda >= 0``; masses are vertex areas times ``1 + lambda |H| / mean|H|`` (``|H|`` mean
+            curvature, normalised by its area-weighted mean so ``lambda`` is scale-free). 0 = pure area.
+        tol: Newton tolerance on the max relative cell-mass error.
+        max_iterations: Newton iteration cap.
+
+    Returns:
+        :class:`SquareParameterizations` (disk mesh, harmonic baseline, OT map).
+
+    Raises:
+        NonManifoldMeshError, UnsupportedTopologyError: from the cut.
+        OTConvergenceError: from the Newton solve.
+        ValueError: if ``feature_weight < 0``.
+    """
+    if feature_weight < 0.0:
+        raise ValueError(f"feature_weight must be >= 0, got {feature_weight}")
+    disk = cut_to_disk(vertices, faces)
+    uv = harmonic_map(disk.vertices, disk.faces, disk.boundary)
+    harmonic = Parameterization(
+        "harmonic", uv, area_distortion(disk.vertices, disk.faces, uv), flipped_triangles(uv, disk.faces)
+    )
+    masses = vertex_areas(disk.vertices, disk.faces)
+    if feature_weight > 0.0:
+        source_vertices = np.asarray(vertices, dtype=np.float64)
+        source_faces = np.asarray(faces, dtype=np.int64)
+        curvature = mean_curvature(source_vertices, source_faces)
+        source_area = vertex_areas(source_vertices, source_faces)
+        curvature = curvature / max(np.average(curvature, weights=source_area), 1e-300)
+        disk_curvature = 0.5 * (curvature[disk.source[:, 0]] + curvature[disk.source[:, 1]])
+        masses = masses * (1.0 + feature_weight * disk_curvature)
+    return SquareParameterizations(disk, harmonic, ot_parameterization(disk, uv, masses, tol, max_iterations))

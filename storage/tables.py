@@ -1,0 +1,214 @@
+"""Parquet metric tables: one canonical pyarrow schema per table, defined here and nowhere else.
+
+Every table is written with its full schema (Parquet datasets take the first file's schema and silently drop
+columns added later), at ``<root>/<run_id>/tables/<table>.parquet``, atomically: readers see the old file or the
+new one, never a partial one.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import fsspec
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+__all__ = [
+    "FAILURES_SCHEMA",
+    "GEOMETRY_IMAGES_SCHEMA",
+    "TABLE_SCHEMAS",
+    "read_table",
+    "rows_to_table",
+    "table_uri",
+    "write_table",
+]
+
+GEOMETRY_IMAGES_SCHEMA: pa.Schema = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("item_id", pa.string()),
+        ("source_uri", pa.string()),
+        ("source_sha256", pa.string()),
+        ("parameterization", pa.string()),  # "harmonic" | "ot"
+        ("level", pa.int16()),  # 0 = finest
+        ("resolution", pa.int32()),  # H = W of that level
+        ("mesh_vertices", pa.int64()),  # of the input mesh
+        ("mesh_faces", pa.int64()),
+        ("chamfer_l2", pa.float64()),  # unit-bbox-diagonal normalised units (squared distance)
+        ("hausdorff", pa.float64()),  # unit-bbox-diagonal normalised units
+        ("area_distortion", pa.float64()),  # std of log area ratio of the parameterization
+        ("flipped_triangles", pa.int64()),
+        ("compression_ratio", pa.float64()),  # raw_bytes / stored_bytes
+        ("raw_bytes", pa.int64()),
+        ("stored_bytes", pa.int64()),
+        ("newton_iterations", pa.int32()),  # null for harmonic
+        ("mass_error", pa.float64()),  # null for harmonic
+        ("solve_seconds", pa.float64()),  # null for harmonic
+        ("samples", pa.int64()),
+        ("distance_normalization", pa.string()),  # "unit_bbox_diagonal"
+        ("feature_weight", pa.float64()),
+        ("seconds", pa.float64()),
+    ],
+    metadata={"distance_normalization": "unit bounding-box diagonal"},
+)
+"""One row per item x parameterization x pyramid level of the geometry-image flow."""
+
+FAILURES_SCHEMA: pa.Schema = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("item_id", pa.string()),
+        ("source_uri", pa.string()),
+        ("stage", pa.string()),
+        ("error_type", pa.string()),
+        ("message", pa.string()),
+    ]
+)
+"""One row per failed item: the pipeline stage and the error's class name and message."""
+
+TABLE_SCHEMAS: dict[str, pa.Schema] = {
+    "geometry_images": GEOMETRY_IMAGES_SCHEMA,
+    "failures": FAILURES_SCHEMA,
+}
+"""Table name -> canonical schema; :func:`write_table` accepts only these names."""
+
+_PANDAS_INTEGERS: dict[pa.DataType, pd.api.extensions.ExtensionDtype] = {
+    pa.int8(): pd.Int8Dtype(),
+    pa.int16(): pd.Int16Dtype(),
+    pa.int32(): pd.Int32Dtype(),
+    pa.int64(): pd.Int64Dtype(),
+}
+
+
+def table_uri(root: str, run_id: str, table: str) -> str:
+    """Location of a run's table.
+
+    Parameters
+    ----------
+    root : str
+        Store root: local directory or fsspec URL.
+    run_id : str
+        Run id.
+    table : str
+        Table name, e.g. ``"geometry_images"``.
+
+    Returns
+    -------
+    str
+        ``f"{root}/{run_id}/tables/{table}.parquet"`` (trailing ``/`` of ``root`` dropped).
+    """
+    return f"{root.rstrip('/')}/{run_id}/tables/{table}.parquet"
+
+
+def _column(rows: list[dict[str, Any]], field: pa.Field) -> pa.Array:
+    values = [row.get(field.name) for row in rows]
+    if pa.types.is_integer(field.type):
+        # pyarrow truncates Python floats into integer columns without complaint
+        fractional = [v for v in values if isinstance(v, float | np.floating) and not float(v).is_integer()]
+        if fractional:
+            raise TypeError(f"column {field.name!r} ({field.type}): non-integer values {fractional[:3]}")
+    try:
+        return pa.array(values, type=field.type)
+    except (pa.ArrowException, OverflowError) as e:
+        raise TypeError(f"column {field.name!r} ({field.type}): {e}") from e
+
+
+def rows_to_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    """Build a table with exactly ``schema`` from row dicts.
+
+    Parameters
+    ----------
+    rows : list of dict
+        Column name -> Python or numpy scalar. A missing key or ``None`` becomes null; NaN stays NaN in float
+        columns.
+    schema : pa.Schema
+        Target schema (e.g. :data:`GEOMETRY_IMAGES_SCHEMA`); its metadata is kept.
+
+    Returns
+    -------
+    pa.Table
+        ``len(rows)`` rows with ``schema``; an empty table with ``schema`` when ``rows`` is empty.
+
+    Raises
+    ------
+    ValueError
+        If a row has keys that are not columns of ``schema`` (the message names them).
+    TypeError
+        If a value cannot be converted to its column's type without loss (the message names the column).
+    """
+    unknown = sorted({key for row in rows for key in row} - set(schema.names))
+    if unknown:
+        raise ValueError(f"columns not in schema: {unknown}")
+    return pa.Table.from_arrays([_column(rows, field) for field in schema], schema=schema)
+
+
+def write_table(rows: list[dict[str, Any]], root: str, run_id: str, table: str) -> str:
+    """Write a run's table as one Parquet file, atomically.
+
+    The file is written under a hidden temporary name in the same folder and then moved onto
+    :func:`table_uri` (a rename on local disks; on object stores the single upload is the commit).
+
+    Parameters
+    ----------
+    rows : list of dict
+        Rows as accepted by :func:`rows_to_table`.
+    root : str
+        Store root: local directory or fsspec URL.
+    run_id : str
+        Run id.
+    table : str
+        A key of :data:`TABLE_SCHEMAS`; selects the schema.
+
+    Returns
+    -------
+    str
+        The table's uri.
+
+    Raises
+    ------
+    ValueError
+        If ``table`` is not a known table, or as :func:`rows_to_table`.
+    TypeError
+        As :func:`rows_to_table`.
+    """
+    if table not in TABLE_SCHEMAS:
+        raise ValueError(f"unknown table {table!r}; known: {sorted(TABLE_SCHEMAS)}")
+    data = rows_to_table(rows, TABLE_SCHEMAS[table])
+    uri = table_uri(root, run_id, table)
+    fs, path = fsspec.core.url_to_fs(uri)
+    folder = path.rsplit("/", 1)[0]
+    tmp = f"{folder}/.{table}.{uuid.uuid4().hex}.tmp"
+    fs.makedirs(folder, exist_ok=True)
+    try:
+        with fs.open(tmp, "wb") as f:
+            pq.write_table(data, f)
+        fs.mv(tmp, path)
+    finally:
+        if fs.exists(tmp):
+            fs.rm(tmp)
+    return uri
+
+
+def read_table(uri: str) -> pd.DataFrame:
+    """Read a table written by :func:`write_table`.
+
+    Parameters
+    ----------
+    uri : str
+        Local path or fsspec URL of a Parquet file.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One column per schema field. Integer columns use pandas nullable integer dtypes (``Int16``, ``Int64``,
+        ...) so nulls keep the integer type; floats are float64 (null -> NaN); strings are pandas strings.
+
+    Raises
+    ------
+    FileNotFoundError
+        If no file exists at ``uri``.
+    """
+    fs, path = fsspec.core.url_to_fs(uri)
+    return pq.read_table(path, filesystem=fs).to_pandas(types_mapper=_PANDAS_INTEGERS.get)

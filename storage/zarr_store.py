@@ -1,0 +1,389 @@
+"""The run's Zarr store: one group per item, written so that a crash never leaves a group that reads as done.
+
+Layout (Zarr format 3)::
+
+    <root>/<run_id>/<item_id>/            group; attrs: provenance, "fingerprint", "complete", "rows"
+    <root>/<run_id>/<item_id>/<a>/<b>     arrays (unsharded, zstd), written whole in one call
+    <root>/<run_id>/<item_id>/<pyramid>/  group with OME-Zarr style "multiscales" attrs; levels at "0", "1", ...
+
+An item's group is owned by one task: :meth:`ItemStore.begin` deletes whatever an earlier attempt left and
+marks the group incomplete; :meth:`ItemStore.finish` sets ``complete`` in the same metadata write that stores
+the result rows, after every array is written. Different items never touch each other's groups (parent groups
+are only created if missing). Arrays are unsharded and written whole, because concurrent writers of different
+chunks inside one zarr 3 shard lose data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Literal
+
+import fsspec
+import numpy as np
+import zarr
+import zarr.storage
+from zarr.abc.store import Store
+
+__all__ = ["ItemStore", "open_root"]
+
+_RESERVED_ATTRS = frozenset({"complete", "fingerprint", "rows", "rows_nonfinite"})
+_CHUNK_KEY_ENCODING: dict[str, Any] = {"name": "default", "separator": "/"}  # chunk objects live under "<array>/c/"
+_PYRAMID_CHUNK = 128
+
+
+def open_root(root: str) -> Store:
+    """Open a store root for reading and writing.
+
+    Parameters
+    ----------
+    root : str
+        Local directory (created when first written) or fsspec URL with a protocol (``"s3://bucket/store"``,
+        ``"memory://store"``).
+
+    Returns
+    -------
+    zarr.abc.store.Store
+        ``zarr.storage.LocalStore`` for plain paths, ``zarr.storage.FsspecStore`` for URLs.
+    """
+    if "://" in root:
+        return zarr.storage.FsspecStore.from_url(root, read_only=False)
+    return zarr.storage.LocalStore(root)
+
+
+def _check_component(kind: str, value: str) -> None:
+    if not value or "/" in value or value in {".", ".."} or value.startswith("__"):
+        raise ValueError(f"{kind} {value!r} is not a valid path component")
+
+
+def _encode_rows(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[list[Any]]]:
+    """Replace non-finite floats by None; return the rows and ``[row, key, "nan"|"inf"|"-inf"]`` records."""
+    encoded: list[dict[str, Any]] = []
+    nonfinite: list[list[Any]] = []
+    for index, row in enumerate(rows):
+        out: dict[str, Any] = {}
+        for key, value in row.items():
+            if isinstance(value, float | np.floating) and not math.isfinite(value):
+                nonfinite.append([index, key, str(float(value))])
+                out[key] = None
+            else:
+                out[key] = value.item() if isinstance(value, np.generic) else value
+        encoded.append(out)
+    return encoded, nonfinite
+
+
+class ItemStore:
+    """One item's Zarr group under ``<root>/<run_id>/<item_id>``, with a completion marker set last.
+
+    Parameters
+    ----------
+    root : str
+        Store root: local directory or fsspec URL (see :func:`open_root`).
+    run_id : str
+        Run id; one path component.
+    item_id : str
+        Item id (see :class:`storage.meshes.MeshItem`); one path component.
+
+    Raises
+    ------
+    ValueError
+        If ``run_id`` or ``item_id`` is empty, contains ``/``, is ``.``/``..`` or starts with ``__`` (reserved
+        by Zarr).
+    """
+
+    def __init__(self, root: str, run_id: str, item_id: str) -> None:
+        _check_component("run_id", run_id)
+        _check_component("item_id", item_id)
+        self._root = root.rstrip("/") if "://" in root else os.path.abspath(root)
+        self._path = f"{run_id}/{item_id}"
+        self._store = open_root(self._root)
+
+    @property
+    def uri(self) -> str:
+        """``<root>/<run_id>/<item_id>``: where the item's group lives (absolute local path, or URL)."""
+        return f"{self._root}/{self._path}"
+
+    def _group(self, mode: Literal["r", "r+"] = "r") -> zarr.Group:
+        return zarr.open_group(self._store, path=self._path, mode=mode, zarr_format=3)
+
+    def is_complete(self, fingerprint: str) -> bool:
+        """Whether a finished group for this item exists with this fingerprint.
+
+        Parameters
+        ----------
+        fingerprint : str
+            Identity of the inputs and config that produced the group.
+
+        Returns
+        -------
+        bool
+            True iff the group exists, ``attrs["complete"] is True`` and ``attrs["fingerprint"] == fingerprint``.
+            A missing group or unreadable group metadata reads as False.
+        """
+        try:
+            attrs = self._group().attrs.asdict()
+        except (FileNotFoundError, ValueError):  # no group, or metadata cut short by a crash
+            return False
+        return attrs.get("complete") is True and attrs.get("fingerprint") == fingerprint
+
+    def begin(self, fingerprint: str, attrs: dict[str, Any]) -> None:
+        """Start the item afresh: delete any existing group for it and create an incomplete one.
+
+        Parameters
+        ----------
+        fingerprint : str
+            Identity of the inputs and config; :meth:`is_complete` compares against it.
+        attrs : dict
+            JSON-serialisable provenance stored in the group's attributes.
+
+        Raises
+        ------
+        ValueError
+            If ``attrs`` uses a reserved key (``complete``, ``fingerprint``, ``rows``, ``rows_nonfinite``).
+        TypeError
+            If ``attrs`` is not JSON-serialisable (checked before anything is deleted).
+        """
+        reserved = _RESERVED_ATTRS.intersection(attrs)
+        if reserved:
+            raise ValueError(f"attrs use reserved keys: {sorted(reserved)}")
+        json.dumps(attrs)  # fail before the old group is deleted
+        zarr.open_group(
+            self._store,
+            path=self._path,
+            mode="w",
+            zarr_format=3,
+            attributes={**attrs, "fingerprint": fingerprint, "complete": False},
+        )
+
+    def write_array(
+        self,
+        path: str,
+        array: np.ndarray,
+        chunks: tuple[int, ...] | None = None,
+        attrs: dict[str, Any] | None = None,
+    ) -> int:
+        """Write one whole array into the item's group (replacing any array at ``path``).
+
+        Parameters
+        ----------
+        path : str
+            Path inside the item's group, e.g. ``"harmonic/uv"``; intermediate groups are created.
+        array : np.ndarray
+            Any shape and numeric dtype; stored unsharded with zarr's default codecs (zstd).
+        chunks : tuple of int, optional
+            Chunk shape (one entry per dimension); zarr picks one when None.
+        attrs : dict, optional
+            JSON-serialisable attributes of the array.
+
+        Returns
+        -------
+        int
+            Stored bytes of the array's chunk objects (compressed; metadata not counted).
+
+        Raises
+        ------
+        FileNotFoundError
+            If :meth:`begin` has not created the item's group.
+        """
+        stored = self._group("r+").create_array(
+            path,
+            data=np.asarray(array),
+            chunks=chunks if chunks is not None else "auto",
+            chunk_key_encoding=_CHUNK_KEY_ENCODING,
+            attributes=attrs,
+            overwrite=True,
+        )
+        return self._chunk_bytes(stored.path)
+
+    def _chunk_bytes(self, array_path: str) -> int:
+        fs, path = fsspec.core.url_to_fs(f"{self._root}/{array_path}/c")
+        return int(fs.du(path, total=True)) if fs.exists(path) else 0
+
+    def read_array(self, path: str) -> np.ndarray:
+        """Read one whole array.
+
+        Parameters
+        ----------
+        path : str
+            Path inside the item's group, as given to :meth:`write_array`.
+
+        Returns
+        -------
+        np.ndarray
+            The array with its stored shape and dtype.
+
+        Raises
+        ------
+        FileNotFoundError
+            If the item's group does not exist.
+        KeyError
+            If no array exists at ``path``.
+        """
+        node = self._group()[path]
+        if not isinstance(node, zarr.Array):
+            raise KeyError(f"{self.uri}/{path} is a group, not an array")
+        return np.asarray(node[...])
+
+    def read_attrs(self, path: str = "") -> dict[str, Any]:
+        """Read the attributes of the item's group (``path=""``) or of a node inside it.
+
+        Parameters
+        ----------
+        path : str
+            Path inside the item's group; empty for the group itself.
+
+        Returns
+        -------
+        dict
+            A copy of the node's attributes.
+
+        Raises
+        ------
+        FileNotFoundError
+            If the item's group does not exist.
+        KeyError
+            If no node exists at ``path``.
+        """
+        group = self._group()
+        return (group[path] if path else group).attrs.asdict()
+
+    def write_pyramid(self, path: str, levels: list[np.ndarray], attrs: dict[str, Any]) -> list[int]:
+        """Write an image pyramid as an OME-Zarr style multiscale group.
+
+        Level ``k`` is stored at ``f"{path}/{k}"`` with chunks ``(C, min(H_k, 128), min(W_k, 128))``. The group's
+        attrs hold the caller's ``attrs`` plus ``"multiscales"`` (NGFF 0.5 field names, axes ``c, y, x``) whose
+        dataset ``k`` has the scale transform ``[1, (H_0-1)/(H_k-1), (W_0-1)/(W_k-1)]``: the grid-spacing ratio of
+        corner-aligned sample grids such as ``2^n + 1`` geometry images.
+
+        Parameters
+        ----------
+        path : str
+            Group path inside the item's group, e.g. ``"ot/geometry_image"``.
+        levels : list of np.ndarray
+            ``levels[k]`` is ``[C, H_k, W_k]`` of any numeric dtype (e.g. uint16); level 0 is the finest.
+            All levels share ``C``; every ``H_k, W_k >= 2``.
+        attrs : dict
+            JSON-serialisable attributes of the pyramid group (e.g. quantisation bounds).
+
+        Returns
+        -------
+        list of int
+            Stored bytes of each level's chunk objects, in level order.
+
+        Raises
+        ------
+        ValueError
+            If ``levels`` is empty, a level is not 3-D, the channel counts differ, a side is < 2, or ``attrs``
+            has a ``"multiscales"`` key.
+        FileNotFoundError
+            If :meth:`begin` has not created the item's group.
+        """
+        if not levels:
+            raise ValueError("a pyramid needs at least one level")
+        if "multiscales" in attrs:
+            raise ValueError("attrs must not define 'multiscales'; write_pyramid writes it")
+        shapes = [np.shape(level) for level in levels]
+        if any(len(shape) != 3 or shape[0] != shapes[0][0] or min(shape[1:]) < 2 for shape in shapes):
+            raise ValueError(f"levels must be [C, H, W] with one C and H, W >= 2; got shapes {shapes}")
+        _, height0, width0 = shapes[0]
+        datasets = [
+            {
+                "path": str(k),
+                "coordinateTransformations": [
+                    {"type": "scale", "scale": [1.0, (height0 - 1) / (h - 1), (width0 - 1) / (w - 1)]}
+                ],
+            }
+            for k, (_, h, w) in enumerate(shapes)
+        ]
+        multiscales = [
+            {
+                "version": "0.5",
+                "name": path,
+                "axes": [
+                    {"name": "c", "type": "channel"},
+                    {"name": "y", "type": "space"},
+                    {"name": "x", "type": "space"},
+                ],
+                "datasets": datasets,
+                "type": "subsampling",
+            }
+        ]
+        self._group("r+").create_group(path, overwrite=True, attributes={**attrs, "multiscales": multiscales})
+        return [
+            self.write_array(f"{path}/{k}", level, chunks=(c, min(h, _PYRAMID_CHUNK), min(w, _PYRAMID_CHUNK)))
+            for k, (level, (c, h, w)) in enumerate(zip(levels, shapes, strict=True))
+        ]
+
+    def read_pyramid(self, path: str) -> tuple[list[np.ndarray], dict[str, Any]]:
+        """Read a pyramid written by :meth:`write_pyramid`.
+
+        Parameters
+        ----------
+        path : str
+            Group path inside the item's group.
+
+        Returns
+        -------
+        levels : list of np.ndarray
+            ``[C, H_k, W_k]`` arrays in the order of the ``multiscales`` datasets (finest first).
+        attrs : dict
+            The pyramid group's attributes, ``"multiscales"`` included.
+
+        Raises
+        ------
+        FileNotFoundError
+            If the item's group does not exist.
+        KeyError
+            If no pyramid group exists at ``path``.
+        """
+        attrs = self.read_attrs(path)
+        if "multiscales" not in attrs:
+            raise KeyError(f"{self.uri}/{path} has no 'multiscales' attribute")
+        levels = [self.read_array(f"{path}/{d['path']}") for d in attrs["multiscales"][0]["datasets"]]
+        return levels, attrs
+
+    def finish(self, rows: list[dict[str, Any]]) -> None:
+        """Store the item's result rows and mark the group complete, in one metadata write.
+
+        Call it after every array is written. Non-finite floats (NaN, ±Inf) are stored as JSON ``null`` with
+        their positions in ``attrs["rows_nonfinite"]``, so :meth:`completed_rows` restores them exactly while
+        genuine ``None`` values stay ``None``.
+
+        Parameters
+        ----------
+        rows : list of dict
+            Flat rows of JSON-serialisable scalars (numpy scalars are converted), e.g. table rows.
+
+        Raises
+        ------
+        FileNotFoundError
+            If :meth:`begin` has not created the item's group.
+        TypeError
+            If a row value is not JSON-serialisable.
+        """
+        encoded, nonfinite = _encode_rows(rows)
+        self._group("r+").attrs.update({"rows": encoded, "rows_nonfinite": nonfinite, "complete": True})
+
+    def completed_rows(self) -> list[dict[str, Any]]:
+        """Rows stored by :meth:`finish`, non-finite floats restored.
+
+        Returns
+        -------
+        list of dict
+            The rows as given to :meth:`finish` (numpy scalars as Python scalars).
+
+        Raises
+        ------
+        FileNotFoundError
+            If the item's group does not exist.
+        RuntimeError
+            If the group exists but is not complete.
+        """
+        attrs = self.read_attrs()
+        if attrs.get("complete") is not True:
+            raise RuntimeError(f"{self.uri} is not complete")
+        rows: list[dict[str, Any]] = attrs["rows"]
+        for index, key, value in attrs["rows_nonfinite"]:
+            rows[index][key] = float(value)
+        return rows
