@@ -31,6 +31,7 @@ __all__ = [
     "vertex_areas",
     "mean_curvature",
     "area_distortion",
+    "feature_masses",
     "ot_parameterization",
     "parameterize_to_square",
 ]
@@ -104,6 +105,29 @@ def area_distortion(vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray) -> 
     return float(np.std(np.log(ratio)))
 
 
+def feature_masses(vertices: np.ndarray, faces: np.ndarray, disk: DiskMesh, feature_weight: float) -> np.ndarray:
+    """OT target masses ``[Vd]`` float64 of a disk mesh: vertex areas times ``1 + lambda |H| / mean|H|``.
+
+    ``|H|`` is the mean curvature of the *source* surface (``vertices`` ``[V, 3]``, ``faces`` ``[F, 3]``, so the cut
+    does not create spurious boundary curvature), normalised by its area-weighted mean so ``lambda`` is scale-free,
+    and carried to the disk through ``disk.source``. ``feature_weight = 0`` gives pure area masses.
+
+    Raises:
+        ValueError: if ``feature_weight < 0``.
+    """
+    if feature_weight < 0.0:
+        raise ValueError(f"feature_weight must be >= 0, got {feature_weight}")
+    masses = vertex_areas(disk.vertices, disk.faces)
+    if feature_weight == 0.0:
+        return masses
+    vertices = np.asarray(vertices, dtype=np.float64)
+    faces = np.asarray(faces, dtype=np.int64)
+    curvature = mean_curvature(vertices, faces)
+    curvature = curvature / max(np.average(curvature, weights=vertex_areas(vertices, faces)), 1e-300)
+    disk_curvature = 0.5 * (curvature[disk.source[:, 0]] + curvature[disk.source[:, 1]])
+    return masses * (1.0 + feature_weight * disk_curvature)
+
+
 def ot_parameterization(
     disk: DiskMesh, harmonic_uv: np.ndarray, masses: np.ndarray, tol: float = 1e-6, max_iterations: int = 60
 ) -> Parameterization:
@@ -158,20 +182,10 @@ def parameterize_to_square(
         OTConvergenceError: from the Newton solve.
         ValueError: if ``feature_weight < 0``.
     """
-    if feature_weight < 0.0:
-        raise ValueError(f"feature_weight must be >= 0, got {feature_weight}")
     disk = cut_to_disk(vertices, faces)
     uv = harmonic_map(disk.vertices, disk.faces, disk.boundary)
     harmonic = Parameterization(
         "harmonic", uv, area_distortion(disk.vertices, disk.faces, uv), flipped_triangles(uv, disk.faces)
     )
-    masses = vertex_areas(disk.vertices, disk.faces)
-    if feature_weight > 0.0:
-        source_vertices = np.asarray(vertices, dtype=np.float64)
-        source_faces = np.asarray(faces, dtype=np.int64)
-        curvature = mean_curvature(source_vertices, source_faces)
-        source_area = vertex_areas(source_vertices, source_faces)
-        curvature = curvature / max(np.average(curvature, weights=source_area), 1e-300)
-        disk_curvature = 0.5 * (curvature[disk.source[:, 0]] + curvature[disk.source[:, 1]])
-        masses = masses * (1.0 + feature_weight * disk_curvature)
+    masses = feature_masses(vertices, faces, disk, feature_weight)
     return SquareParameterizations(disk, harmonic, ot_parameterization(disk, uv, masses, tol, max_iterations))

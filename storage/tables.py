@@ -41,6 +41,7 @@ GEOMETRY_IMAGES_SCHEMA: pa.Schema = pa.schema(
         ("hausdorff", pa.float64()),  # unit-bbox-diagonal normalised units
         ("area_distortion", pa.float64()),  # std of log area ratio of the parameterization
         ("flipped_triangles", pa.int64()),
+        ("untangled_vertices", pa.int64()),  # vertices re-placed to remove OT flips (null for harmonic)
         ("compression_ratio", pa.float64()),  # raw_bytes / stored_bytes
         ("raw_bytes", pa.int64()),
         ("stored_bytes", pa.int64()),

@@ -28,7 +28,7 @@ from zarr.abc.store import Store
 
 __all__ = ["ItemStore", "open_root"]
 
-_RESERVED_ATTRS = frozenset({"complete", "fingerprint", "rows", "rows_nonfinite"})
+_RESERVED_ATTRS = frozenset({"complete", "fingerprint", "rows", "rows_nonfinite", "failures"})
 _CHUNK_KEY_ENCODING: dict[str, Any] = {"name": "default", "separator": "/"}  # chunk objects live under "<array>/c/"
 _PYRAMID_CHUNK = 128
 
@@ -343,8 +343,8 @@ class ItemStore:
         levels = [self.read_array(f"{path}/{d['path']}") for d in attrs["multiscales"][0]["datasets"]]
         return levels, attrs
 
-    def finish(self, rows: list[dict[str, Any]]) -> None:
-        """Store the item's result rows and mark the group complete, in one metadata write.
+    def finish(self, rows: list[dict[str, Any]], failures: list[dict[str, Any]] | None = None) -> None:
+        """Store the item's result rows (and failure rows) and mark the group complete, in one metadata write.
 
         Call it after every array is written. Non-finite floats (NaN, ±Inf) are stored as JSON ``null`` with
         their positions in ``attrs["rows_nonfinite"]``, so :meth:`completed_rows` restores them exactly while
@@ -354,6 +354,8 @@ class ItemStore:
         ----------
         rows : list of dict
             Flat rows of JSON-serialisable scalars (numpy scalars are converted), e.g. table rows.
+        failures : list of dict, optional
+            Failure rows of stages that failed for this item (strings only), returned by :meth:`completed_failures`.
 
         Raises
         ------
@@ -363,7 +365,13 @@ class ItemStore:
             If a row value is not JSON-serialisable.
         """
         encoded, nonfinite = _encode_rows(rows)
-        self._group("r+").attrs.update({"rows": encoded, "rows_nonfinite": nonfinite, "complete": True})
+        self._group("r+").attrs.update(
+            {"rows": encoded, "rows_nonfinite": nonfinite, "failures": list(failures or []), "complete": True}
+        )
+
+    def completed_failures(self) -> list[dict[str, Any]]:
+        """Failure rows stored by :meth:`finish` (empty if none)."""
+        return list(self.read_attrs().get("failures", []))
 
     def completed_rows(self) -> list[dict[str, Any]]:
         """Rows stored by :meth:`finish`, non-finite floats restored.

@@ -1,0 +1,29 @@
+# Fresh machine: only Python >= 3.11 and pip needed.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STORE ?= runs/demo
+
+.PHONY: setup demo test bench clean
+
+$(BIN)/brenier: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# The local CPU build of torch first: an unpinned torch would pull several GB of CUDA packages.
+	$(BIN)/python -m pip install -q "torch==2.13.0" || $(BIN)/python -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $(BIN)/brenier
+
+setup: $(BIN)/brenier
+
+demo: setup
+	$(BIN)/brenier geometry-images data/samples/meshes --store $(STORE)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python bench/newton_bunny.py
+
+clean:
+	rm -rf $(VENV) runs

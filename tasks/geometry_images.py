@@ -1,0 +1,201 @@
+"""Prefect tasks of the geometry-image pipeline: parameterize one mesh, then encode and measure its images.
+
+Arrays travel through the item's Zarr group (``<store>/<run_id>/<item_id>``); tasks return small records.
+Expected failures (bad input, unsupported topology, OT not converging) become failure rows, never exceptions, so
+one bad mesh never stops a dataset run; what was computed before the failure is kept (e.g. a mesh whose OT solve
+fails still gets its harmonic geometry images).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import Any
+
+import numpy as np
+from prefect import task
+from pydantic import BaseModel, Field
+
+from otcore.disk_cut import cut_to_disk
+from otcore.errors import GeometryError, OTConvergenceError
+from otcore.geometry_image import (
+    dequantize,
+    geometry_image_to_mesh,
+    mipmap_pyramid,
+    quantize,
+    resample_geometry_image,
+    restore_level,
+)
+from otcore.harmonic import flipped_triangles, harmonic_map
+from otcore.metrics import compression_ratio, normalize_to_unit_diagonal, raw_mesh_bytes, surface_distances
+from otcore.parameterization import (
+    Parameterization,
+    area_distortion,
+    feature_masses,
+    ot_parameterization,
+)
+from storage.errors import InputError
+from storage.meshes import MeshItem, read_mesh
+from storage.zarr_store import ItemStore
+
+__all__ = ["GeometryImageConfig", "parameterize_mesh", "encode_geometry_images", "PIPELINE_VERSION"]
+
+PIPELINE_VERSION = "1"  # bump when outputs of unchanged inputs would change: invalidates finished items
+
+
+class GeometryImageConfig(BaseModel):
+    """Parameters of the geometry-image pipeline (documented defaults)."""
+
+    resolution: int = Field(257, description="geometry image side, 2^n + 1")
+    levels: int = Field(5, ge=1, description="mipmap levels (257 -> 129, 65, 33, 17)")
+    feature_weight: float = Field(0.0, ge=0.0, description="lambda in masses * (1 + lambda |H| / mean |H|)")
+    bits: int = Field(16, ge=1, le=16, description="quantisation bits per channel")
+    samples: int = Field(50_000, ge=1, description="area-uniform samples per surface for chamfer_l2 / hausdorff")
+    seed: int = Field(0, description="sampling seed")
+    tol: float = Field(1e-6, gt=0.0, description="Newton tolerance on max relative cell-mass error")
+    max_newton_iterations: int = Field(60, ge=1)
+
+    def fingerprint(self, source_sha256: str) -> str:
+        """Identity of an item's outputs: input bytes, config and pipeline version."""
+        payload = json.dumps([source_sha256, self.model_dump(), PIPELINE_VERSION], sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _failure(run_id: str, item: MeshItem, stage: str, error: BaseException) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "item_id": item.item_id,
+        "source_uri": item.uri,
+        "stage": stage,
+        "error_type": type(error).__name__,
+        "message": str(error),
+    }
+
+
+def _param_stats(p: Parameterization) -> dict[str, Any]:
+    ot = p.ot
+    return {
+        "area_distortion": p.area_distortion,
+        "flipped_triangles": p.flipped_triangles,
+        "untangled_vertices": p.untangled_vertices if ot is not None else None,
+        "newton_iterations": ot.iterations if ot is not None else None,
+        "mass_error": ot.mass_error if ot is not None else None,
+        "solve_seconds": ot.seconds if ot is not None else None,
+    }
+
+
+@task(name="parameterize-mesh", retries=1, retry_delay_seconds=2)
+def parameterize_mesh(item: MeshItem, store: str, run_id: str, config: GeometryImageConfig) -> dict[str, Any]:
+    """Read one mesh, cut it to a disk, map it harmonically and by OT; write both uv maps to its Zarr group.
+
+    Returns a record ``{"item", "fingerprint", "skipped", "parameterizations": {method: stats}, "failures",
+    "rows"}``; ``rows`` holds the finished metric rows when the item was already complete (skipped).
+    """
+    record: dict[str, Any] = {"item": item, "failures": [], "parameterizations": {}, "skipped": False, "rows": []}
+    try:
+        mesh = read_mesh(item)
+    except InputError as error:
+        record["failures"].append(_failure(run_id, item, "read", error))
+        return record
+    fingerprint = config.fingerprint(mesh.sha256)
+    record["fingerprint"] = fingerprint
+    item_store = ItemStore(store, run_id, item.item_id)
+    if item_store.is_complete(fingerprint):
+        record.update(skipped=True, rows=item_store.completed_rows(), failures=item_store.completed_failures())
+        return record
+
+    vertices, offset, scale = normalize_to_unit_diagonal(mesh.vertices)
+    item_store.begin(
+        fingerprint,
+        {
+            "source_uri": item.uri,
+            "source_sha256": mesh.sha256,
+            "mesh_vertices": len(mesh.vertices),
+            "mesh_faces": len(mesh.faces),
+            "normalization": {"offset": offset.tolist(), "scale": scale, "units": "unit_bbox_diagonal"},
+            "config": config.model_dump(),
+            "pipeline_version": PIPELINE_VERSION,
+        },
+    )
+    item_store.write_array("source/vertices", vertices.astype(np.float32))
+    item_store.write_array("source/faces", mesh.faces.astype(np.int32))
+    try:
+        disk = cut_to_disk(vertices, mesh.faces)
+        uv = harmonic_map(disk.vertices, disk.faces, disk.boundary)
+    except GeometryError as error:
+        record["failures"].append(_failure(run_id, item, "cut_and_harmonic_map", error))
+        return record
+    item_store.write_array("disk/vertices", disk.vertices.astype(np.float64))
+    item_store.write_array("disk/faces", disk.faces.astype(np.int32))
+    harmonic = Parameterization(
+        "harmonic", uv, area_distortion(disk.vertices, disk.faces, uv), flipped_triangles(uv, disk.faces)
+    )
+    parameterizations = [harmonic]
+    try:
+        masses = feature_masses(vertices, mesh.faces, disk, config.feature_weight)
+        parameterizations.append(ot_parameterization(disk, uv, masses, config.tol, config.max_newton_iterations))
+    except (GeometryError, OTConvergenceError) as error:
+        record["failures"].append(_failure(run_id, item, "ot_parameterization", error))
+    for p in parameterizations:
+        item_store.write_array(f"{p.method}/uv", p.uv, attrs=_param_stats(p))
+        record["parameterizations"][p.method] = _param_stats(p)
+    return record
+
+
+@task(name="encode-geometry-images", retries=1, retry_delay_seconds=2)
+def encode_geometry_images(record: dict[str, Any], store: str, run_id: str, config: GeometryImageConfig) -> dict:
+    """Resample, quantise and mipmap each parameterization; restore every level and measure it.
+
+    Writes the pyramids (OME-Zarr ``multiscales``) and marks the item complete with its metric rows.
+    Returns ``{"item_id", "rows", "failures", "skipped"}``.
+    """
+    item: MeshItem = record["item"]
+    if record["skipped"] or "fingerprint" not in record:  # finished earlier, or unreadable (no group to finish)
+        return {"item_id": item.item_id, "rows": record["rows"], "failures": record["failures"],
+                "skipped": record["skipped"]}
+    item_store = ItemStore(store, run_id, item.item_id)
+    attrs = item_store.read_attrs()
+    source_vertices = item_store.read_array("source/vertices").astype(np.float64)
+    source_faces = item_store.read_array("source/faces").astype(np.int64)
+    disk_vertices = item_store.read_array("disk/vertices")
+    disk_faces = item_store.read_array("disk/faces").astype(np.int64)
+    n_vertices, n_faces = attrs["mesh_vertices"], attrs["mesh_faces"]
+    rows: list[dict[str, Any]] = []
+    failures = list(record["failures"])
+    for method, stats in record["parameterizations"].items():  # empty when the cut failed: finish with failures
+        start = time.perf_counter()
+        try:
+            uv = item_store.read_array(f"{method}/uv")
+            image = resample_geometry_image(disk_vertices, disk_faces, uv, config.resolution)
+            quantized = quantize(image, config.bits)
+            levels = mipmap_pyramid(quantized.codes, config.levels)
+        except ValueError as error:
+            failures.append(_failure(run_id, item, f"geometry_image[{method}]", error))
+            continue
+        stored = item_store.write_pyramid(
+            f"{method}/geometry_image",
+            levels,
+            {"quantization": {"bits": config.bits, "offset": quantized.offset.tolist(),
+                              "scale": quantized.scale.tolist()},
+             "filter": "vertex-preserving subsampling", "channels": ["x", "y", "z"]},
+        )
+        for level, (codes, stored_bytes) in enumerate(zip(levels, stored)):
+            restored = restore_level(dequantize(codes, quantized.offset, quantized.scale), config.resolution)
+            restored_vertices, restored_faces = geometry_image_to_mesh(restored)
+            distances = surface_distances(
+                restored_vertices, restored_faces, source_vertices, source_faces, config.samples, config.seed
+            )
+            rows.append({
+                "run_id": run_id, "item_id": item.item_id, "source_uri": item.uri,
+                "source_sha256": attrs["source_sha256"], "parameterization": method, "level": level,
+                "resolution": int(codes.shape[-1]), "mesh_vertices": n_vertices, "mesh_faces": n_faces,
+                "chamfer_l2": distances.chamfer_l2, "hausdorff": distances.hausdorff,
+                "compression_ratio": compression_ratio(n_vertices, n_faces, stored_bytes),
+                "raw_bytes": raw_mesh_bytes(n_vertices, n_faces), "stored_bytes": stored_bytes,
+                "samples": distances.samples, "distance_normalization": "unit_bbox_diagonal",
+                "feature_weight": config.feature_weight, "seconds": time.perf_counter() - start,
+                **stats,
+            })
+    item_store.finish(rows, failures)
+    return {"item_id": item.item_id, "rows": rows, "failures": failures, "skipped": False}
