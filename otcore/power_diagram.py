@@ -51,7 +51,8 @@ def _regular_triangulation(points: np.ndarray, weights: np.ndarray) -> tuple[np.
     hull = ConvexHull(lifted, qhull_options="Qt")
     equations = hull.equations
     # Power centre of a lower facet z = a x + b y + c is (a/2, b/2); from n.(x,y,z)+d=0: a = -n_x/n_z.
-    centres = -equations[:, :2] / (2.0 * equations[:, 2:3])
+    with np.errstate(divide="ignore", invalid="ignore"):  # vertical facets (n_z = 0) are never lower facets
+        centres = -equations[:, :2] / (2.0 * equations[:, 2:3])
     tri, nbr = hull.simplices.copy(), hull.neighbors.copy()
     p0, p1, p2 = points[tri[:, 0]], points[tri[:, 1]], points[tri[:, 2]]
     signed = (p1[:, 0] - p0[:, 0]) * (p2[:, 1] - p0[:, 1]) - (p1[:, 1] - p0[:, 1]) * (p2[:, 0] - p0[:, 0])
