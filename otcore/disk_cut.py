@@ -134,6 +134,12 @@ def cut_to_disk(vertices: np.ndarray, faces: np.ndarray) -> DiskMesh:
     edge_manifold = igl.is_edge_manifold(faces)[0]
     if not edge_manifold:
         raise NonManifoldMeshError("mesh has non-manifold edges (an edge with more than two faces)")
+    directed = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    _, uses = np.unique(directed, axis=0, return_counts=True)
+    if (uses > 1).any():
+        raise NonManifoldMeshError(
+            f"faces are inconsistently oriented: {(uses > 1).sum()} edges are traversed twice in the same direction"
+        )
     used, faces = np.unique(faces, return_inverse=True)  # drop unreferenced vertices
     vertices, faces = vertices[used], faces.reshape(-1, 3)
     if not igl.is_vertex_manifold(faces).all():

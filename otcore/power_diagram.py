@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.spatial import ConvexHull
+from scipy.spatial import ConvexHull, QhullError
 
 __all__ = ["PowerCells", "power_cells"]
 
@@ -34,6 +34,8 @@ class PowerCells:
             orders).
         edge_length: ``[E]`` float64, length of the shared cell edge (the dual edge of ``(i, j)``).
         edge_distance: ``[E]`` float64, ``|p_i - p_j|``.
+        mirrored: ``[N, 4]`` bool, sites reflected across x=0, x=1, y=0, y=1, plus those whose cell comes within
+            ``_HINT_MARGIN`` of a side: a hint for the next diagram with nearby weights.
     """
 
     areas: np.ndarray
@@ -42,13 +44,27 @@ class PowerCells:
     edge_j: np.ndarray
     edge_length: np.ndarray
     edge_distance: np.ndarray
+    mirrored: np.ndarray
+
+
+# Four far sites (zero weight) around the square, added only when Qhull finds the lifted points degenerate (fewer
+# than four sites, collinear or cocircular sites with equal weights). They never own any part of the square for
+# weights of the size OT uses; they are not always added because their large lifted height costs Qhull precision.
+_HINT_MARGIN = 0.05  # cells this close to a side are mirrored in the next hinted diagram
+
+_SENTINELS = np.array([[-10.0, -10.0], [11.0, -10.0], [11.0, 11.0], [-10.0, 11.0]])
 
 
 def _regular_triangulation(points: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Lower hull of the lifted points: CCW triangles ``[T,3]``, their neighbours ``[T,3]`` (opposite each
-    vertex), power centres ``[T,2]`` and a lower-facet mask ``[T]`` (indices refer to all hull facets)."""
+    """Lower hull of the lifted points plus the sentinels (indices ``>= len(points)``): CCW triangles ``[T,3]``,
+    their neighbours ``[T,3]`` (opposite each vertex), power centres ``[T,2]`` and a lower-facet mask ``[T]``."""
     lifted = np.column_stack([points, (points**2).sum(1) - weights])
-    hull = ConvexHull(lifted, qhull_options="Qt")
+    try:
+        hull = ConvexHull(lifted, qhull_options="Qt")
+    except QhullError:
+        points = np.concatenate([points, _SENTINELS])
+        lifted = np.concatenate([lifted, np.column_stack([_SENTINELS, (_SENTINELS**2).sum(1)])])
+        hull = ConvexHull(lifted, qhull_options="Qt")
     equations = hull.equations
     # Power centre of a lower facet z = a x + b y + c is (a/2, b/2); from n.(x,y,z)+d=0: a = -n_x/n_z.
     with np.errstate(divide="ignore", invalid="ignore"):  # vertical facets (n_z = 0) are never lower facets
@@ -66,25 +82,27 @@ def _mirror_candidates(sites: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """``[N, 4]`` bool: whether the unclipped cell of each site may cross the sides x=0, x=1, y=0, y=1.
 
     Decided on the diagram of the original sites alone; adding mirror sites only shrinks cells, so this is
-    conservative. Unbounded cells (sites on the convex hull) are mirrored across every side.
+    conservative. Sites on the convex hull (unbounded cells) are mirrored across every side.
     """
     tri, nbr, centres, lower = _regular_triangulation(sites, weights)
     facets = np.flatnonzero(lower)
     site = tri[facets].ravel()
     centre = np.repeat(centres[facets], 3, axis=0)
+    real = site < len(sites)
+    site, centre = site[real], centre[real]
     crosses = np.zeros((len(sites), 4), dtype=bool)
     for side, beyond in enumerate(
         (centre[:, 0] <= 0.0, centre[:, 0] >= 1.0, centre[:, 1] <= 0.0, centre[:, 1] >= 1.0)
     ):
         crosses[site[beyond], side] = True
-    unbounded = ~lower[nbr[facets]]  # a lower facet next to an upper one: its vertices are on the 2D hull
-    crosses[tri[facets][unbounded.any(1)].ravel()] = True
+    unbounded = ~lower[nbr[facets]].all(1)  # a lower facet next to an upper one: its vertices are on the 2D hull
+    hull_sites = tri[facets][unbounded].ravel()
+    crosses[hull_sites[hull_sites < len(sites)]] = True
     return crosses
 
 
-def _mirrored(sites: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sites followed by the reflections that can bound their cells: ``[N + M, 2]`` points, ``[N + M]`` weights."""
-    crosses = _mirror_candidates(sites, weights)
+def _mirrored(sites: np.ndarray, weights: np.ndarray, crosses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sites followed by their reflections across the sides flagged in ``crosses`` ``[N, 4]``."""
     points, point_weights = [sites], [weights]
     for side, (axis, line) in enumerate(((0, 0.0), (0, 1.0), (1, 0.0), (1, 1.0))):
         chosen = np.flatnonzero(crosses[:, side])
@@ -95,12 +113,15 @@ def _mirrored(sites: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.nd
     return np.concatenate(points), np.concatenate(point_weights)
 
 
-def power_cells(sites: np.ndarray, weights: np.ndarray) -> PowerCells:
+def power_cells(sites: np.ndarray, weights: np.ndarray, mirror_hint: np.ndarray | None = None) -> PowerCells:
     """Power diagram of weighted sites, clipped to the unit square ``[0, 1]^2``.
 
     Args:
         sites: ``[N, 2]`` float64, distinct points strictly inside the unit square.
         weights: ``[N]`` float64, power weights (squared length units).
+        mirror_hint: ``[N, 4]`` bool, a guess of which sites to mirror (e.g. ``.mirrored`` of a nearby diagram).
+            The result is verified (every vertex of every cell inside the square) and recomputed without the
+            hint if the guess was short, so a hint only saves time (one convex hull instead of two).
 
     Returns:
         :class:`PowerCells` with areas, centroids and the adjacency used by the Newton Hessian.
@@ -118,9 +139,19 @@ def power_cells(sites: np.ndarray, weights: np.ndarray) -> PowerCells:
     if sites.min() <= 0.0 or sites.max() >= 1.0:
         raise ValueError("sites must lie strictly inside the unit square")
 
-    points, all_weights = _mirrored(sites, weights)
-    tri, nbr, centres, lower = _regular_triangulation(points, all_weights)
+    if mirror_hint is not None:
+        diagram = _clipped_diagram(sites, weights, mirror_hint)
+        if diagram is not None:
+            return _cells(sites, *diagram)
+    return _cells(sites, *_clipped_diagram(sites, weights, _mirror_candidates(sites, weights), verify=False))
 
+
+def _clipped_diagram(sites: np.ndarray, weights: np.ndarray, crosses: np.ndarray, verify: bool = True) -> tuple | None:
+    """Directed cell edges of the diagram with the mirrors in ``crosses``; with ``verify``, ``None`` if a cell of
+    an original site leaves the square (the mirror set was too small)."""
+    n = len(sites)
+    points, all_weights = _mirrored(sites, weights, crosses)
+    tri, nbr, centres, lower = _regular_triangulation(points, all_weights)
     facets = np.flatnonzero(lower)
     # Directed edge a->b of a CCW facet has the facet on its left; the facet across it is opposite vertex c.
     tails = np.concatenate([tri[facets, 0], tri[facets, 1], tri[facets, 2]])
@@ -129,7 +160,25 @@ def power_cells(sites: np.ndarray, weights: np.ndarray) -> PowerCells:
     left = np.tile(facets, 3)
     keep = tails < n  # cells of original sites only
     tails, heads, across, left = tails[keep], heads[keep], across[keep], left[keep]
+    if verify:
+        corners = centres[left]
+        slack = 1e-9
+        if not (lower[across].all() and corners.min() >= -slack and corners.max() <= 1.0 + slack):
+            return None
+    return tails, heads, across, left, centres, crosses
 
+
+def _cells(
+    sites: np.ndarray,
+    tails: np.ndarray,
+    heads: np.ndarray,
+    across: np.ndarray,
+    left: np.ndarray,
+    centres: np.ndarray,
+    crosses: np.ndarray,
+) -> PowerCells:
+    """Areas, centroids and adjacency from the directed cell edges of a clipped diagram."""
+    n = len(sites)
     # Going counter-clockwise around the tail site, the cell boundary runs from the right facet's power centre
     # to the left facet's: shoelace terms relative to the site for precision.
     anchor = sites[tails]
@@ -150,4 +199,10 @@ def power_cells(sites: np.ndarray, weights: np.ndarray) -> PowerCells:
     ei, ej = tails[inner], heads[inner]
     length = np.linalg.norm(centres[left[inner]] - centres[across[inner]], axis=1)
     distance = np.linalg.norm(sites[ei] - sites[ej], axis=1)
-    return PowerCells(areas, centroids, ei.astype(np.int64), ej.astype(np.int64), length, distance)
+    lo = np.full((n, 2), np.inf)
+    hi = np.full((n, 2), -np.inf)
+    np.minimum.at(lo, tails, centres[left])
+    np.maximum.at(hi, tails, centres[left])
+    near = np.column_stack([lo[:, 0], 1.0 - hi[:, 0], lo[:, 1], 1.0 - hi[:, 1]]) < _HINT_MARGIN
+    hint = crosses | near
+    return PowerCells(areas, centroids, ei.astype(np.int64), ej.astype(np.int64), length, distance, hint)

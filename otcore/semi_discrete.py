@@ -98,6 +98,7 @@ def solve_semi_discrete_ot(
         )
 
     iteration = 0
+    step = 1.0
     while error >= tol:
         if iteration == max_iterations:
             raise OTConvergenceError(
@@ -109,10 +110,12 @@ def solve_semi_discrete_ot(
         direction = np.zeros(n)
         direction[1:] = spla.spsolve(hessian[1:, 1:].tocsc(), -gradient[1:])
         norm = np.linalg.norm(gradient)
-        step = 1.0
+        # Start from twice the last accepted step: far from the solution KMT's halving would otherwise redo the
+        # same failed trials at every iteration.
+        step = min(1.0, 4.0 * step)
         while True:
             trial_weights = weights + step * direction
-            trial = power_cells(sites, trial_weights)
+            trial = power_cells(sites, trial_weights, mirror_hint=cells.mirrored)
             if trial.areas.min() >= eps0 and np.linalg.norm(trial.areas - nu) <= (1.0 - 0.5 * step) * norm:
                 break
             step *= 0.5

@@ -18,6 +18,7 @@ from otcore.geometry_image import grid_faces
 from otcore.harmonic import flipped_triangles, harmonic_map, signed_areas, square_boundary
 from otcore.parameterization import (
     area_distortion,
+    feature_masses,
     mean_curvature,
     parameterize_to_square,
     vertex_areas,
@@ -141,6 +142,12 @@ def test_feature_weight_changes_masses_and_still_converges(spot) -> None:
     carried = 0.5 * (curvature[disk.source[:, 0]] + curvature[disk.source[:, 1]])
     masses = vertex_areas(disk.vertices, disk.faces) * (1.0 + carried)
     np.testing.assert_allclose(weighted.ot.ot.cells.areas, masses / masses.sum(), rtol=1e-6)
+    np.testing.assert_allclose(feature_masses(spot.vertices, spot.faces, disk, 1.0), masses, rtol=1e-12)
+    np.testing.assert_array_equal(
+        feature_masses(spot.vertices, spot.faces, disk, 0.0), vertex_areas(disk.vertices, disk.faces)
+    )
+    with pytest.raises(ValueError, match="feature_weight"):
+        feature_masses(spot.vertices, spot.faces, disk, -1.0)
     relative_change = np.abs(weighted.ot.ot.cells.areas / plain.ot.ot.cells.areas - 1.0)
     assert relative_change.max() > 0.5
     assert np.abs(weighted.ot.uv - plain.ot.uv).max() > 1e-2
@@ -183,11 +190,6 @@ def test_edge_with_three_faces_raises_non_manifold() -> None:
         parameterize_to_square(vertices, faces)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="otcore bug: cut_to_disk documents NonManifoldMeshError for inconsistently oriented faces but never "
-    "checks orientation; such a mesh passes the cut and fails later with FlippedMapError from untangle",
-)
 def test_inconsistent_orientation_raises_non_manifold(spot) -> None:
     faces = np.array(spot.faces)
     faces[10] = faces[10, ::-1]

@@ -150,12 +150,6 @@ def test_bad_inputs_raise_value_error(sites: np.ndarray, weights: np.ndarray) ->
         power_cells(sites, weights)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="otcore bug: power_cells calls scipy ConvexHull on the lifted points, which raises QhullError (not "
-    "ValueError, and not a result) when they are coplanar: fewer than 4 sites, collinear sites, or cocircular "
-    "sites with equal weights, although the docstring accepts any N >= 1 distinct interior sites",
-)
 @pytest.mark.parametrize(
     ("sites", "areas", "centroids"),
     [
