@@ -32,6 +32,7 @@ __all__ = [
     "mean_curvature",
     "area_distortion",
     "feature_masses",
+    "harmonic_parameterization",
     "ot_parameterization",
     "parameterize_to_square",
 ]
@@ -128,6 +129,18 @@ def feature_masses(vertices: np.ndarray, faces: np.ndarray, disk: DiskMesh, feat
     return masses * (1.0 + feature_weight * disk_curvature)
 
 
+def harmonic_parameterization(disk: DiskMesh) -> Parameterization:
+    """Harmonic baseline map of a disk mesh onto the square (:func:`otcore.harmonic.harmonic_map`) with its metrics.
+
+    Raises:
+        UnsupportedTopologyError: if the boundary loop is shorter than 4 vertices.
+    """
+    uv = harmonic_map(disk.vertices, disk.faces, disk.boundary)
+    return Parameterization(
+        "harmonic", uv, area_distortion(disk.vertices, disk.faces, uv), flipped_triangles(uv, disk.faces)
+    )
+
+
 def ot_parameterization(
     disk: DiskMesh, harmonic_uv: np.ndarray, masses: np.ndarray, tol: float = 1e-6, max_iterations: int = 60
 ) -> Parameterization:
@@ -183,9 +196,6 @@ def parameterize_to_square(
         ValueError: if ``feature_weight < 0``.
     """
     disk = cut_to_disk(vertices, faces)
-    uv = harmonic_map(disk.vertices, disk.faces, disk.boundary)
-    harmonic = Parameterization(
-        "harmonic", uv, area_distortion(disk.vertices, disk.faces, uv), flipped_triangles(uv, disk.faces)
-    )
+    harmonic = harmonic_parameterization(disk)
     masses = feature_masses(vertices, faces, disk, feature_weight)
-    return SquareParameterizations(disk, harmonic, ot_parameterization(disk, uv, masses, tol, max_iterations))
+    return SquareParameterizations(disk, harmonic, ot_parameterization(disk, harmonic.uv, masses, tol, max_iterations))

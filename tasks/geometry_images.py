@@ -27,12 +27,11 @@ from otcore.geometry_image import (
     resample_geometry_image,
     restore_level,
 )
-from otcore.harmonic import flipped_triangles, harmonic_map
 from otcore.metrics import compression_ratio, normalize_to_unit_diagonal, raw_mesh_bytes, surface_distances
 from otcore.parameterization import (
     Parameterization,
-    area_distortion,
     feature_masses,
+    harmonic_parameterization,
     ot_parameterization,
 )
 from storage.errors import InputError
@@ -122,19 +121,16 @@ def parameterize_mesh(item: MeshItem, store: str, run_id: str, config: GeometryI
     item_store.write_array("source/faces", mesh.faces.astype(np.int32))
     try:
         disk = cut_to_disk(vertices, mesh.faces)
-        uv = harmonic_map(disk.vertices, disk.faces, disk.boundary)
+        harmonic = harmonic_parameterization(disk)
     except GeometryError as error:
         record["failures"].append(_failure(run_id, item, "cut_and_harmonic_map", error))
         return record
     item_store.write_array("disk/vertices", disk.vertices.astype(np.float64))
     item_store.write_array("disk/faces", disk.faces.astype(np.int32))
-    harmonic = Parameterization(
-        "harmonic", uv, area_distortion(disk.vertices, disk.faces, uv), flipped_triangles(uv, disk.faces)
-    )
     parameterizations = [harmonic]
     try:
         masses = feature_masses(vertices, mesh.faces, disk, config.feature_weight)
-        parameterizations.append(ot_parameterization(disk, uv, masses, config.tol, config.max_newton_iterations))
+        parameterizations.append(ot_parameterization(disk, harmonic.uv, masses, config.tol, config.max_newton_iterations))
     except (GeometryError, OTConvergenceError) as error:
         record["failures"].append(_failure(run_id, item, "ot_parameterization", error))
     for p in parameterizations:
