@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STORE ?= runs/demo
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo demo-autodecoder test bench clean
 
 $(BIN)/brenier: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,11 +19,16 @@ setup: $(BIN)/brenier
 demo: setup
 	$(BIN)/brenier geometry-images data/samples/meshes --store $(STORE)
 
+demo-autodecoder: setup
+	$(BIN)/brenier autodecoder data/samples/consistent/crane-16.npz --store $(STORE) --chamfer-epochs 10 --qaad-epochs 30
+
 test: setup
 	$(BIN)/python -m pytest -q
 
 bench: setup
+	$(BIN)/python -m pip install -q -e ".[bench]"
 	$(BIN)/python bench/newton_bunny.py
+	$(BIN)/python bench/em_kd.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -10,9 +10,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from flows.autodecoder import autodecoder, encode_shapes
 from flows.geometry_images import geometry_images, summarize
 from flows.task_runner import make_task_runner
 from storage.tables import read_table
+from tasks.autodecoder import VARIANTS, AutodecoderConfig
 from tasks.geometry_images import GeometryImageConfig
 
 app = typer.Typer(help="Optimal-transport geometry processing over whole 3D datasets.", no_args_is_help=True)
@@ -81,6 +83,103 @@ def geometry_images_command(
         console.print(table)
     console.print(f"run [bold]{result['run_id']}[/]: {result['items']} meshes, {result['skipped_items']} skipped as finished")
     console.print(f"Zarr store:  {result['store']}/{result['run_id']}/<mesh>/{{harmonic,ot}}/geometry_image")
+    for name, uri in result["tables"].items():
+        console.print(f"table {name}: {uri}")
+
+
+def _print_failures(failures: pd.DataFrame) -> None:
+    if failures.empty:
+        return
+    table = Table(title="failures")
+    for column in ("item_id", "stage", "error_type", "message"):
+        table.add_column(column)
+    for _, f in failures.iterrows():
+        table.add_row(f["item_id"], f["stage"], f["error_type"], f["message"])
+    console.print(table)
+
+
+def _local(store: str) -> str:
+    return store if "://" in store else str(Path(store).resolve())
+
+
+@app.command("autodecoder")
+def autodecoder_command(
+    path: Annotated[str, typer.Argument(help="collection (.npz/.npy or folder of equal-count shapes) or folder of them")],
+    store: Annotated[str, typer.Option(help="root of the Zarr store and Parquet tables")] = "runs",
+    variant: Annotated[list[str], typer.Option(help=f"repeatable; one of {', '.join(VARIANTS)}")] = ["neuralqaad"],
+    point_source: Annotated[str, typer.Option(help="'vertices' or 'surface' (area-uniform samples)")] = "vertices",
+    samples: Annotated[int, typer.Option(help="surface samples per shape")] = 65_536,
+    latent_size: Annotated[int, typer.Option(help="latent code length")] = 64,
+    patches: Annotated[int, typer.Option(help="patches K (power of two)")] = 64,
+    points_per_shape: Annotated[int, typer.Option(help="points per shape per step")] = 2048,
+    shapes_per_step: Annotated[int, typer.Option(help="shapes per step")] = 8,
+    chamfer_epochs: Annotated[int, typer.Option(help="augmented-Chamfer warm-up epochs")] = 20,
+    qaad_epochs: Annotated[int, typer.Option(help="QAAD epochs after the warm-up")] = 80,
+    learning_rate: Annotated[float, typer.Option(help="Adam step of the network")] = 1e-3,
+    leaf_size: Annotated[int, typer.Option(help="k-d leaf size of QAAD_GREEDY and EM-kD")] = 1024,
+    seed: Annotated[int, typer.Option(help="seed of initialisation and sampling")] = 0,
+    device: Annotated[str, typer.Option(help="'auto' uses CUDA where the worker has it")] = "auto",
+    checkpoint_every: Annotated[int, typer.Option(help="steps between checkpoints")] = 50,
+    workers: Annotated[int | None, typer.Option(help="LocalCluster workers (default: one per core)")] = None,
+    dask_address: Annotated[str | None, typer.Option(help="tcp://host:port of an existing Dask scheduler")] = None,
+    run_id: Annotated[str | None, typer.Option(help="default: derived from the config (re-runs resume or skip)")] = None,
+) -> None:
+    """Train NeuralQAAD autodecoders on shape collections: one network + one code per shape, EM-kD per shape."""
+    config = AutodecoderConfig(
+        point_source=point_source, samples=samples, latent_size=latent_size, patches=patches,
+        points_per_shape=points_per_shape, shapes_per_step=shapes_per_step, chamfer_epochs=chamfer_epochs,
+        qaad_epochs=qaad_epochs, learning_rate=learning_rate, leaf_size=leaf_size, seed=seed, device=device,
+        checkpoint_every=checkpoint_every,
+    )
+    store = _local(store)
+    runner = make_task_runner(workers, dask_address)
+    result = autodecoder.with_options(task_runner=runner)(path, store, config, variant, run_id)
+    models = read_table(result["tables"]["autodecoder_models"])
+    table = Table(title="autodecoder models (distances in unit-bbox-diagonal units)")
+    columns = [("item_id", "{}"), ("shapes", "{}"), ("points", "{}"), ("mean_em_kd", "{:.3e}"),
+               ("mean_chamfer_l2", "{:.3e}"), ("compression_ratio", "{:.1f}"), ("train_seconds", "{:.0f}"),
+               ("device", "{}")]
+    for name, _ in columns:
+        table.add_column(name, justify="right")
+    for _, row in models.iterrows():
+        table.add_row(*(fmt.format(row[name]) for name, fmt in columns))
+    console.print(table)
+    _print_failures(read_table(result["tables"]["failures"]))
+    console.print(f"run [bold]{result['run_id']}[/]: {result['items']} items, {result['skipped_items']} finished earlier")
+    console.print(f"Zarr store:  {result['store']}/{result['run_id']}/<collection>--<variant>/{{latents,decoded,model}}")
+    for name, uri in result["tables"].items():
+        console.print(f"table {name}: {uri}")
+
+
+@app.command("encode")
+def encode_command(
+    path: Annotated[str, typer.Argument(help="new shapes: a collection or a folder of collections")],
+    model: Annotated[str, typer.Option(help="trained item as RUN_ID/ITEM_ID (e.g. autodecoder-1a2b/crane--neuralqaad)")],
+    store: Annotated[str, typer.Option(help="root of the store to write to")] = "runs",
+    model_store: Annotated[str | None, typer.Option(help="store holding the model (default: --store)")] = None,
+    point_source: Annotated[str, typer.Option(help="as the model was trained: 'vertices' or 'surface'")] = "vertices",
+    samples: Annotated[int, typer.Option(help="surface samples per shape")] = 65_536,
+    chamfer_steps: Annotated[int, typer.Option(help="Chamfer steps of the code fit")] = 100,
+    qaad_steps: Annotated[int, typer.Option(help="QAAD steps of the code fit")] = 300,
+    device: Annotated[str, typer.Option(help="'auto' uses CUDA where the worker has it")] = "auto",
+    workers: Annotated[int | None, typer.Option(help="LocalCluster workers")] = None,
+    dask_address: Annotated[str | None, typer.Option(help="tcp://host:port of an existing Dask scheduler")] = None,
+) -> None:
+    """Fit latent codes of new shapes with a trained decoder (frozen) and measure their reconstruction."""
+    model_run_id, _, model_item_id = model.partition("/")
+    if not model_item_id:
+        raise typer.BadParameter("expected RUN_ID/ITEM_ID", param_hint="--model")
+    config = AutodecoderConfig(point_source=point_source, samples=samples, device=device)
+    store = _local(store)
+    runner = make_task_runner(workers, dask_address)
+    result = encode_shapes.with_options(task_runner=runner)(
+        path, store, model_run_id, model_item_id, _local(model_store) if model_store else None, config,
+        chamfer_steps, qaad_steps,
+    )
+    shapes = read_table(result["tables"]["autodecoder_shapes"])
+    if not shapes.empty:
+        console.print(shapes[["item_id", "shape_id", "em_kd", "chamfer_l2"]].to_string(index=False))
+    _print_failures(read_table(result["tables"]["failures"]))
     for name, uri in result["tables"].items():
         console.print(f"table {name}: {uri}")
 

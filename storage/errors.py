@@ -14,6 +14,17 @@ __all__ = [
     "NonFiniteVerticesError",
     "NotAMeshError",
     "UnreadableMeshError",
+    # shape collections in correspondence (storage.collections)
+    "EmptyCollectionError",
+    "InconsistentConnectivityError",
+    "NotACollectionError",
+    "UnequalPointCountError",
+    "UnreadableCollectionError",
+    # trained 3D Gaussian Splatting scenes (storage.gaussians)
+    "EmptySceneError",
+    "NonFiniteGaussiansError",
+    "NotAGaussianSceneError",
+    "UnreadableSceneError",
 ]
 
 
@@ -60,3 +71,54 @@ class NonFiniteVerticesError(InputError):
 
 class DatasetNotFoundError(Exception):
     """A dataset location matches no mesh files; the message names the location."""
+
+
+# --- shape collections in correspondence (storage.collections) -------------------------------------------------
+# For these, ``item_id`` is the shape id (a per-shape failure) or the collection id (the whole collection fails).
+
+
+class UnequalPointCountError(InputError):
+    """A shape of a collection has a different point count than the collection's (the most common count among
+    its readable files); the reason names the file, its count and the expected count."""
+
+
+class InconsistentConnectivityError(InputError):
+    """A shape's faces differ from the collection's shared connectivity, so it is not in correspondence."""
+
+
+class NotACollectionError(InputError):
+    """The input is readable but does not hold a shape collection: an array file without a ``vertices`` /
+    ``points`` array of shape ``[S, V, 3]``, an object (pickled) array, bad ``faces`` or names, or a path that
+    is neither an ``.npz`` / ``.npy`` file nor a folder."""
+
+
+class UnreadableCollectionError(InputError):
+    """A collection's array file cannot be read or parsed (corrupt, truncated, not an ``.npz`` / ``.npy``)."""
+
+
+class EmptyCollectionError(InputError):
+    """A collection has no usable shape: its folder holds no shape files, its array holds zero shapes, or every
+    shape failed; the reason says which."""
+
+
+# --- trained 3D Gaussian Splatting scenes (storage.gaussians) ---------------------------------------------------
+# For these, ``item_id`` is the scene id (the file stem, see storage.gaussians.scene_id_from_uri).
+
+
+class UnreadableSceneError(InputError):
+    """A scene file is missing or unreadable, or plyfile cannot parse it (corrupt or truncated data, bad header)."""
+
+
+class NotAGaussianSceneError(InputError):
+    """A readable PLY that is not a 3DGS scene: no ``vertex`` element, required Gaussian fields missing (the
+    reason names them; e.g. a triangle mesh PLY), list-typed fields, or an ``f_rest_*`` count that is not
+    ``3 * ((d + 1)^2 - 1)`` for any SH degree ``d``."""
+
+
+class NonFiniteGaussiansError(InputError):
+    """Some Gaussian parameters are NaN or infinite (the reason names each field and how many values), a log
+    scale overflows ``exp``, or a quaternion has zero norm."""
+
+
+class EmptySceneError(InputError):
+    """A scene PLY has zero Gaussians (an empty ``vertex`` element)."""

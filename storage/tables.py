@@ -17,6 +17,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 __all__ = [
+    "AUTODECODER_EPOCHS_SCHEMA",
+    "AUTODECODER_MODELS_SCHEMA",
+    "AUTODECODER_SHAPES_SCHEMA",
     "FAILURES_SCHEMA",
     "GEOMETRY_IMAGES_SCHEMA",
     "TABLE_SCHEMAS",
@@ -69,8 +72,74 @@ FAILURES_SCHEMA: pa.Schema = pa.schema(
 )
 """One row per failed item: the pipeline stage and the error's class name and message."""
 
+AUTODECODER_EPOCHS_SCHEMA: pa.Schema = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("item_id", pa.string()),  # collection x variant
+        ("collection_id", pa.string()),
+        ("variant", pa.string()),  # e.g. "neuralqaad", "chamfer-only", "atlasnetv2"
+        ("epoch", pa.int32()),
+        ("phase", pa.string()),  # "chamfer" | "qaad"
+        ("loss", pa.float64()),  # augmented Chamfer or assigned MSE, normalised collection units (squared)
+        ("swaps", pa.int64()),  # QAAD_REASSIGNMENT swaps made during the epoch
+        ("seconds", pa.float64()),
+    ]
+)
+"""One row per item x training epoch of the autodecoder flow."""
+
+AUTODECODER_SHAPES_SCHEMA: pa.Schema = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("item_id", pa.string()),
+        ("collection_id", pa.string()),
+        ("variant", pa.string()),
+        ("shape_id", pa.string()),
+        ("shape_index", pa.int32()),  # row of the latent table
+        ("points", pa.int64()),
+        ("em_kd", pa.float64()),  # unit-bbox-diagonal normalised units (mean Euclidean transport distance)
+        ("chamfer_l2", pa.float64()),  # unit-bbox-diagonal normalised units (squared distance)
+        ("distance_normalization", pa.string()),  # "unit_bbox_diagonal"
+    ],
+    metadata={"distance_normalization": "unit bounding-box diagonal of each shape"},
+)
+"""One row per item x shape: reconstruction error of the decoded cloud."""
+
+AUTODECODER_MODELS_SCHEMA: pa.Schema = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("item_id", pa.string()),
+        ("collection_id", pa.string()),
+        ("source_uri", pa.string()),
+        ("source_sha256", pa.string()),
+        ("variant", pa.string()),
+        ("architecture", pa.string()),  # "neuralqaad" | "atlasnetv2"
+        ("schedule", pa.string()),  # "qaad" | "chamfer"
+        ("shapes", pa.int64()),
+        ("points", pa.int64()),
+        ("point_source", pa.string()),  # "vertices" | "surface"
+        ("latent_size", pa.int32()),
+        ("patches", pa.int32()),
+        ("epochs", pa.int32()),
+        ("steps", pa.int64()),
+        ("network_floats", pa.int64()),  # decoder parameters + input cloud
+        ("latent_floats", pa.int64()),
+        ("dataset_floats", pa.int64()),
+        ("compression_ratio", pa.float64()),  # dataset_floats / (network_floats + latent_floats)
+        ("mean_em_kd", pa.float64()),  # unit-bbox-diagonal units
+        ("mean_chamfer_l2", pa.float64()),
+        ("device", pa.string()),
+        ("resumed_from_step", pa.int64()),  # null unless training continued from a checkpoint
+        ("train_seconds", pa.float64()),
+        ("seconds", pa.float64()),
+    ]
+)
+"""One row per trained item (collection x variant): size, compression ratio and mean errors."""
+
 TABLE_SCHEMAS: dict[str, pa.Schema] = {
     "geometry_images": GEOMETRY_IMAGES_SCHEMA,
+    "autodecoder_epochs": AUTODECODER_EPOCHS_SCHEMA,
+    "autodecoder_shapes": AUTODECODER_SHAPES_SCHEMA,
+    "autodecoder_models": AUTODECODER_MODELS_SCHEMA,
     "failures": FAILURES_SCHEMA,
 }
 """Table name -> canonical schema; :func:`write_table` accepts only these names."""

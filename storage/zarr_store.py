@@ -28,7 +28,7 @@ from zarr.abc.store import Store
 
 __all__ = ["ItemStore", "open_root"]
 
-_RESERVED_ATTRS = frozenset({"complete", "fingerprint", "rows", "rows_nonfinite", "failures"})
+_RESERVED_ATTRS = frozenset({"complete", "fingerprint", "rows", "rows_nonfinite", "failures", "checkpoint"})
 _CHUNK_KEY_ENCODING: dict[str, Any] = {"name": "default", "separator": "/"}  # chunk objects live under "<array>/c/"
 _PYRAMID_CHUNK = 128
 
@@ -368,6 +368,66 @@ class ItemStore:
         self._group("r+").attrs.update(
             {"rows": encoded, "rows_nonfinite": nonfinite, "failures": list(failures or []), "complete": True}
         )
+
+    def checkpoint_step(self, fingerprint: str) -> int | None:
+        """Progress counter of the last complete checkpoint of an unfinished group with this fingerprint, else None."""
+        try:
+            attrs = self._group().attrs.asdict()
+        except (FileNotFoundError, ValueError):
+            return None
+        if attrs.get("fingerprint") != fingerprint or attrs.get("complete") is True or "checkpoint" not in attrs:
+            return None
+        return int(attrs["checkpoint"]["step"])
+
+    def write_checkpoint(self, arrays: dict[str, np.ndarray], meta: dict[str, Any], step: int) -> None:
+        """Save a resumable state (e.g. model + optimiser + assignment) without ever exposing a half-written one.
+
+        Two slots, ``checkpoint/a`` and ``checkpoint/b``, alternate: the new state is written whole into the slot
+        not referenced by the group's ``checkpoint`` attribute, then that attribute is switched to it in one
+        metadata write. A crash mid-write leaves the previous checkpoint intact and referenced.
+
+        Parameters
+        ----------
+        arrays : dict of str to np.ndarray
+            Named arrays; names may contain ``/`` (stored as nested paths).
+        meta : dict
+            JSON-serialisable metadata restored by :meth:`read_checkpoint`.
+        step : int
+            Progress counter (e.g. global training step) reported by :meth:`checkpoint_step`.
+
+        Raises
+        ------
+        FileNotFoundError
+            If :meth:`begin` has not created the item's group.
+        TypeError
+            If ``meta`` is not JSON-serialisable (checked before anything is written).
+        """
+        json.dumps(meta)
+        group = self._group("r+")
+        current = group.attrs.asdict().get("checkpoint", {}).get("slot")
+        slot = "b" if current == "a" else "a"
+        if f"checkpoint/{slot}" in group:
+            del group[f"checkpoint/{slot}"]
+        for name, value in arrays.items():
+            group.create_array(
+                f"checkpoint/{slot}/{name}",
+                data=np.asarray(value),
+                chunk_key_encoding=_CHUNK_KEY_ENCODING,
+                overwrite=True,
+            )
+        group.attrs.update({"checkpoint": {"slot": slot, "step": int(step), "names": sorted(arrays), "meta": meta}})
+
+    def read_checkpoint(self) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+        """The arrays and metadata of the last complete checkpoint, or None if there is none."""
+        try:
+            attrs = self._group().attrs.asdict()
+        except (FileNotFoundError, ValueError):
+            return None
+        if "checkpoint" not in attrs:
+            return None
+        record = attrs["checkpoint"]
+        arrays = {name: self.read_array(f"checkpoint/{record['slot']}/{name}") for name in record["names"]}
+        return arrays, record["meta"]
 
     def completed_failures(self) -> list[dict[str, Any]]:
         """Failure rows stored by :meth:`finish` (empty if none)."""

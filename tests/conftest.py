@@ -47,3 +47,12 @@ def sample_mesh() -> Callable[[str], SampleMesh]:
 @pytest.fixture(scope="session")
 def spot() -> SampleMesh:
     return _load("spot")
+
+
+CONSISTENT_DIR = SAMPLES_DIR.parent / "consistent"
+
+
+@pytest.fixture(scope="session")
+def consistent_dir() -> Path:
+    """``data/samples/consistent``: ``crane-16.npz`` and ``horse-gallop/`` (shape collections in correspondence)."""
+    return CONSISTENT_DIR

@@ -14,6 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from storage.tables import (
+    AUTODECODER_EPOCHS_SCHEMA,
+    AUTODECODER_MODELS_SCHEMA,
+    AUTODECODER_SHAPES_SCHEMA,
     FAILURES_SCHEMA,
     GEOMETRY_IMAGES_SCHEMA,
     TABLE_SCHEMAS,
@@ -56,7 +59,13 @@ def _ot_row(level: int) -> dict[str, object]:
 
 
 def test_schemas_cover_every_table() -> None:
-    assert TABLE_SCHEMAS == {"geometry_images": GEOMETRY_IMAGES_SCHEMA, "failures": FAILURES_SCHEMA}
+    assert TABLE_SCHEMAS == {
+        "geometry_images": GEOMETRY_IMAGES_SCHEMA,
+        "autodecoder_epochs": AUTODECODER_EPOCHS_SCHEMA,
+        "autodecoder_shapes": AUTODECODER_SHAPES_SCHEMA,
+        "autodecoder_models": AUTODECODER_MODELS_SCHEMA,
+        "failures": FAILURES_SCHEMA,
+    }
     assert GEOMETRY_IMAGES_SCHEMA.metadata[b"distance_normalization"] == b"unit bounding-box diagonal"
     assert set(_ot_row(0)) == set(GEOMETRY_IMAGES_SCHEMA.names)
 

@@ -1,0 +1,167 @@
+"""Flows ``autodecoder`` and ``encode-shapes``: NeuralQAAD compression of shape collections.
+
+``autodecoder`` maps one training task per collection x variant over the Dask task runner (variants:
+``neuralqaad``, ``chamfer-only``, ``atlasnetv2``; see :data:`tasks.autodecoder.VARIANTS`), then writes the
+Parquet tables ``autodecoder_models`` (size, compression ratio, mean errors), ``autodecoder_shapes`` (em_kd and
+chamfer_l2 per shape), ``autodecoder_epochs`` (training curve) and ``failures``, and publishes a table artifact
+and a markdown summary. ``encode-shapes`` fits codes for new shapes with a trained decoder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import pandas as pd
+from prefect import flow, get_run_logger, unmapped
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.futures import as_completed
+
+from storage.collections import list_collections
+from storage.tables import write_table
+from tasks.autodecoder import PIPELINE_VERSION, VARIANTS, AutodecoderConfig, encode_collection, train_autodecoder
+
+__all__ = ["autodecoder", "encode_shapes", "default_run_id", "TABLES"]
+
+TABLES = ("autodecoder_models", "autodecoder_shapes", "autodecoder_epochs")
+
+
+def default_run_id(config: AutodecoderConfig, prefix: str = "autodecoder") -> str:
+    """Run id fixed by the config, so re-running the same job finds (and resumes or skips) its items."""
+    payload = config.model_dump_json(exclude={"device", "checkpoint_every"}) + PIPELINE_VERSION
+    return f"{prefix}-{hashlib.sha256(payload.encode()).hexdigest()[:10]}"
+
+
+def _gather(futures: list, labels: list[str], run_id: str, logger) -> tuple[dict[str, list], list[dict], int]:
+    tables: dict[str, list[dict[str, Any]]] = {name: [] for name in TABLES}
+    failures: list[dict[str, Any]] = []
+    skipped = 0
+    label_of = dict(zip(futures, labels))
+    for done, future in enumerate(as_completed(futures), start=1):
+        result = future.result(raise_on_failure=False)
+        label = label_of[future]
+        if isinstance(result, BaseException):
+            failures.append({"run_id": run_id, "item_id": label, "source_uri": label, "stage": "task",
+                             "error_type": type(result).__name__, "message": str(result)})
+            status = f"crashed: {type(result).__name__}: {result}"
+        else:
+            for name, rows in result["tables"].items():
+                tables.setdefault(name, []).extend(rows)
+            failures += result["failures"]
+            skipped += bool(result["skipped"])
+            models = result["tables"].get("autodecoder_models", [])
+            if models:
+                status = (f"mean em_kd {models[0]['mean_em_kd']:.3e}, compression ratio "
+                          f"{models[0]['compression_ratio']:.1f}" + (" (finished earlier)" if result["skipped"] else ""))
+            elif result["tables"].get("autodecoder_shapes"):
+                status = f"{len(result['tables']['autodecoder_shapes'])} shapes encoded"
+            else:
+                status = "failed: " + "; ".join(f"{f['error_type']}: {f['message']}" for f in result["failures"])
+        logger.info("[%d/%d] %s: %s", done, len(futures), label, status)
+    return tables, failures, skipped
+
+
+@flow(name="autodecoder", log_prints=True)
+def autodecoder(
+    path: str,
+    store: str,
+    config: AutodecoderConfig | None = None,
+    variants: list[str] | None = None,
+    run_id: str | None = None,
+) -> dict[str, Any]:
+    """Train one autodecoder per collection and variant under ``path``; measure every reconstruction.
+
+    Args:
+        path: a collection (``.npz``/``.npy`` array file or folder of equal-count mesh/point files) or a folder of
+            collections; local path or fsspec URL.
+        store: root of the Zarr store and tables.
+        config: pipeline parameters (:class:`tasks.autodecoder.AutodecoderConfig`).
+        variants: subset of ``neuralqaad``, ``chamfer-only``, ``atlasnetv2`` (default: ``["neuralqaad"]``).
+        run_id: defaults to one derived from the config (a re-run resumes or skips).
+
+    Returns:
+        ``{"run_id", "store", "tables": {name: uri}, "items", "failed_items", "skipped_items"}``.
+
+    Raises:
+        ValueError: unknown variant. storage.errors.DatasetNotFoundError: nothing at ``path``.
+    """
+    logger = get_run_logger()
+    config = config or AutodecoderConfig()
+    variants = variants or ["neuralqaad"]
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        raise ValueError(f"unknown variants {unknown}; expected some of {sorted(VARIANTS)}")
+    run_id = run_id or default_run_id(config)
+    collections = list_collections(path)
+    pairs = [(c, v) for c in collections for v in variants]
+    logger.info("run %s: %d collections x %d variants from %s -> %s", run_id, len(collections), len(variants),
+                path, store)
+    futures = [train_autodecoder.submit(c, v, store, run_id, config) for c, v in pairs]
+    tables, failures, skipped = _gather(futures, [f"{c} [{v}]" for c, v in pairs], run_id, logger)
+    uris = {name: write_table(rows, store, run_id, name) for name, rows in tables.items()}
+    uris["failures"] = write_table(failures, store, run_id, "failures")
+    _publish(run_id, tables, failures, uris)
+    return {"run_id": run_id, "store": store, "tables": uris, "items": len(pairs),
+            "failed_items": sorted({f["item_id"] for f in failures}), "skipped_items": skipped}
+
+
+def _publish(run_id: str, tables: dict[str, list], failures: list[dict], uris: dict[str, str]) -> None:
+    models = pd.DataFrame(tables.get("autodecoder_models", []))
+    columns = ["item_id", "variant", "shapes", "points", "mean_em_kd", "mean_chamfer_l2", "compression_ratio",
+               "network_floats", "latent_floats", "train_seconds", "device"]
+    summary = models[columns] if not models.empty else pd.DataFrame(columns=columns)
+    create_table_artifact(
+        key="autodecoder-summary",
+        table=summary.astype(object).where(summary.notna(), None).to_dict(orient="records"),
+        description=f"Autodecoder models of run {run_id} (distances in unit-bbox-diagonal units)",
+    )
+    failure_lines = "\n".join(f"| {f['item_id']} | {f['stage']} | {f['error_type']} | {f['message']} |" for f in failures)
+    create_markdown_artifact(
+        key="autodecoder-report",
+        markdown=(
+            f"# Autodecoder, run `{run_id}`\n\n{len(summary)} trained models, {len(failures)} failures.\n\n"
+            + (summary.to_markdown(index=False, floatfmt=".4g") if not summary.empty else "")
+            + "\n\nTables: " + ", ".join(f"`{u}`" for u in uris.values())
+            + ("\n\n## Failures\n| item | stage | error | message |\n|---|---|---|---|\n" + failure_lines if failures else "")
+        ),
+        description="Autodecoder run summary",
+    )
+
+
+@flow(name="encode-shapes", log_prints=True)
+def encode_shapes(
+    path: str,
+    store: str,
+    model_run_id: str,
+    model_item_id: str,
+    model_store: str | None = None,
+    config: AutodecoderConfig | None = None,
+    chamfer_steps: int = 100,
+    qaad_steps: int = 300,
+    run_id: str | None = None,
+) -> dict[str, Any]:
+    """Encode every collection under ``path`` with the trained model ``<model_store>/<model_run_id>/<model_item_id>``.
+
+    Writes ``autodecoder_shapes`` (variant ``"encoded"``) and ``failures`` under ``<store>/<run_id>/tables``.
+    """
+    logger = get_run_logger()
+    config = config or AutodecoderConfig()
+    model_store = model_store or store
+    run_id = run_id or f"encode-{hashlib.sha256(f'{model_run_id}/{model_item_id}'.encode()).hexdigest()[:10]}"
+    collections = list_collections(path)
+    futures = encode_collection.map(collections, unmapped(model_store), unmapped(model_run_id),
+                                    unmapped(model_item_id), unmapped(store), unmapped(run_id), unmapped(config),
+                                    unmapped(chamfer_steps), unmapped(qaad_steps))
+    tables, failures, skipped = _gather(list(futures), collections, run_id, logger)
+    uris = {"autodecoder_shapes": write_table(tables["autodecoder_shapes"], store, run_id, "autodecoder_shapes"),
+            "failures": write_table(failures, store, run_id, "failures")}
+    shapes = pd.DataFrame(tables["autodecoder_shapes"])
+    create_markdown_artifact(
+        key="encode-shapes-report",
+        markdown=(f"# Encoded with `{model_item_id}`, run `{run_id}`\n\n"
+                  + (shapes[["item_id", "shape_id", "em_kd", "chamfer_l2"]].to_markdown(index=False, floatfmt=".4g")
+                     if not shapes.empty else "no shapes encoded")),
+        description="Autodecoder inference summary",
+    )
+    return {"run_id": run_id, "store": store, "tables": uris, "items": len(collections),
+            "failed_items": sorted({f["item_id"] for f in failures}), "skipped_items": skipped}

@@ -1,0 +1,492 @@
+"""Trained 3D Gaussian Splatting scenes: list the scene files at a location, read one, write one.
+
+A scene is one PLY file in the standard layout of the INRIA 3DGS reference code (Kerbl, Kopanas, Leimkühler,
+Drettakis 2023, "3D Gaussian Splatting for Real-Time Radiance Field Rendering"; ``GaussianModel.save_ply`` /
+``load_ply`` of ``graphdeco-inria/gaussian-splatting``): one ``vertex`` element with float properties
+
+``x y z [nx ny nz] f_dc_0..2 [f_rest_0..f_rest_{3K-1}] opacity scale_0..2 rot_0..3``
+
+where ``opacity`` is a logit, ``scale_*`` are natural logs of the standard deviations along the Gaussian's
+principal axes, ``rot_*`` is an (unnormalised) quaternion ``w x y z``, ``f_dc_*`` the degree-0 spherical-harmonic
+(SH) coefficients of red, green, blue and ``f_rest_*`` the higher-degree SH coefficients, channel-major
+(``K`` coefficients of red, then of green, then of blue), ``K = (d + 1)^2 - 1`` for SH degree ``d``.
+
+:func:`read_scene` returns the *activated* parameters (``opacities = sigmoid(opacity)``,
+``scales = exp(scale)``, unit ``quats``), as every renderer and the reduction methods use them;
+:func:`write_scene` applies the inverse activations and writes the INRIA layout back. Files are read as bytes
+through fsspec and parsed with plyfile (never unpickled).
+
+Round trip (``read_scene(write_scene(read_scene(f)))``): means, SH coefficients and normals are bit-exact;
+scales and opacities agree to float32 rounding (~1e-7 relative). The raw log-scales and logits are re-derived
+from the float32 activations, so they agree to float32 rounding as well, except for opacities so close to 0 or 1
+that float32 cannot resolve them: a logit above ``logit(1 - 2**-24) ≈ 16.6`` reads as opacity 1.0 and is written
+back as that bound (likewise an opacity or scale that underflows to 0 is written as the smallest positive
+float32 subnormal), so that every written value is finite.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+import fsspec
+import numpy as np
+from fsspec.implementations.local import LocalFileSystem
+from plyfile import PlyData, PlyElement, PlyListProperty
+
+from storage.errors import (
+    DatasetNotFoundError,
+    EmptySceneError,
+    NonFiniteGaussiansError,
+    NotAGaussianSceneError,
+    UnreadableSceneError,
+)
+
+__all__ = [
+    "REQUIRED_FIELDS",
+    "GaussianScene",
+    "encode_scene",
+    "list_scenes",
+    "quats_to_rotations",
+    "read_scene",
+    "scene_id_from_uri",
+    "write_scene",
+]
+
+REQUIRED_FIELDS: tuple[str, ...] = (
+    "x", "y", "z",
+    "f_dc_0", "f_dc_1", "f_dc_2",
+    "opacity",
+    "scale_0", "scale_1", "scale_2",
+    "rot_0", "rot_1", "rot_2", "rot_3",
+)  # fmt: skip
+"""Properties of the ``vertex`` element that every Gaussian scene PLY must carry."""
+
+_NORMAL_FIELDS = ("nx", "ny", "nz")
+_F_REST = re.compile(r"^f_rest_(\d+)$")
+_GLOB_CHARS = frozenset("*?[")
+_UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9._-]")
+_ONE_BELOW_1 = np.nextafter(np.float32(1.0), np.float32(0.0))  # 1 - 2**-24
+_SMALLEST_F32 = np.nextafter(np.float32(0.0), np.float32(1.0))  # smallest positive subnormal, ~1.4e-45
+
+
+def _as_f32(name: str, a: np.ndarray, shape: tuple[int | None, ...]) -> np.ndarray:
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    if a.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, a.shape, strict=True)):
+        expected = "[" + ", ".join("N" if s is None else str(s) for s in shape) + "]"
+        raise ValueError(f"{name} must have shape {expected}, got {list(a.shape)}")
+    return a
+
+
+@dataclass(frozen=True, eq=False)
+class GaussianScene:
+    """A trained 3D Gaussian Splatting scene with activated parameters.
+
+    Arrays are converted to contiguous float32 on construction and their shapes checked (``ValueError``).
+
+    Attributes
+    ----------
+    scene_id : str
+        Stable id, safe as a path component (see :func:`scene_id_from_uri`).
+    uri : str
+        Where the scene was read from (absolute local path or fsspec URL); ``""`` for a scene built in memory.
+    means : np.ndarray
+        ``[N, 3]`` float32, Gaussian centres in world units.
+    scales : np.ndarray
+        ``[N, 3]`` float32, standard deviations along the principal axes in world units (``exp`` of the stored
+        log scales), > 0.
+    quats : np.ndarray
+        ``[N, 4]`` float32, rotation quaternions ``w x y z`` of unit norm (normalised on read).
+    opacities : np.ndarray
+        ``[N]`` float32 in [0, 1] (``sigmoid`` of the stored logit).
+    sh_dc : np.ndarray
+        ``[N, 3]`` float32, degree-0 SH coefficients (``f_dc_0..2``) of red, green, blue as stored.
+    sh_rest : np.ndarray
+        ``[N, K, 3]`` float32, higher-degree SH coefficients, ``K = (d + 1)^2 - 1`` (``K = 0`` for degree 0):
+        ``sh_rest[n, k, c]`` is ``f_rest_{c * K + k}`` (the INRIA ``load_ply`` reshape ``[N, 3, K] -> [N, K, 3]``).
+    normals : np.ndarray | None
+        ``[N, 3]`` float32 ``nx ny nz`` if the file has them (INRIA writes zeros), else None.
+    sha256 : str
+        Hex SHA-256 of the raw file bytes; ``""`` for a scene built in memory.
+    """
+
+    scene_id: str
+    uri: str
+    means: np.ndarray  # [N, 3]
+    scales: np.ndarray  # [N, 3]
+    quats: np.ndarray  # [N, 4] wxyz
+    opacities: np.ndarray  # [N]
+    sh_dc: np.ndarray  # [N, 3]
+    sh_rest: np.ndarray  # [N, K, 3]
+    normals: np.ndarray | None  # [N, 3] or None
+    sha256: str = ""
+
+    def __post_init__(self) -> None:
+        means = _as_f32("means", self.means, (None, 3))
+        n = means.shape[0]
+        sh_rest = _as_f32("sh_rest", self.sh_rest, (n, None, 3))
+        k = sh_rest.shape[1]
+        if math.isqrt(k + 1) ** 2 != k + 1:
+            raise ValueError(f"sh_rest must have (d + 1)^2 - 1 coefficients per channel for an SH degree d, got {k}")
+        fields = {
+            "means": means,
+            "scales": _as_f32("scales", self.scales, (n, 3)),
+            "quats": _as_f32("quats", self.quats, (n, 4)),
+            "opacities": _as_f32("opacities", self.opacities, (n,)),
+            "sh_dc": _as_f32("sh_dc", self.sh_dc, (n, 3)),
+            "sh_rest": sh_rest,
+            "normals": None if self.normals is None else _as_f32("normals", self.normals, (n, 3)),
+        }
+        for name, value in fields.items():
+            object.__setattr__(self, name, value)
+
+    def __len__(self) -> int:
+        return int(self.means.shape[0])
+
+    @property
+    def sh_degree(self) -> int:
+        """SH degree ``d`` with ``(d + 1)^2 - 1 == sh_rest.shape[1]`` (0 when there is no ``f_rest``)."""
+        return math.isqrt(self.sh_rest.shape[1] + 1) - 1
+
+    def covariances(self) -> np.ndarray:
+        """Covariance matrices ``Σ = R diag(s²) Rᵀ`` (Kerbl et al. 2023, eq. 6).
+
+        ``R`` is the rotation of the normalised quaternion ``quats`` (``w x y z``), ``s = scales``; computed in
+        float64.
+
+        Returns
+        -------
+        np.ndarray
+            ``[N, 3, 3]`` float64, symmetric positive semi-definite, in squared world units.
+        """
+        rotations = quats_to_rotations(self.quats)  # [N, 3, 3]
+        s2 = self.scales.astype(np.float64) ** 2  # [N, 3]
+        cov = np.einsum("nij,nj,nkj->nik", rotations, s2, rotations)
+        return 0.5 * (cov + cov.transpose(0, 2, 1))  # exactly symmetric, not just to rounding
+
+
+def quats_to_rotations(quats: np.ndarray) -> np.ndarray:
+    """Rotation matrices of quaternions ``w x y z`` (normalised here), as ``build_rotation`` of the INRIA code.
+
+    Parameters
+    ----------
+    quats : np.ndarray
+        ``[N, 4]`` float, ``w x y z``, non-zero norm.
+
+    Returns
+    -------
+    np.ndarray
+        ``[N, 3, 3]`` float64 rotation matrices ``R`` (``R @ v`` rotates a column vector ``v``).
+    """
+    q = np.asarray(quats, dtype=np.float64)
+    q = q / np.linalg.norm(q, axis=1, keepdims=True)
+    w, x, y, z = q.T
+    r = np.empty((len(q), 3, 3))
+    r[:, 0, 0] = 1 - 2 * (y * y + z * z)
+    r[:, 0, 1] = 2 * (x * y - w * z)
+    r[:, 0, 2] = 2 * (x * z + w * y)
+    r[:, 1, 0] = 2 * (x * y + w * z)
+    r[:, 1, 1] = 1 - 2 * (x * x + z * z)
+    r[:, 1, 2] = 2 * (y * z - w * x)
+    r[:, 2, 0] = 2 * (x * z - w * y)
+    r[:, 2, 1] = 2 * (y * z + w * x)
+    r[:, 2, 2] = 1 - 2 * (x * x + y * y)
+    return r
+
+
+def scene_id_from_uri(uri: str) -> str:
+    """Stable scene id of a file: its stem, characters outside ``[A-Za-z0-9._-]`` replaced by ``_``."""
+    return _UNSAFE_ID_CHARS.sub("_", PurePosixPath(uri.rstrip("/")).stem) or "scene"
+
+
+# --- listing ------------------------------------------------------------------------------------------------------
+
+
+def list_scenes(location: str) -> list[str]:
+    """List the Gaussian scene files (``.ply``, any letter case) at a location.
+
+    Parameters
+    ----------
+    location : str
+        A ``.ply`` file, a folder (its files only, not sub-folders), a glob (``"scenes/*.ply"``), or an fsspec
+        URL of any of those (``"memory://scenes/"``).
+
+    Returns
+    -------
+    list[str]
+        URIs of the ``.ply`` files, sorted: absolute local paths, or fsspec URLs for other filesystems.
+        The files are not opened; a listed file may still fail :func:`read_scene`.
+
+    Raises
+    ------
+    DatasetNotFoundError
+        If the location does not exist, is a file that is not ``.ply``, or matches no ``.ply`` file.
+    """
+    fs, path = fsspec.core.url_to_fs(location)
+    if _GLOB_CHARS.intersection(path):
+        paths = [p for p in fs.glob(path) if fs.isfile(p)]
+    elif fs.isdir(path):
+        paths = [entry["name"] for entry in fs.ls(path, detail=True) if entry["type"] == "file"]
+    elif fs.isfile(path):
+        paths = [path]
+    else:
+        raise DatasetNotFoundError(f"dataset location {location!r} does not exist")
+    paths = [p for p in paths if PurePosixPath(p).suffix.lower() == ".ply"]
+    if not paths:
+        raise DatasetNotFoundError(f"dataset location {location!r} matches no .ply Gaussian scene files")
+    local = isinstance(fs, LocalFileSystem)
+    return sorted(os.path.abspath(p) if local else fs.unstrip_protocol(p) for p in paths)
+
+
+# --- reading ------------------------------------------------------------------------------------------------------
+
+
+def _read_bytes(scene_id: str, uri: str) -> bytes:
+    try:
+        with fsspec.open(uri, "rb") as f:
+            data: bytes = f.read()
+    except Exception as e:  # any filesystem failure is an unreadable item, not a crash of the run
+        raise UnreadableSceneError(scene_id, f"cannot read {uri}: {type(e).__name__}: {e}") from e
+    return data
+
+
+def _parse(scene_id: str, data: bytes) -> PlyData:
+    try:
+        return PlyData.read(io.BytesIO(data), mmap=False)
+    except Exception as e:  # plyfile raises PlyParseError subclasses, but also ValueError etc. on garbage
+        raise UnreadableSceneError(scene_id, f"PLY parser failed: {type(e).__name__}: {e}") from e
+
+
+def _f_rest_count(scene_id: str, names: list[str]) -> int:
+    """Number of ``f_rest_*`` properties, checked to be ``f_rest_0..M-1`` with ``M = 3 ((d + 1)^2 - 1)``."""
+    indices = sorted(int(m.group(1)) for name in names if (m := _F_REST.match(name)))
+    m = len(indices)
+    if indices != list(range(m)):
+        raise NotAGaussianSceneError(
+            scene_id, f"f_rest properties are not numbered f_rest_0..f_rest_{m - 1} (found indices {indices})"
+        )
+    k, rem = divmod(m, 3)
+    if rem or math.isqrt(k + 1) ** 2 != k + 1:
+        raise NotAGaussianSceneError(
+            scene_id,
+            f"{m} f_rest properties match no SH degree: expected 3 * ((d + 1)^2 - 1) of them (0, 9, 24, 45, 72, ...)",
+        )
+    return m
+
+
+def _column(vertex: np.ndarray, name: str) -> np.ndarray:
+    return np.asarray(vertex[name], dtype=np.float64)
+
+
+def read_scene(uri: str) -> GaussianScene:
+    """Read one 3DGS scene PLY (INRIA layout) and activate its parameters.
+
+    The bytes are read through fsspec and parsed with plyfile. Properties of the ``vertex`` element other than
+    :data:`REQUIRED_FIELDS`, ``nx ny nz`` and ``f_rest_*`` are ignored (e.g. Mip-Splatting's ``filter_3D``);
+    any numeric property type is accepted. Activations are computed in float64 and cast to float32:
+    ``opacities = 1 / (1 + exp(-opacity))``, ``scales = exp(scale_*)``, ``quats = rot / ||rot||``.
+
+    Parameters
+    ----------
+    uri : str
+        Local path or fsspec URL of the ``.ply`` file. The scene id is :func:`scene_id_from_uri` of it.
+
+    Returns
+    -------
+    GaussianScene
+        The activated scene; ``sha256`` of the raw bytes.
+
+    Raises
+    ------
+    UnreadableSceneError
+        The file is missing or unreadable, or plyfile cannot parse it (corrupt or truncated data, bad header).
+    NotAGaussianSceneError
+        The PLY has no ``vertex`` element, lacks some of :data:`REQUIRED_FIELDS` (the reason names them; e.g. a
+        triangle mesh PLY), stores a required field as a list property, or has an ``f_rest_*`` set that is not
+        ``f_rest_0..f_rest_{3K-1}`` with ``K = (d + 1)^2 - 1`` for some SH degree ``d``.
+    EmptySceneError
+        The ``vertex`` element has zero rows.
+    NonFiniteGaussiansError
+        Some value of a field that is read (required fields, ``f_rest_*``, ``nx ny nz``) is NaN or infinite, a
+        log scale overflows ``exp`` in float32, or a quaternion has zero norm (it has no rotation to normalise
+        to; treating it as the identity would invent data). The reason names each field and its count.
+    """
+    scene_id = scene_id_from_uri(uri)
+    data = _read_bytes(scene_id, uri)
+    ply = _parse(scene_id, data)
+    if "vertex" not in ply:
+        elements = ", ".join(e.name for e in ply.elements) or "none"
+        raise NotAGaussianSceneError(scene_id, f"PLY has no 'vertex' element (elements: {elements})")
+    element = ply["vertex"]
+    names = [p.name for p in element.properties]
+    missing = [name for name in REQUIRED_FIELDS if name not in names]
+    if missing:
+        extra = " (it has faces: a mesh, not a Gaussian scene)" if "face" in ply else ""
+        raise NotAGaussianSceneError(scene_id, f"PLY vertex element lacks Gaussian fields {', '.join(missing)}{extra}")
+    m_rest = _f_rest_count(scene_id, names)
+    has_normals = all(name in names for name in _NORMAL_FIELDS)
+    used = [*REQUIRED_FIELDS, *(f"f_rest_{i}" for i in range(m_rest)), *(_NORMAL_FIELDS if has_normals else ())]
+    lists = [p.name for p in element.properties if p.name in used and isinstance(p, PlyListProperty)]
+    if lists:
+        raise NotAGaussianSceneError(scene_id, f"fields {', '.join(lists)} are list properties, expected scalars")
+    vertex = element.data
+    n = len(vertex)
+    if n == 0:
+        raise EmptySceneError(scene_id, "PLY vertex element has 0 Gaussians")
+
+    bad = {name: int(np.count_nonzero(~np.isfinite(_column(vertex, name)))) for name in used}
+    bad = {name: count for name, count in bad.items() if count}
+    if bad:
+        detail = ", ".join(f"{name} ({count})" for name, count in bad.items())
+        raise NonFiniteGaussiansError(scene_id, f"NaN or Inf values among {n} Gaussians in fields: {detail}")
+
+    def stack(fields: list[str]) -> np.ndarray:
+        return np.stack([_column(vertex, f) for f in fields], axis=1)
+
+    log_scales = stack(["scale_0", "scale_1", "scale_2"])
+    scales = np.exp(log_scales).astype(np.float32)
+    overflow = int(np.count_nonzero(~np.isfinite(scales).all(axis=1)))
+    if overflow:
+        raise NonFiniteGaussiansError(
+            scene_id, f"{overflow} of {n} Gaussians have log scales whose exp overflows float32 (scale_* > 88.7)"
+        )
+    rot = stack(["rot_0", "rot_1", "rot_2", "rot_3"])
+    norms = np.linalg.norm(rot, axis=1, keepdims=True)
+    zero = int(np.count_nonzero(norms == 0))
+    if zero:
+        raise NonFiniteGaussiansError(scene_id, f"{zero} of {n} Gaussians have a zero-norm quaternion (rot_0..3)")
+    k = m_rest // 3
+    f_rest = stack([f"f_rest_{i}" for i in range(m_rest)]) if m_rest else np.zeros((n, 0))
+    return GaussianScene(
+        scene_id=scene_id,
+        uri=uri,
+        means=stack(["x", "y", "z"]),
+        scales=scales,
+        quats=rot / norms,
+        opacities=1.0 / (1.0 + np.exp(-_column(vertex, "opacity"))),
+        sh_dc=stack(["f_dc_0", "f_dc_1", "f_dc_2"]),
+        sh_rest=f_rest.reshape(n, 3, k).transpose(0, 2, 1),
+        normals=stack(list(_NORMAL_FIELDS)) if has_normals else None,
+        sha256=hashlib.sha256(data).hexdigest(),
+    )
+
+
+# --- writing ------------------------------------------------------------------------------------------------------
+
+
+def _inria_dtype(k: int) -> list[tuple[str, str]]:
+    names = [
+        "x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2",
+        *(f"f_rest_{i}" for i in range(3 * k)),
+        "opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3",
+    ]  # fmt: skip
+    return [(name, "<f4") for name in names]
+
+
+def encode_scene(scene: GaussianScene) -> bytes:
+    """The PLY bytes :func:`write_scene` writes for ``scene`` (INRIA layout, binary little endian, float32).
+
+    Raises
+    ------
+    ValueError
+        If a value is NaN/Inf, a scale is negative, an opacity is outside [0, 1], or a quaternion has zero norm.
+    """
+    n, k = len(scene), scene.sh_rest.shape[1]
+    arrays = {"means": scene.means, "scales": scene.scales, "quats": scene.quats, "opacities": scene.opacities,
+              "sh_dc": scene.sh_dc, "sh_rest": scene.sh_rest}  # fmt: skip
+    if scene.normals is not None:
+        arrays["normals"] = scene.normals
+    for name, a in arrays.items():
+        if not np.isfinite(a).all():
+            raise ValueError(f"{scene.scene_id}: {name} has NaN or Inf values")
+    if (scene.scales < 0).any():
+        raise ValueError(f"{scene.scene_id}: scales must be >= 0")
+    if ((scene.opacities < 0) | (scene.opacities > 1)).any():
+        raise ValueError(f"{scene.scene_id}: opacities must lie in [0, 1]")
+    quats = scene.quats.astype(np.float64)
+    norms = np.linalg.norm(quats, axis=1, keepdims=True)
+    if (norms == 0).any():
+        raise ValueError(f"{scene.scene_id}: quats must have non-zero norm")
+
+    # Inverse activations in float64 of the float32 values, clipped so that every written value is finite.
+    opacities = np.clip(scene.opacities, _SMALLEST_F32, _ONE_BELOW_1).astype(np.float64)
+    scales = np.maximum(scene.scales, _SMALLEST_F32).astype(np.float64)
+    vertex = np.empty(n, dtype=_inria_dtype(k))
+    for i, c in enumerate("xyz"):
+        vertex[c] = scene.means[:, i]
+        vertex[f"n{c}"] = 0.0 if scene.normals is None else scene.normals[:, i]
+        vertex[f"f_dc_{i}"] = scene.sh_dc[:, i]
+        vertex[f"scale_{i}"] = np.log(scales[:, i])
+    rest = scene.sh_rest.transpose(0, 2, 1).reshape(n, 3 * k)  # channel-major, as the INRIA save_ply
+    for i in range(3 * k):
+        vertex[f"f_rest_{i}"] = rest[:, i]
+    vertex["opacity"] = np.log(opacities) - np.log1p(-opacities)
+    quats = quats / norms
+    for i in range(4):
+        vertex[f"rot_{i}"] = quats[:, i]
+    buffer = io.BytesIO()
+    PlyData([PlyElement.describe(vertex, "vertex")], text=False, byte_order="<").write(buffer)
+    return buffer.getvalue()
+
+
+def write_scene(scene: GaussianScene, uri: str) -> int:
+    """Write a scene as a standard INRIA 3DGS PLY.
+
+    Binary little endian, one ``vertex`` element of float32 properties in the order of the INRIA ``save_ply``:
+    ``x y z nx ny nz f_dc_0..2 f_rest_0..f_rest_{3K-1} opacity scale_0..2 rot_0..3``. Normals are written as
+    zeros when ``scene.normals`` is None (as INRIA does); ``f_rest`` is written channel-major; scales are written
+    as ``log``, opacities as ``logit`` (computed in float64 from the float32 values; opacities are clipped to
+    ``[2**-149, 1 - 2**-24]`` and scales to ``>= 2**-149`` so the logs are finite), quaternions normalised.
+
+    Parameters
+    ----------
+    scene : GaussianScene
+        The scene to write (activated parameters).
+    uri : str
+        Local path or fsspec URL of the ``.ply`` file; parent folders are created.
+
+    Returns
+    -------
+    int
+        Number of bytes written.
+
+    Raises
+    ------
+    ValueError
+        If the scene holds NaN/Inf values, negative scales, opacities outside [0, 1] or zero-norm quaternions.
+
+    Notes
+    -----
+    A local file is written to a temporary file in the same folder and renamed into place (``os.replace``), so a
+    reader never sees a partial file. Other filesystems get one ``open(uri, "wb")`` write (object stores
+    publish an object only when its upload completes).
+    """
+    data = encode_scene(scene)
+    fs, path = fsspec.core.url_to_fs(uri)
+    if isinstance(fs, LocalFileSystem):
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".ply", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.chmod(tmp, 0o644)  # mkstemp creates 0600; give the file ordinary permissions
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+    else:
+        parent = fs._parent(path)
+        if parent:
+            fs.makedirs(parent, exist_ok=True)
+        with fs.open(path, "wb") as f:
+            f.write(data)
+    return len(data)
+

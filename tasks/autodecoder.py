@@ -1,0 +1,324 @@
+"""Prefect tasks of the autodecoder pipeline: train a NeuralQAAD (or baseline) model on a shape collection, and
+encode new shapes with a trained one.
+
+An item is one collection x one training variant. Its Zarr group (``<store>/<run_id>/<item_id>``) holds the
+checkpoints while training (model, optimiser, assignment, sampling generator; two alternating slots), then the
+trained model (``model/*``), the latent table, and the decoded clouds. A re-run after an interruption resumes
+from the last checkpoint; a re-run of a finished item returns its stored rows without work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from prefect import get_run_logger, task
+from pydantic import BaseModel, Field
+
+from otcore.autodecoder import Autodecoder
+from otcore.autodecoder_training import (
+    TrainingConfig,
+    TrainingState,
+    encode,
+    evaluate,
+    new_training_state,
+    normalization,
+    resolve_device,
+    train,
+)
+from otcore.point_sampling import shape_points
+from storage.collections import ShapeCollection, read_collection
+from storage.errors import InputError
+from storage.zarr_store import ItemStore
+
+__all__ = ["AutodecoderConfig", "VARIANTS", "train_autodecoder", "encode_collection", "PIPELINE_VERSION", "load_model"]
+
+PIPELINE_VERSION = "1"
+
+VARIANTS: dict[str, tuple[str, str]] = {
+    "neuralqaad": ("neuralqaad", "qaad"),  # the paper's method
+    "chamfer-only": ("neuralqaad", "chamfer"),  # same network, augmented Chamfer for the whole budget
+    "atlasnetv2": ("atlasnetv2", "chamfer"),  # AtlasNetV2-style independent patches, same parameter count
+}
+"""Training variant -> (architecture, schedule)."""
+
+
+class AutodecoderConfig(BaseModel):
+    """Parameters of the autodecoder pipeline (documented defaults; training ones follow NeuralQAAD)."""
+
+    point_source: str = Field("vertices", pattern="^(vertices|surface)$",
+                              description="train on the vertices, or on area-uniform surface samples")
+    samples: int = Field(65_536, ge=16, description="surface samples per shape (point_source='surface')")
+    latent_size: int = Field(64, ge=1)
+    patches: int = Field(64, ge=1, description="K, a power of two")
+    points_per_shape: int = Field(2048, ge=1, description="points sampled per shape per step")
+    shapes_per_step: int = Field(8, ge=1)
+    chamfer_epochs: int = Field(20, ge=0, description="augmented-Chamfer warm-up epochs")
+    qaad_epochs: int = Field(80, ge=0, description="QAAD epochs (Chamfer variants train the same total)")
+    learning_rate: float = Field(1e-3, gt=0)
+    latent_learning_rate: float = Field(1e-3, gt=0)
+    leaf_size: int = Field(1024, ge=1, description="k-d leaf size of QAAD_GREEDY and EM-kD")
+    seed: int = 0
+    device: str = Field("auto", description="'auto' (CUDA when the worker has it), 'cpu', 'cuda', 'cuda:1', ...")
+    checkpoint_every: int = Field(50, ge=1, description="training steps between checkpoints")
+
+    def training(self, variant: str) -> TrainingConfig:
+        architecture, schedule = VARIANTS[variant]
+        return TrainingConfig(
+            architecture=architecture,
+            schedule=schedule,
+            latent_size=self.latent_size,
+            n_patches=self.patches,
+            points_per_shape=self.points_per_shape,
+            shapes_per_step=self.shapes_per_step,
+            chamfer_epochs=self.chamfer_epochs,
+            qaad_epochs=self.qaad_epochs,
+            learning_rate=self.learning_rate,
+            latent_learning_rate=self.latent_learning_rate,
+            leaf_size=self.leaf_size,
+            seed=self.seed,
+        )
+
+    def fingerprint(self, source_sha256: str, variant: str, shape_ids: tuple[str, ...]) -> str:
+        """Identity of an item's outputs (the device is left out: it changes speed, not the result's meaning)."""
+        payload = json.dumps(
+            [source_sha256, variant, list(shape_ids), self.model_dump(exclude={"device", "checkpoint_every"}),
+             PIPELINE_VERSION],
+            sort_keys=True,
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _failure(run_id: str, item_id: str, uri: str, stage: str, error: BaseException) -> dict[str, Any]:
+    return {"run_id": run_id, "item_id": item_id, "source_uri": uri, "stage": stage,
+            "error_type": type(error).__name__, "message": str(error)}
+
+
+def _points(collection: ShapeCollection, config: AutodecoderConfig) -> np.ndarray:
+    count = config.samples if config.point_source == "surface" else None
+    return shape_points(collection.vertices, collection.faces, config.point_source, count, config.seed)
+
+
+def _unit_diagonal_factors(points: np.ndarray, scale: float) -> np.ndarray:
+    """Per shape: factor from normalised collection units to that shape's unit-bbox-diagonal units."""
+    diagonals = np.linalg.norm(points.max(axis=1) - points.min(axis=1), axis=1)
+    return scale / diagonals
+
+
+@task(name="train-autodecoder", retries=1, retry_delay_seconds=2)
+def train_autodecoder(
+    collection_uri: str, variant: str, store: str, run_id: str, config: AutodecoderConfig
+) -> dict[str, Any]:
+    """Train one variant on one collection (resuming from its last checkpoint), evaluate, write the model.
+
+    Returns:
+        ``{"item_id", "variant", "skipped", "resumed_from_step", "tables": {table: rows}, "failures"}``; rows of
+        ``autodecoder_epochs``, ``autodecoder_shapes`` and ``autodecoder_models``.
+    """
+    logger = get_run_logger()
+    started = time.perf_counter()
+    result: dict[str, Any] = {"item_id": None, "variant": variant, "skipped": False, "resumed_from_step": None,
+                              "tables": {}, "failures": []}
+    try:
+        collection, shape_failures = read_collection(collection_uri)
+    except InputError as error:
+        result["item_id"] = f"{error.item_id}--{variant}"
+        result["failures"].append(_failure(run_id, result["item_id"], collection_uri, "read", error))
+        return result
+    item_id = f"{collection.collection_id}--{variant}"
+    result["item_id"] = item_id
+    failures = [_failure(run_id, item_id, f"{collection_uri}#{f.shape_id}", "read", f.error) for f in shape_failures]
+    result["failures"] = failures
+    for failure in failures:
+        logger.warning("%s: shape skipped: %s: %s", item_id, failure["error_type"], failure["message"])
+
+    fingerprint = config.fingerprint(collection.sha256, variant, collection.shape_ids)
+    item_store = ItemStore(store, run_id, item_id)
+    if item_store.is_complete(fingerprint):
+        result.update(skipped=True, tables=_split_tables(item_store.completed_rows()))
+        return result
+
+    try:
+        points = _points(collection, config)
+    except ValueError as error:
+        result["failures"].append(_failure(run_id, item_id, collection_uri, "points", error))
+        return result
+    centre, scale = normalization(points)
+    device = resolve_device(config.device)
+    targets = torch.from_numpy((points - centre) / scale).float().to(device)
+    training = config.training(variant)
+    state = new_training_state(training, targets)
+
+    resume_step = item_store.checkpoint_step(fingerprint)
+    if resume_step is not None:
+        arrays, meta = item_store.read_checkpoint()
+        state.load_arrays(arrays, meta)
+        result["resumed_from_step"] = resume_step
+        logger.info("%s: resuming from checkpoint at step %d (epoch %d)", item_id, resume_step, state.epoch)
+    else:
+        item_store.begin(fingerprint, {
+            "collection_id": collection.collection_id, "source_uri": collection.uri,
+            "source_sha256": collection.sha256, "variant": variant, "config": config.model_dump(),
+            "shape_ids": list(collection.shape_ids), "pipeline_version": PIPELINE_VERSION,
+        })
+    logger.info("%s: %d shapes x %d points, %s on %s, %d epochs", item_id, points.shape[0], points.shape[1],
+                variant, device, training.epochs)
+
+    steps_per_epoch = -(-points.shape[0] // training.shapes_per_step)
+
+    def global_step(s: TrainingState) -> int:
+        return s.epoch * steps_per_epoch + s.step
+
+    def on_step(s: TrainingState) -> None:
+        if global_step(s) % config.checkpoint_every == 0 or s.finished:
+            arrays, meta = s.to_arrays()
+            item_store.write_checkpoint(arrays, meta, global_step(s))
+
+    def on_epoch(s: TrainingState, record) -> None:
+        if record.epoch % 10 == 0 or s.finished:
+            logger.info("%s: epoch %d/%d %s loss %.3e swaps %d (%.1f s)", item_id, record.epoch + 1,
+                        training.epochs, record.phase, record.loss, record.swaps, record.seconds)
+
+    train(state, targets, on_step=on_step, on_epoch=on_epoch)
+    train_seconds = sum(r.seconds for r in state.history)
+
+    metrics = evaluate(state.model, targets, leaf_size=config.leaf_size)
+    factors = _unit_diagonal_factors(points, scale)
+    em = metrics["em_kd"] * factors
+    cd = metrics["chamfer_l2"] * factors**2
+    _write_model(item_store, state.model, metrics["decoded"] * scale + centre, centre, scale, variant, collection)
+
+    network_floats, latent_floats = state.model.stored_floats()
+    dataset_floats = int(points.size)
+    common = {"run_id": run_id, "item_id": item_id, "collection_id": collection.collection_id, "variant": variant}
+    tables = {
+        "autodecoder_epochs": [{**common, "epoch": r.epoch, "phase": r.phase, "loss": r.loss, "swaps": r.swaps,
+                                "seconds": r.seconds} for r in state.history],
+        "autodecoder_shapes": [{**common, "shape_id": shape_id, "shape_index": i, "points": points.shape[1],
+                                "em_kd": float(em[i]), "chamfer_l2": float(cd[i]),
+                                "distance_normalization": "unit_bbox_diagonal"}
+                               for i, shape_id in enumerate(collection.shape_ids)],
+        "autodecoder_models": [{**common, "source_uri": collection.uri, "source_sha256": collection.sha256,
+                                "architecture": training.architecture, "schedule": training.schedule,
+                                "shapes": points.shape[0], "points": points.shape[1],
+                                "point_source": config.point_source, "latent_size": config.latent_size,
+                                "patches": config.patches, "epochs": training.epochs,
+                                "steps": training.epochs * steps_per_epoch, "network_floats": network_floats,
+                                "latent_floats": latent_floats, "dataset_floats": dataset_floats,
+                                "compression_ratio": dataset_floats / (network_floats + latent_floats),
+                                "mean_em_kd": float(em.mean()), "mean_chamfer_l2": float(cd.mean()),
+                                "device": str(device), "resumed_from_step": result["resumed_from_step"],
+                                "train_seconds": train_seconds,
+                                "seconds": time.perf_counter() - started}],
+    }
+    item_store.finish([{"table": name, **row} for name, rows in tables.items() for row in rows], failures)
+    logger.info("%s: mean em_kd %.3e, chamfer_l2 %.3e, compression ratio %.1f", item_id, em.mean(), cd.mean(),
+                tables["autodecoder_models"][0]["compression_ratio"])
+    result["tables"] = tables
+    return result
+
+
+def _split_tables(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    tables: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        row = dict(row)
+        tables.setdefault(row.pop("table"), []).append(row)
+    return tables
+
+
+def _write_model(item_store: ItemStore, model: Autodecoder, decoded: np.ndarray, centre: np.ndarray, scale: float,
+                 variant: str, collection: ShapeCollection) -> None:
+    for name, value in model.state_dict().items():
+        item_store.write_array(f"model/{name}", value.detach().cpu().numpy())
+    item_store.write_array("latents", model.latents.detach().cpu().numpy(),
+                           attrs={"shape_ids": list(collection.shape_ids)})
+    item_store.write_array("decoded", decoded.astype(np.float32), chunks=(1, decoded.shape[1], 3),
+                           attrs={"units": "input units", "shape_ids": list(collection.shape_ids)})
+    item_store.write_array("normalization/centre", centre)
+    item_store.write_array("normalization/scale", np.array([scale], dtype=np.float64))
+    architecture, _ = VARIANTS[variant]
+    item_store.write_array("model_spec", np.zeros(0), attrs={
+        "architecture": architecture, "n_shapes": int(model.latents.shape[0]), "latent_size": model.latent_size,
+        "n_patches": model.n_patches, "n_points": model.n_points, "state_keys": list(model.state_dict()),
+    })
+
+
+def load_model(store: str, run_id: str, item_id: str, device: torch.device | str = "cpu") -> tuple[Autodecoder, np.ndarray, float]:
+    """A trained model from a finished item of the store, with its normalisation (centre ``[3]``, scale).
+
+    Raises:
+        FileNotFoundError: no such item; RuntimeError: the item is not finished.
+    """
+    item_store = ItemStore(store, run_id, item_id)
+    if item_store.read_attrs().get("complete") is not True:
+        raise RuntimeError(f"{item_store.uri} is not a finished training run")
+    spec = item_store.read_attrs("model_spec")
+    state = {k: torch.from_numpy(item_store.read_array(f"model/{k}")) for k in spec["state_keys"]}
+    model = Autodecoder(spec["n_shapes"], spec["latent_size"], state["input_points"].numpy(), spec["n_patches"],
+                        spec["architecture"])
+    model.load_state_dict(state)
+    centre = item_store.read_array("normalization/centre")
+    scale = float(item_store.read_array("normalization/scale")[0])
+    return model.to(device), centre, scale
+
+
+@task(name="encode-collection", retries=1, retry_delay_seconds=2)
+def encode_collection(
+    collection_uri: str, model_store: str, model_run_id: str, model_item_id: str, store: str, run_id: str,
+    config: AutodecoderConfig, chamfer_steps: int = 100, qaad_steps: int = 300,
+) -> dict[str, Any]:
+    """Fit latent codes for the shapes of a new collection with a trained decoder (autodecoder inference).
+
+    Writes ``latents`` and ``decoded`` under ``<store>/<run_id>/<collection>--encoded`` and returns
+    ``autodecoder_shapes`` rows (variant ``"encoded"``) and failure rows.
+    """
+    logger = get_run_logger()
+    result: dict[str, Any] = {"item_id": None, "tables": {}, "failures": [], "skipped": False}
+    try:
+        collection, shape_failures = read_collection(collection_uri)
+    except InputError as error:
+        result["item_id"] = f"{error.item_id}--encoded"
+        result["failures"].append(_failure(run_id, result["item_id"], collection_uri, "read", error))
+        return result
+    item_id = f"{collection.collection_id}--encoded"
+    result["item_id"] = item_id
+    result["failures"] = [_failure(run_id, item_id, f"{collection_uri}#{f.shape_id}", "read", f.error)
+                          for f in shape_failures]
+    device = resolve_device(config.device)
+    model, centre, scale = load_model(model_store, model_run_id, model_item_id, device)
+    try:
+        points = _points(collection, config)
+        if points.shape[1] != model.n_points:
+            raise ValueError(f"shapes have {points.shape[1]} points, the model decodes {model.n_points}")
+    except ValueError as error:
+        result["failures"].append(_failure(run_id, item_id, collection_uri, "points", error))
+        return result
+    fingerprint = hashlib.sha256(json.dumps([collection.sha256, model_run_id, model_item_id, config.model_dump(
+        exclude={"device", "checkpoint_every"}), chamfer_steps, qaad_steps, PIPELINE_VERSION]).encode()).hexdigest()
+    item_store = ItemStore(store, run_id, item_id)
+    if item_store.is_complete(fingerprint):
+        result.update(skipped=True, tables=_split_tables(item_store.completed_rows()))
+        return result
+    item_store.begin(fingerprint, {"collection_id": collection.collection_id, "source_uri": collection.uri,
+                                   "model": f"{model_store}/{model_run_id}/{model_item_id}"})
+    targets = torch.from_numpy((points - centre) / scale).float().to(device)
+    logger.info("%s: encoding %d shapes with %s", item_id, points.shape[0], model_item_id)
+    latents = encode(model, targets, chamfer_steps=chamfer_steps, qaad_steps=qaad_steps,
+                     points_per_shape=config.points_per_shape, leaf_size=config.leaf_size, seed=config.seed)
+    metrics = evaluate(model, targets, latents, leaf_size=config.leaf_size)
+    factors = _unit_diagonal_factors(points, scale)
+    item_store.write_array("latents", latents.cpu().numpy(), attrs={"shape_ids": list(collection.shape_ids)})
+    item_store.write_array("decoded", (metrics["decoded"] * scale + centre).astype(np.float32),
+                           chunks=(1, points.shape[1], 3))
+    rows = [{"run_id": run_id, "item_id": item_id, "collection_id": collection.collection_id, "variant": "encoded",
+             "shape_id": shape_id, "shape_index": i, "points": points.shape[1],
+             "em_kd": float(metrics["em_kd"][i] * factors[i]),
+             "chamfer_l2": float(metrics["chamfer_l2"][i] * factors[i] ** 2),
+             "distance_normalization": "unit_bbox_diagonal"} for i, shape_id in enumerate(collection.shape_ids)]
+    item_store.finish([{"table": "autodecoder_shapes", **r} for r in rows], result["failures"])
+    result["tables"] = {"autodecoder_shapes": rows}
+    return result
