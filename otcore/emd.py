@@ -52,6 +52,8 @@ _EPS0_FRAC = 0.05
 _LOWER_EVERY = 1
 _HEAVY_FREE = 64
 _LOWER_AT_PHASE = 0
+_SAP_ROWS = 0
+_SMALL_ROWS = 0
 _USE_INIT = 1
 _CLUSTER_POINTS = 16  # points per k-d sub-leaf of the coarse warm start
 
@@ -368,6 +370,132 @@ class _Auction:
             torch.isfinite(bound), torch.minimum(self.prices_flat[col], bound), self.prices_flat[col]
         )
 
+    def _complete(self, batches: torch.Tensor) -> None:
+        """Finish the assignment of ``batches`` by shortest augmenting paths (Dijkstra), one free row per batch at once.
+
+        The end game of an auction can be a single displaced row walking thousands of rounds through the assignment.
+        Instead, as in Jonker & Volgenant (1987), each remaining row is matched along a shortest augmenting path for
+        the reduced costs ``c_ij + p_j - min_k (c_ik + p_k)`` (non-negative; assigned pairs, whose slack is at most
+        epsilon, count as tight, i.e. the path is shortest for costs lowered by at most epsilon on assigned pairs),
+        and the prices of the scanned columns rise by the path length minus their distance. Assigned pairs keep
+        their slack at most epsilon, so the epsilon bound (and the certificate of :meth:`_end_phase`) still hold.
+        """
+        n, n_pad, total = self.n, self.n_pad, self.total
+        while True:
+            unassigned = self.assign[:total].view(self.batch, n)[batches] < 0
+            has = unassigned.any(1)
+            if not bool(has.any()):
+                return
+            group = batches[has]
+            k = group.numel()
+            ar = torch.arange(k, device=group.device)
+            source = group * n + unassigned[has].to(torch.uint8).argmax(1)
+            prices = self.prices[group]
+            owner = self.owner[group]
+            reduced = self.flat[source] + prices
+            dist = reduced - reduced.amin(1, keepdim=True)
+            scanned = torch.zeros(k, n_pad, dtype=torch.bool, device=group.device)
+            pred = source[:, None].expand(k, n_pad).clone()
+            end = torch.zeros(k, dtype=torch.int64, device=group.device)
+            length = torch.zeros(k, dtype=dist.dtype, device=group.device)
+            live = torch.ones(k, dtype=torch.bool, device=group.device)
+            while True:
+                shortest, col = torch.where(scanned, math.inf, dist).min(1)
+                row = owner[ar, col]
+                reached = live & (row == total)
+                end = torch.where(reached, col, end)
+                length = torch.where(reached, shortest, length)
+                live &= ~reached
+                if not bool(live.any()):
+                    break
+                scanned[ar, col] |= live
+                row = torch.where(live, row, source)
+                reduced = self.flat[row] + prices
+                candidate = reduced.sub_(reduced.amin(1, keepdim=True)).add_(shortest[:, None])
+                better = (candidate < dist) & ~scanned & live[:, None]
+                dist = torch.where(better, candidate, dist)
+                pred = torch.where(better, row[:, None], pred)
+            rise = torch.where(scanned & (dist < length[:, None]), length[:, None] - dist, 0.0)
+            self.prices[group] = prices + rise
+            # Augment: walk back from the free column to the source, shifting every row on the path.
+            col, live = end, torch.ones(k, dtype=torch.bool, device=group.device)
+            while bool(live.any()):
+                row = pred[ar, col]
+                previous = self.assign[row] - group * n_pad
+                flat_col = group * n_pad + col
+                self.assign[row[live]] = flat_col[live]
+                self.owner_flat[flat_col[live]] = row[live]
+                live &= row != source
+                col = torch.where(live, previous, col)
+            rows = (group[:, None] * n + self.arange_n).view(-1)
+            assigned = self.assign[rows]
+            self.reduced[rows] = torch.where(
+                assigned >= 0,
+                torch.take(self.flat, rows * n_pad + assigned % n_pad) + self.prices_flat[assigned.clamp(min=0)],
+                -math.inf,
+            )
+
+    def _small_rounds(self, rows: torch.Tensor, lower: bool) -> None:
+        """Jacobi rounds on CPU in numpy while few rows are unassigned, until one batch is fully assigned.
+
+        Same bids and the same winner rule as the torch rounds; numpy's per-call overhead is a fraction of torch's,
+        and the end game of an auction is many rounds with a handful of bidders each.
+        """
+        n, n_pad, total = self.n, self.n_pad, self.total
+        flat, prices2d = self.flat.numpy(), self.prices.numpy()
+        prices, assign, owner = self.prices_flat.numpy(), self.assign.numpy(), self.owner_flat.numpy()
+        reduced, eps = self.reduced.numpy(), self.eps.numpy()
+        rows = rows.numpy()
+        batches = np.unique(rows // n)
+        while True:
+            if self.rounds >= self.max_rounds:
+                return
+            self.rounds += 1
+            b = rows // n
+            values = flat[rows] + prices2d[b]
+            ar = np.arange(rows.size)
+            j = values.argmin(1)
+            best = values[ar, j]
+            values[ar, j] = np.inf
+            raise_by = values.min(1) - best + eps[b]
+            col = b * n_pad + j
+            bid = prices[col] + raise_by
+            if rows.size > 1:
+                order = np.lexsort((-rows, -bid, col))
+                first = np.ones(rows.size, dtype=bool)
+                first[1:] = col[order[1:]] != col[order[:-1]]
+                win = order[first]
+            else:
+                win = ar
+            won_col, won_row = col[win], rows[win]
+            loser = owner[won_col]
+            assign[loser] = -1
+            reduced[loser] = -np.inf
+            owner[won_col] = won_row
+            assign[won_row] = won_col
+            prices[won_col] = bid[win]
+            reduced[won_row] = best[win] + raise_by[win]
+            lost = np.ones(rows.size, dtype=bool)
+            lost[win] = False
+            rows = np.concatenate([rows[lost], loser[loser != total]])
+            if rows.size == 0 or np.unique(rows // n).size < batches.size:
+                return
+            if lower and self.rounds % _LOWER_EVERY == 0:
+                self._lower_free_np(np.unique(rows // n))
+
+    def _lower_free_np(self, batches: np.ndarray) -> None:
+        """:meth:`_lower_free` for a few batches on CPU, in numpy."""
+        n, n_pad, total = self.n, self.n_pad, self.total
+        work, owner = self.work.numpy(), self.owner.numpy()
+        reduced, prices, eps = self.reduced[:-1].numpy().reshape(self.batch, n), self.prices.numpy(), self.eps.numpy()
+        for batch in batches:
+            free = np.flatnonzero(owner[batch] == total)
+            if free.size == 0 or free.size > _HEAVY_FREE:
+                continue
+            bound = (reduced[batch][:, None] - work[batch][:, free]).max(0) - eps[batch]
+            ok = np.isfinite(bound)
+            prices[batch, free[ok]] = np.minimum(prices[batch, free[ok]], bound[ok])
+
     def run(
         self,
         eps_start: torch.Tensor,
@@ -382,11 +510,13 @@ class _Auction:
         n, total = self.n, self.total
         self.eps = torch.maximum(eps_start, floor)
         self.eps_target, self.rel_tol, self.floor, self.scaling = eps_target, rel_tol, floor, scaling
+        self.max_rounds = max_rounds
+        self.cpu = eps_start.device.type == "cpu" and _SMALL_ROWS > 0
         self.done = torch.zeros(self.batch, dtype=torch.bool, device=eps_start.device)
         self.gap = torch.zeros(self.batch, dtype=torch.float64, device=eps_start.device)
         eps = self.eps
         last_unassigned = -1
-        tail = None
+        tail = parked = None
         while True:
             rows = (self.assign[:total] < 0).nonzero().squeeze(1)
             b = torch.div(rows, n, rounding_mode="floor")
@@ -397,11 +527,24 @@ class _Auction:
                     self._end_phase(finished)
                     last_unassigned = -1
                     continue
-                tail = (pending > 0) & (pending <= tail_rows)
+                parked = (pending > 0) & (pending <= _SAP_ROWS)
+                if not bool((pending > _SAP_ROWS).any()):
+                    if bool(parked.any()):
+                        self._complete(parked.nonzero().squeeze(1))
+                        last_unassigned = -1
+                        continue
+                    return
+                tail = (pending > _SAP_ROWS) & (pending <= tail_rows)
                 tail = tail if bool(tail.any()) else None
+                parked = parked if bool(parked.any()) else None
                 last_unassigned = rows.numel()
-            if rows.numel() == 0:
-                return
+            if parked is not None:
+                bidding = ~parked[b]
+                rows, b = rows[bidding], b[bidding]
+            if self.cpu and rows.numel() <= _SMALL_ROWS:
+                self._small_rounds(rows, tail is not None)
+                last_unassigned = -1
+                continue
             if self.rounds >= max_rounds:
                 raise OTConvergenceError(
                     f"auction did not finish in {max_rounds} rounds ({rows.numel()} rows still unassigned)"

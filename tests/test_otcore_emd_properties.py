@@ -1,0 +1,60 @@
+"""EM-kD acceptance properties on real clouds (bundled crane frames): upper bound of the exact EMD, exact with one
+leaf, auction within its epsilon bound, bijections, chamfer_l2."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from otcore.emd import auction_assignment, chamfer_l2, em_kd, exact_assignment, exact_emd, kd_partition
+
+
+@pytest.fixture(scope="module")
+def frames(consistent_dir) -> np.ndarray:
+    """Two crane frames, 512 vertices each (fixed subset), unit-diagonal scale."""
+    vertices = np.load(consistent_dir / "crane-16.npz")["vertices"][[0, 8]].astype(np.float64)
+    subset = np.sort(np.random.default_rng(0).choice(vertices.shape[1], 512, replace=False))
+    points = vertices[:, subset]
+    return points / np.linalg.norm(points[0].max(0) - points[0].min(0))
+
+
+def test_kd_partition_is_balanced_and_shared(frames):
+    a, b = kd_partition(frames[0], 100), kd_partition(frames[1], 100)
+    assert torch.equal(a.offsets, b.offsets)
+    assert sorted(a.order.tolist()) == list(range(512))
+    assert int(a.sizes.max()) <= 100 and int(a.sizes.max() - a.sizes.min()) <= 1
+
+
+@pytest.mark.parametrize("leaf_size", [64, 128, 256])
+def test_em_kd_bounds_the_exact_emd(frames, leaf_size):
+    exact = exact_emd(frames[0], frames[1])
+    result = em_kd(frames[0], frames[1], leaf_size=leaf_size, solver="exact")
+    assert result.em_kd >= exact - 1e-12
+    assert sorted(result.assignment.tolist()) == list(range(512))
+
+
+def test_em_kd_with_one_leaf_is_the_exact_emd(frames):
+    assert em_kd(frames[0], frames[1], leaf_size=512, solver="exact").em_kd == pytest.approx(
+        exact_emd(frames[0], frames[1]), rel=1e-9)
+    assert em_kd(frames[0], frames[0][::-1].copy(), leaf_size=128).em_kd == pytest.approx(0.0, abs=1e-6)
+
+
+def test_auction_within_its_epsilon_bound(frames):
+    x, y = frames[0][:128], frames[1][:128]
+    cost = torch.cdist(torch.from_numpy(x), torch.from_numpy(y))
+    optimum = float(cost[torch.arange(128), torch.from_numpy(exact_assignment(x, y))].sum())
+    result = auction_assignment(cost[None].float(), epsilon=1e-4)
+    assert sorted(result.assignment[0].tolist()) == list(range(128))
+    total = float(cost[torch.arange(128), result.assignment[0]].sum())
+    assert optimum - 1e-5 <= total <= optimum + 128 * result.epsilon + 1e-5
+
+
+def test_chamfer_l2_matches_brute_force(frames):
+    x, y = frames[0], frames[1]
+    squared = ((x[:, None] - y[None]) ** 2).sum(-1)
+    expected = squared.min(1).mean() + squared.min(0).mean()
+    assert float(chamfer_l2(x, y)) == pytest.approx(expected, rel=1e-9)
+    assert float(chamfer_l2(x, x)) == 0.0
+    with pytest.raises(ValueError):
+        em_kd(x, y[:100])
