@@ -28,7 +28,6 @@ test: setup
 bench: setup
 	$(BIN)/python -m pip install -q -e ".[bench]"
 	$(BIN)/python bench/newton_bunny.py
-	$(BIN)/python bench/em_kd.py
 
 clean:
 	rm -rf $(VENV) runs
