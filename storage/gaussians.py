@@ -47,6 +47,7 @@ from storage.errors import (
     NotAGaussianSceneError,
     UnreadableSceneError,
 )
+from storage.meshes import list_files
 
 __all__ = [
     "REQUIRED_FIELDS",
@@ -70,7 +71,6 @@ REQUIRED_FIELDS: tuple[str, ...] = (
 
 _NORMAL_FIELDS = ("nx", "ny", "nz")
 _F_REST = re.compile(r"^f_rest_(\d+)$")
-_GLOB_CHARS = frozenset("*?[")
 _UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 _ONE_BELOW_1 = np.nextafter(np.float32(1.0), np.float32(0.0))  # 1 - 2**-24
 _SMALLEST_F32 = np.nextafter(np.float32(0.0), np.float32(1.0))  # smallest positive subnormal, ~1.4e-45
@@ -228,15 +228,7 @@ def list_scenes(location: str) -> list[str]:
     DatasetNotFoundError
         If the location does not exist, is a file that is not ``.ply``, or matches no ``.ply`` file.
     """
-    fs, path = fsspec.core.url_to_fs(location)
-    if _GLOB_CHARS.intersection(path):
-        paths = [p for p in fs.glob(path) if fs.isfile(p)]
-    elif fs.isdir(path):
-        paths = [entry["name"] for entry in fs.ls(path, detail=True) if entry["type"] == "file"]
-    elif fs.isfile(path):
-        paths = [path]
-    else:
-        raise DatasetNotFoundError(f"dataset location {location!r} does not exist")
+    fs, paths = list_files(location)
     paths = [p for p in paths if PurePosixPath(p).suffix.lower() == ".ply"]
     if not paths:
         raise DatasetNotFoundError(f"dataset location {location!r} matches no .ply Gaussian scene files")

@@ -28,7 +28,7 @@ from storage.errors import (
     UnreadableMeshError,
 )
 
-__all__ = ["MESH_EXTENSIONS", "LoadedMesh", "MeshItem", "list_mesh_items", "read_mesh"]
+__all__ = ["MESH_EXTENSIONS", "LoadedMesh", "MeshItem", "list_files", "list_mesh_items", "read_mesh"]
 
 MESH_EXTENSIONS: frozenset[str] = frozenset({"obj", "ply", "stl", "off", "glb"})
 """Lowercase extensions (no dot) that trimesh loads as triangle meshes from a single file with its core
@@ -100,6 +100,26 @@ def _assign_ids(uris: list[str]) -> list[MeshItem]:
     return sorted((MeshItem(item_id, uri) for item_id, uri in zip(ids, uris, strict=True)), key=lambda i: i.item_id)
 
 
+def list_files(location: str) -> tuple[fsspec.AbstractFileSystem, list[str]]:
+    """The files at a dataset location: a folder (its files only, not sub-folders), a glob, a single file, or an
+    fsspec URL of any of those.
+
+    Returns:
+        The location's filesystem and the files' paths on it (unsorted, any extension).
+
+    Raises:
+        DatasetNotFoundError: if the location does not exist.
+    """
+    fs, path = fsspec.core.url_to_fs(location)
+    if _GLOB_CHARS.intersection(path):
+        return fs, [p for p in fs.glob(path) if fs.isfile(p)]
+    if fs.isdir(path):
+        return fs, [entry["name"] for entry in fs.ls(path, detail=True) if entry["type"] == "file"]
+    if fs.isfile(path):
+        return fs, [path]
+    raise DatasetNotFoundError(f"dataset location {location!r} does not exist")
+
+
 def list_mesh_items(location: str) -> list[MeshItem]:
     """List the mesh files at a dataset location.
 
@@ -120,15 +140,7 @@ def list_mesh_items(location: str) -> list[MeshItem]:
     DatasetNotFoundError
         If the location does not exist or matches no mesh file.
     """
-    fs, path = fsspec.core.url_to_fs(location)
-    if _GLOB_CHARS.intersection(path):
-        paths = [p for p in fs.glob(path) if fs.isfile(p)]
-    elif fs.isdir(path):
-        paths = [entry["name"] for entry in fs.ls(path, detail=True) if entry["type"] == "file"]
-    elif fs.isfile(path):
-        paths = [path]
-    else:
-        raise DatasetNotFoundError(f"dataset location {location!r} does not exist")
+    fs, paths = list_files(location)
     paths = [p for p in paths if _extension(p) in MESH_EXTENSIONS]
     if not paths:
         raise DatasetNotFoundError(

@@ -98,6 +98,23 @@ def _failure(run_id: str, item_id: str, uri: str, stage: str, error: BaseExcepti
             "error_type": type(error).__name__, "message": str(error)}
 
 
+def _read(collection_uri: str, run_id: str, suffix: str, result: dict[str, Any]) -> ShapeCollection | None:
+    """Read a collection; set ``result["item_id"]`` (``<collection>--<suffix>``) and its read failure rows.
+
+    Returns None when the whole collection is unusable (its failure row is then in ``result["failures"]``).
+    """
+    try:
+        collection, shape_failures = read_collection(collection_uri)
+    except InputError as error:
+        result["item_id"] = f"{error.item_id}--{suffix}"
+        result["failures"] = [_failure(run_id, result["item_id"], collection_uri, "read", error)]
+        return None
+    result["item_id"] = f"{collection.collection_id}--{suffix}"
+    result["failures"] = [_failure(run_id, result["item_id"], f"{collection_uri}#{f.shape_id}", "read", f.error)
+                          for f in shape_failures]
+    return collection
+
+
 def _points(collection: ShapeCollection, config: AutodecoderConfig) -> np.ndarray:
     count = config.samples if config.point_source == "surface" else None
     return shape_points(collection.vertices, collection.faces, config.point_source, count, config.seed)
@@ -121,18 +138,12 @@ def train_autodecoder(
     """
     logger = get_run_logger()
     started = time.perf_counter()
-    result: dict[str, Any] = {"item_id": None, "variant": variant, "skipped": False, "resumed_from_step": None,
-                              "tables": {}, "failures": []}
-    try:
-        collection, shape_failures = read_collection(collection_uri)
-    except InputError as error:
-        result["item_id"] = f"{error.item_id}--{variant}"
-        result["failures"].append(_failure(run_id, result["item_id"], collection_uri, "read", error))
+    result: dict[str, Any] = {"variant": variant, "skipped": False, "resumed_from_step": None, "tables": {}}
+    collection = _read(collection_uri, run_id, variant, result)
+    if collection is None:
         return result
-    item_id = f"{collection.collection_id}--{variant}"
-    result["item_id"] = item_id
-    failures = [_failure(run_id, item_id, f"{collection_uri}#{f.shape_id}", "read", f.error) for f in shape_failures]
-    result["failures"] = failures
+    item_id = result["item_id"]
+    failures = result["failures"]
     for failure in failures:
         logger.warning("%s: shape skipped: %s: %s", item_id, failure["error_type"], failure["message"])
 
@@ -277,17 +288,11 @@ def encode_collection(
     ``autodecoder_shapes`` rows (variant ``"encoded"``) and failure rows.
     """
     logger = get_run_logger()
-    result: dict[str, Any] = {"item_id": None, "tables": {}, "failures": [], "skipped": False}
-    try:
-        collection, shape_failures = read_collection(collection_uri)
-    except InputError as error:
-        result["item_id"] = f"{error.item_id}--encoded"
-        result["failures"].append(_failure(run_id, result["item_id"], collection_uri, "read", error))
+    result: dict[str, Any] = {"tables": {}, "skipped": False}
+    collection = _read(collection_uri, run_id, "encoded", result)
+    if collection is None:
         return result
-    item_id = f"{collection.collection_id}--encoded"
-    result["item_id"] = item_id
-    result["failures"] = [_failure(run_id, item_id, f"{collection_uri}#{f.shape_id}", "read", f.error)
-                          for f in shape_failures]
+    item_id = result["item_id"]
     device = resolve_device(config.device)
     model, centre, scale = load_model(model_store, model_run_id, model_item_id, device)
     try:

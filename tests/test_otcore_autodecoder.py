@@ -151,7 +151,7 @@ def test_resume_from_arrays_is_exact(crane):
     reference = train(new_training_state(config, crane), crane)
 
     class Interrupt(Exception):
-        pass
+        """Raised from the step callback, as a crash would stop training."""
 
     saved = {}
 
