@@ -28,6 +28,7 @@ test: setup
 bench: setup
 	$(BIN)/python -m pip install -q -e ".[bench]"
 	$(BIN)/python bench/newton_bunny.py
+	$(BIN)/python bench/em_kd.py --skip-scipy --skip-exact-65k
 
 clean:
 	rm -rf $(VENV) runs
