@@ -58,7 +58,7 @@ def patch_layout(points: torch.Tensor, n_patches: int) -> PatchLayout:
     Raises:
         ValueError: if ``n_patches`` is not a power of two or exceeds ``M``.
     """
-    from otcore.emd import kd_partition
+    from otcore.kd_tree import kd_partition
 
     m_points = int(points.shape[0])
     if n_patches < 1 or n_patches & (n_patches - 1) or n_patches > m_points:
@@ -79,9 +79,8 @@ class _GroupedLinear(nn.Module):
 
     def __init__(self, groups: int, in_features: int, out_features: int):
         super().__init__()
-        bound = 1.0 / math.sqrt(in_features)
-        self.weight = nn.Parameter(torch.empty(groups, in_features, out_features).uniform_(-bound, bound))
-        self.bias = nn.Parameter(torch.empty(groups, 1, out_features).uniform_(-bound, bound))
+        self.weight = nn.Parameter(torch.empty(groups, in_features, out_features).normal_(0.0, in_features**-0.5))
+        self.bias = nn.Parameter(torch.zeros(groups, 1, out_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, groups, s, width = x.shape
@@ -108,6 +107,11 @@ class NeuralQAADDecoder(nn.Module):
         self.shared = nn.ModuleList(nn.Linear(a, b) for a, b in zip(hidden[:-1], hidden[1:], strict=True))
         self.head = _GroupedLinear(n_patches, hidden[-1], 3)
         self.activation = nn.SELU()
+        _lecun_normal_(self.point_in.weight, self.latent_in.weight, fan_in=3 + latent_size)
+        nn.init.zeros_(self.point_in.bias)
+        for layer in self.shared:
+            _lecun_normal_(layer.weight, fan_in=layer.in_features)
+            nn.init.zeros_(layer.bias)
 
     def forward(self, points: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         """Fold ``points`` ``[B, K, s, 3]`` with codes ``latents`` ``[B, l]`` into ``[B, K, s, 3]``."""
@@ -131,9 +135,8 @@ class AtlasNetV2Decoder(nn.Module):
         super().__init__()
         hidden = _baseline_hidden(width)
         self.point_in = _GroupedLinear(n_patches, 3, hidden[0])
-        self.latent_in = nn.Parameter(
-            torch.empty(n_patches, latent_size, hidden[0]).uniform_(-1 / math.sqrt(latent_size), 1 / math.sqrt(latent_size))
-        )
+        self.latent_in = nn.Parameter(torch.empty(n_patches, latent_size, hidden[0]))
+        _lecun_normal_(self.point_in.weight, self.latent_in, fan_in=3 + latent_size)
         self.layers = nn.ModuleList(_GroupedLinear(n_patches, a, b) for a, b in zip(hidden, hidden[1:] + (3,)))
         self.activation = nn.SELU()
 
@@ -144,6 +147,14 @@ class AtlasNetV2Decoder(nn.Module):
         for layer in self.layers[:-1]:
             h = self.activation(layer(h))
         return self.layers[-1](h)
+
+
+def _lecun_normal_(*weights: torch.Tensor, fan_in: int) -> None:
+    """LeCun-normal initialisation (std ``1/sqrt(fan_in)``, the one SELU's self-normalisation assumes; Klambauer et
+    al. 2017); weights that together form one layer (a split first layer) share the layer's full ``fan_in``."""
+    with torch.no_grad():
+        for weight in weights:
+            weight.normal_(0.0, fan_in**-0.5)
 
 
 def _baseline_hidden(width: int) -> tuple[int, ...]:

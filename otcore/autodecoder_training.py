@@ -318,7 +318,7 @@ def evaluate(
     targets: torch.Tensor,
     latents: torch.Tensor | None = None,
     leaf_size: int = 1024,
-    solver: str = "exact",
+    solver: str = "auction",
 ) -> dict[str, np.ndarray]:
     """Per-shape ``em_kd`` and ``chamfer_l2`` of the decoded clouds against ``targets``.
 

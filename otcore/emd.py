@@ -37,10 +37,9 @@ import scipy.spatial.distance
 import torch
 
 from otcore.errors import OTConvergenceError
+from otcore.kd_tree import as_points, kd_depth, kd_split
 
 __all__ = [
-    "KDPartition",
-    "kd_partition",
     "exact_emd",
     "exact_assignment",
     "AuctionResult",
@@ -69,127 +68,14 @@ _I64_MIN = -(2**63)
 # Input checks
 
 
-def _as_cloud(points: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:
-    """``[N, d]`` float tensor view of a numpy array or tensor (float64 unless already float32/64)."""
-    if isinstance(points, torch.Tensor):
-        tensor = points
-    else:
-        tensor = torch.from_numpy(np.ascontiguousarray(points))
-    if tensor.ndim != 2 or tensor.shape[0] < 1 or tensor.shape[1] < 1:
-        raise ValueError(f"{name} must be a non-empty [N, d] array, got shape {tuple(tensor.shape)}")
-    if tensor.dtype not in (torch.float32, torch.float64):
-        tensor = tensor.to(torch.float64)
-    if not bool(torch.isfinite(tensor).all()):
-        raise ValueError(f"{name} has non-finite coordinates")
-    return tensor
-
-
 def _as_pair(x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    x, y = _as_cloud(x, "x"), _as_cloud(y, "y")
+    x, y = as_points(x, "x"), as_points(y, "y")
     if x.shape != y.shape:
         raise ValueError(
             f"EMD needs clouds of equal size and dimension: x has {x.shape[0]} points in {x.shape[1]}-D, "
             f"y has {y.shape[0]} points in {y.shape[1]}-D"
         )
     return x, y
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Balanced k-d partition
-
-
-@dataclass(frozen=True)
-class KDPartition:
-    """Leaves of a balanced k-d tree over ``N`` points.
-
-    Attributes:
-        order: int64 ``[N]`` point indices; the leaves are stored consecutively.
-        offsets: int64 ``[L + 1]``; leaf ``s`` is ``order[offsets[s]:offsets[s + 1]]``.
-    """
-
-    order: torch.Tensor
-    offsets: torch.Tensor
-
-    @property
-    def sizes(self) -> torch.Tensor:
-        """int64 ``[L]`` leaf sizes (they differ by at most one)."""
-        return self.offsets[1:] - self.offsets[:-1]
-
-    @property
-    def n_leaves(self) -> int:
-        """Number of leaves ``L`` (a power of two)."""
-        return int(self.offsets.numel()) - 1
-
-
-def _kd_depth(n_points: int, leaf_size: int) -> int:
-    """Smallest depth ``D`` with ``ceil(n_points / 2**D) <= leaf_size``."""
-    depth = 0
-    while -(-n_points // (1 << depth)) > leaf_size:
-        depth += 1
-    return depth
-
-
-def kd_partition(points: np.ndarray | torch.Tensor, leaf_size: int = 1024) -> KDPartition:
-    """Balanced median k-d split of ``[N, d]`` points into leaves of at most ``leaf_size`` points.
-
-    Every node above depth ``D`` (the smallest depth with ``ceil(N / 2**D) <= leaf_size``) is split; a node at depth
-    ``k`` is split along axis ``k % d`` (the same axis order for every cloud, which makes the leaves of two clouds
-    comparable): its ``n // 2`` points of smallest coordinate go left, the other ``n - n // 2`` right (ties broken by
-    position). Leaf sizes therefore depend only on ``N`` and ``leaf_size``: two clouds of equal ``N`` get identical
-    ``offsets``, and all ``2**D`` leaves have ``floor`` or ``ceil`` of ``N / 2**D`` points (some empty if
-    ``N < 2**D``, i.e. ``leaf_size`` 1 with ``N`` not a power of two). Vectorised by level (a median selection per
-    node, all nodes at once), on the device of ``points``.
-
-    Args:
-        points: ``[N, d]`` float array or tensor (any length unit).
-        leaf_size: maximum points per leaf, ``>= 1``.
-
-    Returns:
-        :class:`KDPartition` (int64 tensors on the device of ``points``; CPU for numpy input), leaves in tree order
-        (left before right at every depth).
-
-    Raises:
-        ValueError: on a bad shape, non-finite coordinates or ``leaf_size < 1``.
-    """
-    if leaf_size < 1:
-        raise ValueError(f"leaf_size must be >= 1, got {leaf_size}")
-    pts = _as_cloud(points, "points").detach()
-    return _kd_split(pts, _kd_depth(pts.shape[0], leaf_size))
-
-
-def _kd_split(pts: torch.Tensor, depth: int) -> KDPartition:
-    """The balanced k-d partition of ``pts`` ``[N, d]`` down to ``depth`` (see :func:`kd_partition`).
-
-    Each level partitions all nodes at once around their medians: the nodes are rows of a padded ``[S, width]``
-    matrix (sizes differ by at most one), ``torch.kthvalue`` finds each row's ``n // 2``-th smallest coordinate, and
-    a stable partition (ties to the left in position order until the left half is full) replaces a full sort.
-    """
-    n_points, dim = pts.shape
-    device = pts.device
-    order = torch.arange(n_points, device=device)
-    offsets = torch.tensor([0, n_points], device=device)
-    for level in range(depth):
-        sizes = offsets[1:] - offsets[:-1]
-        width = int(sizes.max())
-        slot = torch.arange(width, device=device)
-        valid = slot < sizes[:, None]
-        members = order[(offsets[:-1, None] + slot).clamp(max=n_points - 1)]
-        coord = torch.where(valid, pts[:, level % dim][members], torch.inf)
-        half = sizes // 2
-        k_low, k_high = max(1, int(half.min())), max(1, int(half.max()))
-        median = torch.kthvalue(coord, k_low, dim=1).values
-        if k_high != k_low:
-            median = torch.where(half == k_high, torch.kthvalue(coord, k_high, dim=1).values, median)
-        median = torch.where(half > 0, median, -torch.inf)
-        less = coord < median[:, None]
-        equal = coord == median[:, None]
-        left = less | (equal & (equal.cumsum(1) <= (half - less.sum(1))[:, None]))
-        position = torch.where(left, left.cumsum(1) - 1, half[:, None] + (valid & ~left).cumsum(1) - 1)
-        position = torch.where(valid, position, slot)
-        order = torch.empty_like(members).scatter_(1, position, members)[valid]
-        middle = offsets[:-1] + half
-        offsets = torch.cat([torch.stack([offsets[:-1], middle], 1).reshape(-1), offsets[-1:]])
-    return KDPartition(order, offsets)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -727,7 +613,7 @@ def em_kd(
 ) -> EMKDResult:
     """EM-kD of two equal-size clouds (NeuralQAAD, Wagner & Schwanecke, VISAPP 2022, Eq. 14).
 
-    Both clouds are split by :func:`kd_partition` with the same ``leaf_size`` (so their leaves have equal sizes),
+    Both clouds are split by :func:`otcore.kd_tree.kd_partition` with the same ``leaf_size`` (so their leaves have equal sizes),
     leaf ``s`` of ``x`` is matched to leaf ``s`` of ``y`` by an optimal bijection for the Euclidean cost, and the
     distances are averaged over all ``N`` points.
 
@@ -759,11 +645,11 @@ def em_kd(
     x, y = _as_pair(x, y)
     y = y.to(x.device)
     n_points = x.shape[0]
-    depth = _kd_depth(n_points, leaf_size)
+    depth = kd_depth(n_points, leaf_size)
     n_leaves = 1 << depth
 
     if solver == "exact":
-        part_x, part_y = _kd_split(x, depth), _kd_split(y, depth)
+        part_x, part_y = kd_split(x, depth), kd_split(y, depth)
         xs = x.detach().to("cpu", torch.float64).numpy()
         ys = y.detach().to("cpu", torch.float64).numpy()
         order_x, order_y = part_x.order.cpu().numpy(), part_y.order.cpu().numpy()
@@ -780,7 +666,7 @@ def em_kd(
         n_max = -(-n_points // n_leaves)
         # Split further into sub-leaves of about _CLUSTER_POINTS points: they refine the leaves (same tree).
         extra = max(0, int(math.log2(max(1, n_max // _CLUSTER_POINTS))))
-        part_x, part_y = _kd_split(x, depth + extra), _kd_split(y, depth + extra)
+        part_x, part_y = kd_split(x, depth + extra), kd_split(y, depth + extra)
         n_clusters = 1 << extra
         fine_sizes = part_x.offsets[1:] - part_x.offsets[:-1]
         leaf_offsets = part_x.offsets[:: n_clusters]

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from otcore.emd import kd_partition
+from otcore.kd_tree import kd_partition
 
 __all__ = ["augmented_chamfer", "qaad_greedy", "qaad_reassignment"]
 

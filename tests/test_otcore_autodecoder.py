@@ -146,6 +146,15 @@ def test_training_reduces_em_kd_and_qaad_phase_runs(trained, crane):
     assert torch.equal(torch.sort(state.assignment, dim=1).values, torch.arange(crane.shape[1]).expand(6, -1))
 
 
+def test_evaluate_auction_matches_exact_per_leaf(trained, crane):
+    state, _ = trained
+    auction = evaluate(state.model, crane[:3], state.model.latents[:3].detach(), leaf_size=256)
+    exact = evaluate(state.model, crane[:3], state.model.latents[:3].detach(), leaf_size=256, solver="exact")
+    np.testing.assert_allclose(auction["chamfer_l2"], exact["chamfer_l2"], rtol=1e-12)
+    assert np.all(auction["em_kd"] >= exact["em_kd"] * (1 - 1e-6))  # an assignment never beats the optimum
+    assert np.all(auction["em_kd"] <= exact["em_kd"] * (1 + 1e-3))  # the certified bound of the auction
+
+
 def test_resume_from_arrays_is_exact(crane):
     config = _config(chamfer_epochs=2, qaad_epochs=2)
     reference = train(new_training_state(config, crane), crane)

@@ -18,8 +18,8 @@ from otcore.emd import (
     em_kd,
     exact_assignment,
     exact_emd,
-    kd_partition,
 )
+from otcore.kd_tree import kd_partition
 from otcore.metrics import normalize_to_unit_diagonal
 
 CRANE = Path(__file__).resolve().parent.parent / "data" / "samples" / "consistent" / "crane-16.npz"

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from otcore.emd import auction_assignment, chamfer_l2, em_kd, exact_assignment, exact_emd, kd_partition
+from otcore.emd import auction_assignment, chamfer_l2, em_kd, exact_assignment, exact_emd
+from otcore.kd_tree import kd_partition
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,849 @@
+"""Differentiable 3D Gaussian Splatting renderer in plain torch, orbit cameras, and image metrics.
+
+The renderer follows the reference 3DGS rasteriser (Kerbl, Kopanas, Leimkühler, Drettakis 2023, "3D Gaussian
+Splatting for Real-Time Radiance Field Rendering", ``graphdeco-inria/diff-gaussian-rasterization``) and gsplat's
+conventions (Ye et al. 2024, "gsplat: An Open-Source Library for Gaussian Splatting", ``nerfstudio-project/gsplat``,
+``gsplat.rasterization`` with ``rasterize_mode="classic"``):
+
+1. **Projection** (EWA splatting, Zwicker, Pfister, van Baar, Gross 2002, "EWA Splatting"): world→camera with the
+   ``viewmat`` (OpenCV camera: x right, y down, z forward), pinhole intrinsics ``K``, the 2D covariance
+   ``Σ2D = J W Σ Wᵀ Jᵀ + eps2d·I`` with the perspective Jacobian ``J`` evaluated at the mean (its ``x/z``, ``y/z``
+   clamped to 1.3× the half field of view as gsplat and INRIA do) and the ``eps2d = 0.3`` px² low-pass dilation.
+   The projected mean is ``K (x/z, y/z, 1)``; pixel ``(i, j)`` (column, row) has its centre at ``(i + 0.5, j + 0.5)``.
+2. **Culling**: depth outside ``(near, far)``, non-positive ``det Σ2D``, opacity below 1/255 and splats whose
+   bounding box misses the image are dropped. The box is gsplat's opacity-aware one:
+   ``r = ceil(e·sqrt(Σ2D_xx)), ceil(e·sqrt(Σ2D_yy))`` with ``e = min(3.33, sqrt(2 ln(255·opacity)))``, outside which
+   every pixel's alpha is below 1/255 (so tiling never changes the image).
+3. **Tiles**: each splat is paired with every ``tile_size``² tile its box touches; the pairs are sorted by
+   (tile, depth) with one ``torch.sort`` on a combined integer key (gsplat's ``isect_tiles``).
+4. **Compositing** per pixel, front to back: ``alpha_i = min(0.99, o_i exp(-½ dᵀ Σ2D⁻¹ d))``, splats with
+   ``alpha_i < 1/255`` skipped (given ``alpha = exp(-30) ~ 1e-13`` instead of 0: ``exp`` is several times slower
+   on CPUs for ``-inf`` or underflowing arguments, and 1e-13 is far below float32 resolution), ``T_i = Π_{j<i} (1 - alpha_j)``, and — as in the INRIA kernel — compositing stops
+   *before* the splat that would bring ``T`` below 1e-4. Because ``T`` only decreases, that stop is exactly the
+   prefix ``Π_{j≤i}(1 - alpha_j) >= 1e-4``, so it is evaluated in a vectorised way with a cumulative product.
+   ``C = Σ c_i alpha_i T_i + T_final · background`` and the returned alpha is ``1 - T_final``.
+
+Tiles are processed in batches padded to the largest splat count of the batch (tiles are ordered by count first, so
+padding is small); each batch holds at most ``max_batch_elems`` (pixel, splat) pairs, and the exponents
+``log o - ½ dᵀ Σ2D⁻¹ d`` of a batch are one matrix product (they are quadratic polynomials in the pixel
+coordinates). When autograd is on, each
+batch is wrapped in :func:`torch.utils.checkpoint.checkpoint`, so the backward pass recomputes the batch instead of
+keeping its ``[tiles, pixels, splats]`` intermediates: memory stays bounded by one batch. The image is
+differentiable w.r.t. colours / SH coefficients, opacities, means, scales and quaternions (not the camera); the
+alpha thresholds, the 0.99 clamp and the early stop are piecewise constant, as in every 3DGS renderer.
+
+Colours: either per-Gaussian values ``[N, D]`` (rendered as they are) or SH coefficients ``[N, (d+1)², 3]`` with
+``sh_degree=d`` (``d <= 3``), evaluated in the direction from the camera centre to the mean with the 3DGS basis
+constants, then ``rgb = max(0, sh + 0.5)`` (INRIA ``computeColorFromSH``; gsplat clamps the same way).
+
+``backend="gsplat"`` (or ``"auto"`` with CUDA tensors and gsplat importable) calls ``gsplat.rasterization`` instead;
+gsplat clamps alpha at 0.999 instead of 0.99 and stops at ``T <= 1e-4``, so its images differ very slightly.
+
+Metrics: :func:`psnr` and :func:`ssim` (``pytorch_msssim.ssim``, Wang et al. 2004, Gaussian window 11, σ 1.5).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+if TYPE_CHECKING:  # otcore does no I/O and does not depend on storage at run time
+    from storage.gaussians import GaussianScene
+
+__all__ = [
+    "SH_C0",
+    "Camera",
+    "eval_sh",
+    "look_at",
+    "orbit_cameras",
+    "psnr",
+    "render",
+    "render_scene",
+    "scene_tensors",
+    "sh0_to_rgb",
+    "ssim",
+]
+
+SH_C0 = 0.28209479177387814
+"""Degree-0 real SH basis constant ``1 / (2 sqrt(pi))``: ``rgb = 0.5 + SH_C0 * sh_dc`` (3DGS convention)."""
+_SH_C1 = 0.4886025119029199
+_SH_C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792, 0.5462742152960396)
+_SH_C3 = (
+    -0.5900435899266435, 2.890611442640554, -0.4570457994644658, 0.3731763325901154,
+    -0.4570457994644658, 1.445305721320277, -0.5900435899266435,
+)  # fmt: skip
+
+ALPHA_MIN = 1.0 / 255.0
+"""Splats with ``alpha`` below this are skipped per pixel (INRIA / gsplat)."""
+ALPHA_MAX = 0.99
+"""Per-splat alpha clamp of the INRIA rasteriser (gsplat uses 0.999)."""
+T_MIN = 1e-4
+"""Compositing stops before a splat that would bring the transmittance below this (INRIA)."""
+_LOG_ALPHA_MIN = math.log(ALPHA_MIN)
+_LOG_ALPHA_MAX = math.log(ALPHA_MAX)
+_EXTEND_MAX = 3.33  # gsplat's cap on the box half-size in standard deviations
+
+Backend = Literal["auto", "torch", "gsplat"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# cameras
+
+
+@dataclass(eq=False)
+class Camera:
+    """A pinhole camera in the OpenCV / COLMAP / gsplat convention.
+
+    Attributes
+    ----------
+    viewmat : Tensor
+        ``[4, 4]`` float32 world→camera rigid transform: ``x_cam = viewmat @ [x_world, 1]``, camera axes x right,
+        y down, z forward (the viewing direction). Converted from numpy / lists on construction.
+    K : Tensor
+        ``[3, 3]`` float32 intrinsics ``[[fx, 0, cx], [0, fy, cy], [0, 0, 1]]`` in pixels; a point ``(x, y, z)`` in
+        camera coordinates lands at pixel coordinates ``(fx x/z + cx, fy y/z + cy)``, where pixel ``(i, j)`` covers
+        ``[i, i+1) × [j, j+1)`` (its centre is ``(i + 0.5, j + 0.5)``), so ``cx = width / 2`` is the image centre.
+    width, height : int
+        Image size in pixels (> 0).
+
+    Raises
+    ------
+    ValueError
+        On wrong shapes or a non-positive size.
+    """
+
+    viewmat: Tensor
+    K: Tensor
+    width: int
+    height: int
+
+    def __post_init__(self) -> None:
+        self.viewmat = torch.as_tensor(self.viewmat, dtype=torch.float32)
+        self.K = torch.as_tensor(self.K, dtype=torch.float32)
+        if tuple(self.viewmat.shape) != (4, 4):
+            raise ValueError(f"viewmat must have shape [4, 4], got {list(self.viewmat.shape)}")
+        if tuple(self.K.shape) != (3, 3):
+            raise ValueError(f"K must have shape [3, 3], got {list(self.K.shape)}")
+        self.width, self.height = int(self.width), int(self.height)
+        if self.width < 1 or self.height < 1:
+            raise ValueError(f"image size must be positive, got width={self.width}, height={self.height}")
+
+    @property
+    def center(self) -> Tensor:
+        """``[3]`` camera centre in world coordinates, ``-Rᵀ t``."""
+        r, t = self.viewmat[:3, :3], self.viewmat[:3, 3]
+        return -(r.T @ t)
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Camera:
+        """A copy with ``viewmat`` and ``K`` on ``device`` (dtype stays float32 unless given)."""
+        cam = Camera(self.viewmat, self.K, self.width, self.height)
+        cam.viewmat = self.viewmat.to(device=device, dtype=dtype or self.viewmat.dtype)
+        cam.K = self.K.to(device=device, dtype=dtype or self.K.dtype)
+        return cam
+
+
+def look_at(eye: np.ndarray, target: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """World→camera ``[4, 4]`` float64 matrix (OpenCV axes) of a camera at ``eye`` looking at ``target``.
+
+    The camera's y axis (down in the image) is the projection of ``-up``; ``up`` must not be parallel to the
+    viewing direction (``ValueError``).
+    """
+    eye, target, up = (np.asarray(v, dtype=np.float64) for v in (eye, target, up))
+    forward = target - eye
+    norm = np.linalg.norm(forward)
+    if not norm > 0:
+        raise ValueError("eye and target coincide")
+    forward /= norm
+    right = np.cross(forward, up)
+    rnorm = np.linalg.norm(right)
+    if rnorm < 1e-9 * max(np.linalg.norm(up), 1e-300):
+        raise ValueError("up is parallel to the viewing direction")
+    right /= rnorm
+    down = np.cross(forward, right)
+    rot = np.stack([right, down, forward])  # rows: camera axes in world coordinates
+    viewmat = np.eye(4)
+    viewmat[:3, :3] = rot
+    viewmat[:3, 3] = -rot @ eye
+    return viewmat
+
+
+def _auto_up(extent: np.ndarray) -> np.ndarray:
+    """The world axis whose (log) extent differs most from the other two: a flat object's normal, a tall one's axis."""
+    log_ext = np.log(np.maximum(extent, 1e-12 * max(extent.max(), 1e-300)))
+    score = [abs(log_ext[i] - 0.5 * (log_ext[(i + 1) % 3] + log_ext[(i + 2) % 3])) for i in range(3)]
+    up = np.zeros(3)
+    up[int(np.argmax(score))] = 1.0
+    return up
+
+
+def orbit_cameras(
+    means: np.ndarray | Tensor,
+    n_views: int = 8,
+    width: int = 128,
+    height: int = 128,
+    fov_deg: float = 50.0,
+    elevation_deg: Sequence[float] = (20.0, -15.0),
+    seed: int = 0,
+    *,
+    up: np.ndarray | Sequence[float] | None = None,
+    percentiles: tuple[float, float] = (2.0, 98.0),
+    margin: float = 1.0,
+) -> list[Camera]:
+    """Cameras on an orbit around a Gaussian scene, looking at its centre, the object filling most of the frame.
+
+    The centre is the per-axis median of ``means``; the object's radius ``R`` is half the diagonal of the box
+    spanned by the ``percentiles`` of ``means`` per axis (robust to stray floaters). Cameras sit at distance
+    ``margin · R / sin(fov/2)`` (the sphere of radius ``R`` just fits the shorter image side), at azimuths
+    ``offset + 360° k / n_views`` around ``up`` and elevations cycling through ``elevation_deg`` (view ``k`` gets
+    ``elevation_deg[k % len]``), so both sides and top/bottom are seen. ``offset`` is 0 for ``seed=0`` and drawn
+    uniformly in ``[0, 360°/n_views)`` from ``numpy.random.default_rng(seed)`` otherwise: a different seed gives a
+    held-out set of views. Deterministic.
+
+    Parameters
+    ----------
+    means : np.ndarray | Tensor
+        ``[N, 3]`` Gaussian centres in world units (N >= 1).
+    n_views : int
+        Number of cameras (>= 1).
+    width, height : int
+        Image size in pixels.
+    fov_deg : float
+        Field of view of the shorter image side in degrees, in (0, 180).
+    elevation_deg : Sequence[float]
+        Elevations above the orbit plane in degrees, each in (-90, 90), cycled over the views.
+    seed : int
+        Azimuth offset seed (see above).
+    up : array-like, optional
+        ``[3]`` orbit axis in world coordinates (the image's up direction). Default: the coordinate axis whose extent
+        differs most from the other two (a flat object's normal, a tall object's long axis).
+    percentiles : tuple[float, float]
+        Lower and upper percentiles of ``means`` that define the object's extent.
+    margin : float
+        Distance multiplier (> 0); > 1 leaves more border.
+
+    Returns
+    -------
+    list[Camera]
+        ``n_views`` cameras with ``K = [[f, 0, width/2], [0, f, height/2], [0, 0, 1]]``,
+        ``f = min(width, height) / (2 tan(fov/2))``; the centre projects to the image centre.
+
+    Raises
+    ------
+    ValueError
+        On an empty or non-``[N, 3]`` ``means``, non-finite means, or parameters out of range.
+    """
+    pts = means.detach().cpu().double().numpy() if isinstance(means, Tensor) else np.asarray(means, np.float64)
+    if pts.ndim != 2 or pts.shape[1] != 3:
+        raise ValueError(f"means must have shape [N, 3], got {list(pts.shape)}")
+    if len(pts) == 0:
+        raise ValueError("cannot fit cameras to an empty scene (N = 0)")
+    if not np.isfinite(pts).all():
+        raise ValueError("means must be finite")
+    if n_views < 1:
+        raise ValueError(f"n_views must be >= 1, got {n_views}")
+    if not 0.0 < fov_deg < 180.0:
+        raise ValueError(f"fov_deg must be in (0, 180), got {fov_deg}")
+    elevations = [float(e) for e in elevation_deg]
+    if not elevations or any(not -90.0 < e < 90.0 for e in elevations):
+        raise ValueError(f"elevation_deg must be a non-empty sequence of angles in (-90, 90), got {elevation_deg}")
+    if not margin > 0:
+        raise ValueError(f"margin must be > 0, got {margin}")
+    if width < 1 or height < 1:
+        raise ValueError(f"image size must be positive, got width={width}, height={height}")
+
+    centre = np.median(pts, axis=0)
+    lo, hi = np.percentile(pts, percentiles, axis=0)
+    extent = hi - lo
+    radius = 0.5 * float(np.linalg.norm(extent))
+    if not radius > 0:  # a single point or a degenerate cloud: fall back to the full extent, then to 1
+        extent = pts.max(0) - pts.min(0)
+        radius = 0.5 * float(np.linalg.norm(extent)) or 1.0
+    half_fov = math.radians(fov_deg) / 2.0
+    distance = margin * radius / math.sin(half_fov)
+
+    up_vec = _auto_up(extent) if up is None else np.asarray(up, dtype=np.float64)
+    if up_vec.shape != (3,) or not np.linalg.norm(up_vec) > 0:
+        raise ValueError(f"up must be a non-zero [3] vector, got {up}")
+    up_vec = up_vec / np.linalg.norm(up_vec)
+    # an orthonormal basis (e1, e2) of the orbit plane
+    helper = np.eye(3)[int(np.argmin(np.abs(up_vec)))]
+    e1 = np.cross(up_vec, helper)
+    e1 /= np.linalg.norm(e1)
+    e2 = np.cross(up_vec, e1)
+
+    offset = 0.0 if seed == 0 else float(np.random.default_rng(seed).uniform(0.0, 2.0 * math.pi / n_views))
+    focal = min(width, height) / (2.0 * math.tan(half_fov))
+    k_mat = np.array([[focal, 0.0, width / 2.0], [0.0, focal, height / 2.0], [0.0, 0.0, 1.0]])
+    cameras = []
+    for k in range(n_views):
+        az = offset + 2.0 * math.pi * k / n_views
+        el = math.radians(elevations[k % len(elevations)])
+        direction = math.cos(el) * (math.cos(az) * e1 + math.sin(az) * e2) + math.sin(el) * up_vec
+        eye = centre + distance * direction
+        cameras.append(Camera(look_at(eye, centre, up_vec), k_mat, width, height))
+    return cameras
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# colours
+
+
+def sh0_to_rgb(sh_dc: Tensor) -> Tensor:
+    """Colour of degree-0 SH coefficients: ``max(0, 0.5 + SH_C0 · sh_dc)`` (3DGS convention), same shape."""
+    return torch.clamp_min(0.5 + SH_C0 * sh_dc, 0.0)
+
+
+def _sh_basis(dirs: Tensor, degree: int) -> Tensor:
+    """Real SH basis ``[..., (degree+1)²]`` at unit directions ``[..., 3]`` with the 3DGS signs and ordering."""
+    x, y, z = dirs.unbind(-1)
+    out = [torch.full_like(x, SH_C0)]
+    if degree >= 1:
+        out += [-_SH_C1 * y, _SH_C1 * z, -_SH_C1 * x]
+    if degree >= 2:
+        xx, yy, zz, xy, yz, xz = x * x, y * y, z * z, x * y, y * z, x * z
+        out += [
+            _SH_C2[0] * xy,
+            _SH_C2[1] * yz,
+            _SH_C2[2] * (2.0 * zz - xx - yy),
+            _SH_C2[3] * xz,
+            _SH_C2[4] * (xx - yy),
+        ]
+    if degree >= 3:
+        out += [
+            _SH_C3[0] * y * (3.0 * xx - yy),
+            _SH_C3[1] * xy * z,
+            _SH_C3[2] * y * (4.0 * zz - xx - yy),
+            _SH_C3[3] * z * (2.0 * zz - 3.0 * xx - 3.0 * yy),
+            _SH_C3[4] * x * (4.0 * zz - xx - yy),
+            _SH_C3[5] * z * (xx - yy),
+            _SH_C3[6] * x * (xx - 3.0 * yy),
+        ]
+    return torch.stack(out, dim=-1)
+
+
+def eval_sh(sh: Tensor, dirs: Tensor, degree: int) -> Tensor:
+    """View-dependent colour of SH coefficients, as INRIA's ``computeColorFromSH`` / gsplat's ``spherical_harmonics``.
+
+    Parameters
+    ----------
+    sh : Tensor
+        ``[N, K, 3]`` SH coefficients, ``K >= (degree + 1)²`` (``sh[:, 0]`` is ``sh_dc``; extra bands ignored).
+    dirs : Tensor
+        ``[N, 3]`` viewing directions (camera centre → mean), normalised here.
+    degree : int
+        SH degree in 0..3.
+
+    Returns
+    -------
+    Tensor
+        ``[N, 3]`` colours ``max(0, Σ_k Y_k(dir) sh[:, k] + 0.5)``.
+
+    Raises
+    ------
+    ValueError
+        If ``degree`` is outside 0..3 or ``sh`` has too few coefficients.
+    """
+    if not 0 <= degree <= 3:
+        raise ValueError(f"SH degree must be in 0..3, got {degree}")
+    n_coef = (degree + 1) ** 2
+    if sh.ndim != 3 or sh.shape[-1] != 3 or sh.shape[1] < n_coef:
+        raise ValueError(f"sh must have shape [N, K >= {n_coef}, 3] for degree {degree}, got {list(sh.shape)}")
+    basis = _sh_basis(F.normalize(dirs, dim=-1), degree)  # [N, n_coef]
+    return torch.clamp_min(torch.einsum("nk,nkc->nc", basis, sh[:, :n_coef]) + 0.5, 0.0)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# rendering
+
+
+def _quat_to_rotmat(quats: Tensor) -> Tensor:
+    """``[N, 3, 3]`` rotations of ``[N, 4]`` quaternions ``w x y z`` (normalised here)."""
+    w, x, y, z = F.normalize(quats, dim=-1).unbind(-1)
+    rot = torch.stack(
+        [
+            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+        ],
+        dim=-1,
+    )  # fmt: skip
+    return rot.reshape(-1, 3, 3)
+
+
+@dataclass
+class _Projected:
+    ids: Tensor  # [M] int64 indices of the visible Gaussians
+    means2d: Tensor  # [M, 2] pixel coordinates
+    conics: Tensor  # [M, 3] (a, b, c): sigma = 0.5 (a dx² + c dy²) + b dx dy
+    opacities: Tensor  # [M]
+    depths: Tensor  # [M]
+    radii: Tensor  # [M, 2] int64 box half-sizes in pixels
+
+
+def _project(
+    means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, camera: Camera, near: float, far: float,
+    eps2d: float,
+) -> _Projected:  # fmt: skip
+    """EWA projection of all Gaussians (Zwicker et al. 2002; gsplat ``fully_fused_projection``) and culling."""
+    dtype = means.dtype
+    viewmat = camera.viewmat.to(device=means.device, dtype=dtype)
+    k_mat = camera.K.to(device=means.device, dtype=dtype)
+    width, height = camera.width, camera.height
+    rot_w2c, trans = viewmat[:3, :3], viewmat[:3, 3]
+    mc = means @ rot_w2c.T + trans  # [N, 3]
+    x, y, z = mc.unbind(-1)
+    valid = (z > near) & (z < far) & (opacities >= ALPHA_MIN)
+    # cull early: everything below works on the candidates only
+    cand = torch.nonzero(valid).squeeze(1)
+    x, y, z = x[cand], y[cand], z[cand]
+    fx, fy, cx, cy = k_mat[0, 0], k_mat[1, 1], k_mat[0, 2], k_mat[1, 2]
+    tan_fovx, tan_fovy = 0.5 * width / fx, 0.5 * height / fy
+    lim_x_pos, lim_x_neg = (width - cx) / fx + 0.3 * tan_fovx, cx / fx + 0.3 * tan_fovx
+    lim_y_pos, lim_y_neg = (height - cy) / fy + 0.3 * tan_fovy, cy / fy + 0.3 * tan_fovy
+    tx = z * torch.clamp(x / z, min=-lim_x_neg, max=lim_x_pos)
+    ty = z * torch.clamp(y / z, min=-lim_y_neg, max=lim_y_pos)
+    zero = torch.zeros_like(z)
+    jac = torch.stack([fx / z, zero, -fx * tx / (z * z), zero, fy / z, -fy * ty / (z * z)], -1).reshape(-1, 2, 3)
+    # Σ_cam = (W R S)(W R S)ᵀ, Σ2D = (J W R S)(J W R S)ᵀ: exactly symmetric PSD
+    m3 = (rot_w2c @ _quat_to_rotmat(quats[cand])) * scales[cand, None, :]  # [M, 3, 3]
+    jm = jac @ m3  # [M, 2, 3]
+    cov_a = (jm[:, 0] * jm[:, 0]).sum(-1) + eps2d
+    cov_b = (jm[:, 0] * jm[:, 1]).sum(-1)
+    cov_c = (jm[:, 1] * jm[:, 1]).sum(-1) + eps2d
+    det = cov_a * cov_c - cov_b * cov_b
+    means2d = torch.stack([fx * x / z + cx, fy * y / z + cy], -1)
+    op = opacities[cand]
+    with torch.no_grad():
+        extend = torch.clamp_max(torch.sqrt(2.0 * torch.log(op.clamp_min(ALPHA_MIN) / ALPHA_MIN)), _EXTEND_MAX)
+        rx = torch.ceil(extend * torch.sqrt(cov_a.clamp_min(0)))
+        ry = torch.ceil(extend * torch.sqrt(cov_c.clamp_min(0)))
+        mx, my = means2d[:, 0], means2d[:, 1]
+        keep = (
+            (det > 0)
+            & torch.isfinite(mx) & torch.isfinite(my)
+            & (mx + rx > 0) & (mx - rx < width) & (my + ry > 0) & (my - ry < height)
+        )  # fmt: skip
+        sel = torch.nonzero(keep).squeeze(1)
+    det = det[sel]
+    conics = torch.stack([cov_c[sel] / det, -cov_b[sel] / det, cov_a[sel] / det], -1)
+    return _Projected(
+        ids=cand[sel],
+        means2d=means2d[sel],
+        conics=conics,
+        opacities=op[sel],
+        depths=z[sel].detach(),
+        radii=torch.stack([rx[sel], ry[sel]], -1).long(),
+    )
+
+
+def _tile_batch(
+    features: Tensor, tile_xy: Tensor, means2d: Tensor, conics: Tensor, opacities: Tensor, colors: Tensor,
+    valid: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """Front-to-back compositing of one batch of ``B`` tiles of ``P`` pixels and ``S`` (padded) splats each.
+
+    ``features [P, 6]`` are ``(u², v², uv, u, v, 1)`` of the pixel centres relative to the tile centre,
+    ``tile_xy [B, 2]`` the tile centres in pixel coordinates; ``means2d [B, S, 2]``, ``conics [B, S, 3]``,
+    ``opacities [B, S]``, ``colors [B, S, D]`` describe the depth-sorted splats of each tile and ``valid [B, S]``
+    marks the real ones. ``log(o) - ½ dᵀ Σ2D⁻¹ d`` is a quadratic polynomial in ``(u, v)``, so all
+    (pixel, splat) exponents of a tile are one matrix product ``features @ coef``; tile-centred coordinates
+    (``|u|, |v| <= tile_size / 2``) keep its float32 cancellation error ~1e-5 on the exponents that matter.
+
+    Returns the colour ``[B, P, D]`` (without background) and the accumulated alpha ``[B, P]``.
+    """
+    mx = means2d[..., 0] - tile_xy[:, None, 0]  # [B, S] mean relative to the tile centre
+    my = means2d[..., 1] - tile_xy[:, None, 1]
+    a, b, c = conics.unbind(-1)
+    const = torch.log(opacities) - (0.5 * a * mx * mx + 0.5 * c * my * my + b * mx * my)
+    coef = torch.stack([-0.5 * a, -0.5 * c, -b, a * mx + b * my, c * my + b * mx, const], dim=1)  # [B, 6, S]
+    off = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, -1e20], dtype=coef.dtype, device=coef.device)
+    coef = torch.where(valid[:, None, :], coef, off[None, :, None])  # padding: alpha = exp(-1e20) = 0
+    log_alpha = features @ coef  # [B, P, S]: log(o) - sigma
+    # skip alpha < 1/255 (exp(-30) ~ 1e-13 stands in for 0: exp of -inf or of denormal results is slow on CPUs),
+    # clamp alpha at 0.99
+    alpha = torch.exp(F.threshold(log_alpha, _LOG_ALPHA_MIN, -30.0).clamp_max_(_LOG_ALPHA_MAX))
+    one_minus = 1.0 - alpha
+    trans_incl = torch.cumprod(one_minus, dim=-1)  # T after each splat
+    # alpha_i T_i with T_i = T_incl_i / (1 - alpha_i), stopped before the splat that brings T below 1e-4
+    weights = F.threshold(trans_incl, T_MIN, 0.0) * alpha / one_minus
+    out = weights @ torch.cat([colors, torch.ones_like(colors[..., :1])], dim=-1)  # [B, P, D + 1]
+    return out[..., :-1], out[..., -1]
+
+
+def _check_inputs(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
+                  sh_degree: int | None) -> None:  # fmt: skip
+    if means.ndim != 2 or means.shape[1] != 3:
+        raise ValueError(f"means must have shape [N, 3], got {list(means.shape)}")
+    n = means.shape[0]
+    if n == 0:
+        raise ValueError("cannot render an empty scene (N = 0 Gaussians)")
+    for name, t, shape in (("quats", quats, (n, 4)), ("scales", scales, (n, 3)), ("opacities", opacities, (n,))):
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{name} must have shape {list(shape)} for N = {n} Gaussians, got {list(t.shape)}")
+    if sh_degree is None:
+        if colors.ndim != 2 or colors.shape[0] != n or colors.shape[1] < 1:
+            raise ValueError(f"colors must have shape [N={n}, D] (or pass sh_degree for SH), got {list(colors.shape)}")
+    else:
+        k = (sh_degree + 1) ** 2
+        if not 0 <= sh_degree <= 3:
+            raise ValueError(f"sh_degree must be in 0..3, got {sh_degree}")
+        if colors.ndim != 3 or colors.shape[0] != n or colors.shape[1] < k or colors.shape[2] != 3:
+            raise ValueError(
+                f"SH colors must have shape [N={n}, K >= {k}, 3] for sh_degree {sh_degree}, got {list(colors.shape)}"
+            )
+    tensors = (means, quats, scales, opacities, colors)
+    if len({t.device for t in tensors}) != 1:
+        raise ValueError("means, quats, scales, opacities and colors must be on the same device")
+    if any(not t.is_floating_point() for t in tensors):
+        raise ValueError("means, quats, scales, opacities and colors must be floating-point tensors")
+
+
+def _gsplat_available() -> bool:
+    try:
+        import gsplat  # noqa: F401
+    except Exception:  # ImportError, or a broken CUDA extension build
+        return False
+    return True
+
+
+def render(
+    means: Tensor,
+    quats: Tensor,
+    scales: Tensor,
+    opacities: Tensor,
+    colors: Tensor,
+    camera: Camera,
+    *,
+    sh_degree: int | None = None,
+    background: Sequence[float] | Tensor | None = None,
+    tile_size: int | None = None,
+    near: float = 0.01,
+    far: float = 1e10,
+    eps2d: float = 0.3,
+    backend: Backend = "auto",
+    return_alpha: bool = False,
+    max_batch_elems: int = 1 << 18,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Render Gaussians with 3DGS EWA splatting (Kerbl et al. 2023; Zwicker et al. 2002) — see the module docstring.
+
+    Vectorised torch: no Python loop per Gaussian or per pixel (one loop over batches of tiles). Works on CPU and
+    CUDA tensors, in float32 or float64 (the dtype of ``means``; the camera is cast to it).
+
+    Parameters
+    ----------
+    means : Tensor
+        ``[N, 3]`` centres, world units.
+    quats : Tensor
+        ``[N, 4]`` rotations ``w x y z``, need not be normalised (normalised here, as gsplat does).
+    scales : Tensor
+        ``[N, 3]`` activated standard deviations along the principal axes (world units, > 0).
+    opacities : Tensor
+        ``[N]`` activated opacities in [0, 1].
+    colors : Tensor
+        ``[N, D]`` colours (any D channels) if ``sh_degree`` is None, else ``[N, K, 3]`` SH coefficients with
+        ``K >= (sh_degree + 1)²`` (``colors[:, 0]`` is ``sh_dc``; gsplat's layout).
+    camera : Camera
+        Pinhole camera (OpenCV convention); the image is ``camera.height × camera.width``.
+    sh_degree : int, optional
+        SH degree 0..3 to evaluate (view direction: camera centre → mean), then ``rgb = max(0, sh + 0.5)``.
+    background : sequence of float or Tensor, optional
+        ``[D]`` background colour composited with the final transmittance; default zeros.
+    tile_size : int, optional
+        Tile side in pixels. Default: 8 for the torch backend (fastest on CPUs: fewer wasted (pixel, splat) pairs;
+        the image does not depend on it beyond float rounding), 16 for gsplat (its tested value, as INRIA).
+    near, far : float
+        Gaussians with camera depth ``z`` outside ``(near, far)`` are culled (world units).
+    eps2d : float
+        Low-pass dilation added to the diagonal of the 2D covariance, px² (0.3 as INRIA / gsplat).
+    backend : {"auto", "torch", "gsplat"}
+        ``"torch"``: this renderer. ``"gsplat"``: ``gsplat.rasterization`` (needs gsplat and CUDA tensors).
+        ``"auto"``: gsplat when the tensors are on CUDA and gsplat imports, else torch.
+    return_alpha : bool
+        Also return the accumulated alpha ``1 - T_final``.
+    max_batch_elems : int
+        Upper bound on (pixel, splat) pairs per tile batch of the torch backend; a single tile exceeding it is still
+        processed whole. The default (2^18, ~1 MiB per float32 intermediate) keeps a batch in the CPU caches, which
+        is 2-4x faster than large batches.
+
+    Returns
+    -------
+    Tensor or (Tensor, Tensor)
+        Image ``[H, W, D]`` (dtype of ``means``, not clamped) and, with ``return_alpha``, alpha ``[H, W]`` in [0, 1].
+
+    Raises
+    ------
+    ValueError
+        On wrong shapes, an empty scene (N = 0), mixed devices, a bad ``sh_degree``/``tile_size``/``background``, or
+        an unknown backend.
+    RuntimeError
+        If ``backend="gsplat"`` and gsplat cannot be imported or the tensors are not on CUDA.
+    """
+    _check_inputs(means, quats, scales, opacities, colors, sh_degree)
+    if backend not in ("auto", "torch", "gsplat"):
+        raise ValueError(f"backend must be 'auto', 'torch' or 'gsplat', got {backend!r}")
+    device, dtype = means.device, means.dtype
+    n_channels = 3 if sh_degree is not None else colors.shape[1]
+    if background is None:
+        bg = torch.zeros(n_channels, device=device, dtype=dtype)
+    else:
+        bg = torch.as_tensor(background, dtype=dtype, device=device).reshape(-1)
+        if bg.shape[0] != n_channels:
+            raise ValueError(f"background must have {n_channels} channels, got {list(bg.shape)}")
+
+    use_gsplat = backend == "gsplat" or (backend == "auto" and means.is_cuda and _gsplat_available())
+    if tile_size is None:
+        tile_size = 16 if use_gsplat else 8
+    if tile_size < 1:
+        raise ValueError(f"tile_size must be >= 1, got {tile_size}")
+    if use_gsplat:
+        image, alpha = _render_gsplat(
+            means, quats, scales, opacities, colors, camera, sh_degree, bg, tile_size, near, far, eps2d
+        )
+    else:
+        image, alpha = _render_torch(
+            means, quats, scales, opacities, colors, camera, sh_degree, bg, tile_size, near, far, eps2d,
+            max_batch_elems,
+        )  # fmt: skip
+    return (image, alpha) if return_alpha else image
+
+
+def _render_gsplat(
+    means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor, camera: Camera,
+    sh_degree: int | None, bg: Tensor, tile_size: int, near: float, far: float, eps2d: float,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """``gsplat.rasterization`` (gsplat >= 1.0 API) for one camera; same conventions, alpha clamp 0.999."""
+    try:
+        from gsplat import rasterization
+    except Exception as exc:
+        raise RuntimeError("backend='gsplat' needs the gsplat package (pip install gsplat)") from exc
+    if not means.is_cuda:
+        raise RuntimeError("backend='gsplat' needs CUDA tensors; use backend='torch' on the CPU")
+    viewmat = camera.viewmat.to(device=means.device, dtype=means.dtype)
+    k_mat = camera.K.to(device=means.device, dtype=means.dtype)
+    render_colors, render_alphas, _ = rasterization(
+        means=means,
+        quats=quats,
+        scales=scales,
+        opacities=opacities,
+        colors=colors,
+        viewmats=viewmat[None],
+        Ks=k_mat[None],
+        width=camera.width,
+        height=camera.height,
+        near_plane=near,
+        far_plane=far,
+        eps2d=eps2d,
+        sh_degree=sh_degree,
+        packed=False,
+        tile_size=tile_size,
+        backgrounds=bg[None],
+        render_mode="RGB",
+        rasterize_mode="classic",
+    )
+    return render_colors[0], render_alphas[0, ..., 0]
+
+
+def _render_torch(
+    means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor, camera: Camera,
+    sh_degree: int | None, bg: Tensor, tile_size: int, near: float, far: float, eps2d: float, max_batch_elems: int,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    device, dtype = means.device, means.dtype
+    width, height = camera.width, camera.height
+    n_channels = bg.shape[0]
+    proj = _project(means, quats, scales, opacities, camera, near, far, eps2d)
+    m = proj.ids.shape[0]
+    grad_on = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (means, quats, scales, opacities, colors)
+    )
+
+    def background_only() -> tuple[Tensor, Tensor]:  # nothing visible; still connected to the inputs' graph
+        image = bg.expand(height, width, n_channels).clone()
+        if grad_on:
+            image = image + 0.0 * (means.sum() + quats.sum() + scales.sum() + opacities.sum() + colors.sum())
+        return image, torch.zeros(height, width, device=device, dtype=dtype)
+
+    if m == 0:
+        return background_only()
+
+    if sh_degree is None:
+        col = colors[proj.ids]
+    else:
+        viewmat = camera.viewmat.to(device=device, dtype=dtype)
+        cam_center = -(viewmat[:3, :3].T @ viewmat[:3, 3])
+        col = eval_sh(colors[proj.ids], means[proj.ids] - cam_center, sh_degree)
+
+    # --- tile intersections, sorted by (tile, depth) with one sort on a combined key (gsplat isect_tiles)
+    tiles_x, tiles_y = math.ceil(width / tile_size), math.ceil(height / tile_size)
+    n_tiles = tiles_x * tiles_y
+    with torch.no_grad():
+        center = proj.means2d.detach()
+        lo = torch.floor((center - proj.radii) / tile_size).long()
+        hi = torch.ceil((center + proj.radii) / tile_size).long()
+        x0, x1 = lo[:, 0].clamp(0, tiles_x), hi[:, 0].clamp(0, tiles_x)
+        y0, y1 = lo[:, 1].clamp(0, tiles_y), hi[:, 1].clamp(0, tiles_y)
+        span_x = (x1 - x0).clamp_min(0)
+        per_splat = span_x * (y1 - y0).clamp_min(0)
+        n_isect = int(per_splat.sum())
+        splat = torch.repeat_interleave(torch.arange(m, device=device), per_splat)
+        start = torch.cumsum(per_splat, 0) - per_splat
+        local = torch.arange(n_isect, device=device) - start[splat]
+        sx = span_x[splat]
+        tile = (y0[splat] + local // sx) * tiles_x + x0[splat] + local % sx
+        depth_rank = torch.empty(m, dtype=torch.long, device=device)
+        depth_rank[torch.argsort(proj.depths, stable=True)] = torch.arange(m, device=device)
+        key = tile * m + depth_rank[splat]
+        key, order = torch.sort(key)
+        splat = splat[order]
+        counts = torch.bincount(key // m, minlength=n_tiles)
+        offsets = torch.cumsum(counts, 0) - counts
+        # busiest tiles first, batched so that tiles · pixels · max count stays under max_batch_elems
+        tile_order = torch.argsort(counts, descending=True, stable=True)
+        tile_order = tile_order[counts[tile_order] > 0].tolist()
+        counts_l = counts.tolist()
+    if not tile_order:
+        return background_only()
+    pixels_per_tile = tile_size * tile_size
+    local_pix = torch.arange(pixels_per_tile, device=device)
+    local_px, local_py = local_pix % tile_size, local_pix // tile_size
+    u = local_px.to(dtype) + (0.5 - 0.5 * tile_size)  # pixel centres relative to the tile centre
+    v = local_py.to(dtype) + (0.5 - 0.5 * tile_size)
+    features = torch.stack([u * u, v * v, u * v, u, v, torch.ones_like(u)], dim=-1)  # [P, 6]
+
+    packed = torch.cat([proj.means2d, proj.conics, proj.opacities[:, None], col], dim=1)
+    out_pix, out_rgb, out_acc = [], [], []
+    i = 0
+    while i < len(tile_order):
+        cap = counts_l[tile_order[i]]
+        n_batch = max(1, min(len(tile_order) - i, max_batch_elems // max(1, pixels_per_tile * cap)))
+        batch = torch.tensor(tile_order[i : i + n_batch], device=device)
+        i += n_batch
+        slot = torch.arange(cap, device=device)
+        valid = slot[None, :] < counts[batch][:, None]  # [B, S]
+        flat = (offsets[batch][:, None] + slot[None, :]).clamp_max(n_isect - 1)
+        sid = torch.where(valid, splat[flat], torch.zeros_like(flat))  # [B, S] indices into the visible splats
+        tx, ty = batch % tiles_x, batch // tiles_x
+        tile_xy = (torch.stack([tx, ty], -1).to(dtype) + 0.5) * tile_size
+        g = packed[sid]  # [B, S, 6 + D]: one gather instead of one per attribute
+        args = (features, tile_xy, g[..., 0:2], g[..., 2:5], g[..., 5], g[..., 6:], valid)
+        if grad_on:
+            rgb, acc = checkpoint(_tile_batch, *args, use_reentrant=False)
+        else:
+            rgb, acc = _tile_batch(*args)
+        px = tx[:, None] * tile_size + local_px[None, :]  # [B, P] integer pixel columns
+        py = ty[:, None] * tile_size + local_py[None, :]
+        inside = ((px < width) & (py < height)).reshape(-1)
+        out_pix.append((py * width + px).reshape(-1)[inside])
+        out_rgb.append(rgb.reshape(-1, n_channels)[inside])
+        out_acc.append(acc.reshape(-1)[inside])
+    pix = torch.cat(out_pix)
+    n_pix = height * width
+    image = torch.zeros(n_pix, n_channels, device=device, dtype=dtype).index_copy(0, pix, torch.cat(out_rgb))
+    alpha = torch.zeros(n_pix, device=device, dtype=dtype).index_copy(0, pix, torch.cat(out_acc))
+    image = image + (1.0 - alpha)[:, None] * bg[None, :]
+    return image.reshape(height, width, n_channels), alpha.reshape(height, width)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# scenes
+
+
+def scene_tensors(
+    scene: GaussianScene, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+) -> dict[str, Tensor]:
+    """The parameters of a :class:`storage.gaussians.GaussianScene` as tensors.
+
+    Returns
+    -------
+    dict[str, Tensor]
+        ``means [N, 3]``, ``quats [N, 4]`` (unit norm, ``w x y z``), ``scales [N, 3]`` (activated),
+        ``opacities [N]`` (activated), ``sh_dc [N, 3]``, ``sh_rest [N, K, 3]`` (``K = (d+1)² - 1``), all ``dtype``
+        on ``device``. Fresh tensors (safe to set ``requires_grad`` on).
+
+    Raises
+    ------
+    ValueError
+        If the scene is empty.
+    """
+    n = len(scene.means)
+    if n == 0:
+        raise ValueError("the scene is empty (N = 0 Gaussians)")
+
+    def conv(a: np.ndarray) -> Tensor:
+        return torch.tensor(np.asarray(a), dtype=dtype, device=device)
+
+    return {
+        "means": conv(scene.means),
+        "quats": F.normalize(conv(scene.quats), dim=-1),
+        "scales": conv(scene.scales),
+        "opacities": conv(scene.opacities),
+        "sh_dc": conv(scene.sh_dc),
+        "sh_rest": conv(scene.sh_rest).reshape(n, -1, 3),
+    }
+
+
+def render_scene(params: Mapping[str, Tensor], camera: Camera, **kwargs: Any) -> Tensor | tuple[Tensor, Tensor]:
+    """:func:`render` of a :func:`scene_tensors`-style dict, colours from ``sh_dc`` (+ ``sh_rest`` if present).
+
+    The SH degree is that of ``sh_rest`` (``K = (d+1)² - 1`` coefficients; 0 without it). ``kwargs`` go to
+    :func:`render`. Raises ``ValueError`` for a missing key or a ``sh_rest`` size that is no SH degree.
+    """
+    missing = [k for k in ("means", "quats", "scales", "opacities", "sh_dc") if k not in params]
+    if missing:
+        raise ValueError(f"params lacks {missing}")
+    sh_dc = params["sh_dc"]
+    sh_rest = params.get("sh_rest")
+    k_rest = 0 if sh_rest is None else sh_rest.shape[1]
+    degree = math.isqrt(k_rest + 1) - 1
+    if (degree + 1) ** 2 != k_rest + 1:
+        raise ValueError(f"sh_rest must have (d+1)^2 - 1 coefficients per channel, got {k_rest}")
+    sh = sh_dc[:, None, :] if k_rest == 0 else torch.cat([sh_dc[:, None, :], sh_rest], dim=1)
+    return render(
+        params["means"], params["quats"], params["scales"], params["opacities"], sh, camera, sh_degree=degree,
+        **kwargs,
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# metrics
+
+
+def _check_images(img: Tensor, ref: Tensor) -> None:
+    if img.shape != ref.shape or img.ndim != 3 or img.shape[-1] < 1:
+        raise ValueError(f"images must both have shape [H, W, C], got {list(img.shape)} and {list(ref.shape)}")
+
+
+def psnr(img: Tensor, ref: Tensor, max_val: float = 1.0) -> Tensor:
+    """Peak signal-to-noise ratio ``10 log10(max_val² / MSE)`` in dB of two ``[H, W, C]`` images.
+
+    Returns a 0-d tensor (differentiable), ``inf`` for identical images. Raises ``ValueError`` on a shape mismatch.
+    """
+    _check_images(img, ref)
+    mse = torch.mean((img - ref) ** 2)
+    return 10.0 * torch.log10(max_val**2 / mse)
+
+
+def ssim(img: Tensor, ref: Tensor, data_range: float = 1.0) -> Tensor:
+    """Structural similarity (Wang et al. 2004) of two ``[H, W, C]`` images via ``pytorch_msssim.ssim``.
+
+    Gaussian window 11 px, σ 1.5, ``K = (0.01, 0.03)``; images smaller than 11 px use the largest odd window that
+    fits. Returns a 0-d tensor (differentiable), 1 for identical images. Raises ``ValueError`` on a shape mismatch
+    or images smaller than 3 px.
+    """
+    from pytorch_msssim import ssim as _ssim
+
+    _check_images(img, ref)
+    side = min(img.shape[0], img.shape[1])
+    if side < 3:
+        raise ValueError(f"images must be at least 3 x 3 pixels for SSIM, got {list(img.shape[:2])}")
+    win = min(11, side if side % 2 else side - 1)
+    x = img.permute(2, 0, 1)[None]
+    y = ref.permute(2, 0, 1)[None]
+    return _ssim(x, y, data_range=data_range, size_average=True, win_size=win)
