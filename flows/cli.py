@@ -11,10 +11,12 @@ from rich.console import Console
 from rich.table import Table
 
 from flows.autodecoder import autodecoder, encode_shapes
+from flows.gaussian_reduction import DEFAULT_RATIOS, gaussian_reduction, summary_frame
 from flows.geometry_images import geometry_images, summarize
 from flows.task_runner import make_task_runner
 from storage.tables import read_table
 from tasks.autodecoder import VARIANTS, AutodecoderConfig
+from tasks.gaussian_reduction import METHODS, GaussianReductionConfig
 from tasks.geometry_images import GeometryImageConfig
 
 app = typer.Typer(help="Optimal-transport geometry processing over whole 3D datasets.", no_args_is_help=True)
@@ -180,6 +182,49 @@ def encode_command(
     if not shapes.empty:
         console.print(shapes[["item_id", "shape_id", "em_kd", "chamfer_l2"]].to_string(index=False))
     _print_failures(read_table(result["tables"]["failures"]))
+    for name, uri in result["tables"].items():
+        console.print(f"table {name}: {uri}")
+
+
+@app.command("reduce-gaussians")
+def reduce_gaussians_command(
+    path: Annotated[str, typer.Argument(help="a 3DGS .ply scene or a folder of them")],
+    store: Annotated[str, typer.Option(help="root of the Zarr store, reduced PLYs and Parquet tables")] = "runs",
+    ratio: Annotated[list[float], typer.Option(help="repeatable target fraction of the Gaussians")] = list(DEFAULT_RATIOS),
+    method: Annotated[list[str], typer.Option(help=f"repeatable; some of {', '.join(METHODS)}")] = list(METHODS),
+    pen_size: Annotated[int, typer.Option(help="GHAP: Gaussians per k-d pen (at most)")] = 1024,
+    iterations: Annotated[int, typer.Option(help="GHAP: assignment/update rounds")] = 10,
+    appearance: Annotated[str, typer.Option(help="GHAP colours: 'weighted' average of members or 'nearest'")] = "weighted",
+    resolution: Annotated[int, typer.Option(help="render width = height (pixels)")] = 128,
+    views: Annotated[int, typer.Option(help="held-out orbit views for psnr/ssim")] = 8,
+    train_views: Annotated[int, typer.Option(help="orbit views of the fine-tuning targets")] = 16,
+    finetune_steps: Annotated[int, typer.Option(help="appearance fine-tuning steps (0: none)")] = 200,
+    seed: Annotated[int, typer.Option(help="seed of the random baseline and fine-tuning")] = 0,
+    device: Annotated[str, typer.Option(help="'auto' uses CUDA where the worker has it")] = "auto",
+    workers: Annotated[int | None, typer.Option(help="LocalCluster workers (default: one per core)")] = None,
+    dask_address: Annotated[str | None, typer.Option(help="tcp://host:port of an existing Dask scheduler")] = None,
+    run_id: Annotated[str | None, typer.Option(help="default: derived from the config (re-runs skip)")] = None,
+) -> None:
+    """Reduce 3DGS scenes with GHAP and pruning baselines; psnr/ssim of renders against the original."""
+    config = GaussianReductionConfig(
+        methods=method, pen_size=pen_size, max_iterations=iterations, appearance=appearance, resolution=resolution,
+        views=views, train_views=train_views, finetune_steps=finetune_steps, seed=seed, device=device,
+    )
+    store = _local(store)
+    runner = make_task_runner(workers, dask_address)
+    result = gaussian_reduction.with_options(task_runner=runner)(path, store, ratio, config, run_id)
+    summary = summary_frame(read_table(result["tables"]["gaussian_reduction"]).to_dict(orient="records"))
+    table = Table(title="Gaussian reduction: psnr (dB) / ssim of renders against the original scene")
+    for name in summary.columns:
+        table.add_column(str(name), justify="right")
+    for _, row in summary.iterrows():
+        table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
+    console.print(table)
+    _print_failures(read_table(result["tables"]["failures"]))
+    console.print(f"run [bold]{result['run_id']}[/]: {result['items']} items, {result['skipped_items']} finished earlier")
+    console.print(f"reduced scenes: {result['store']}/{result['run_id']}/<scene>--r<ratio>/ply/<method>[-finetuned].ply")
+    for item_id, uri in sorted(result["previews"].items()):
+        console.print(f"side by side {item_id}: {uri}")
     for name, uri in result["tables"].items():
         console.print(f"table {name}: {uri}")
 

@@ -418,7 +418,9 @@ def _project(
     cov_a = (jm[:, 0] * jm[:, 0]).sum(-1) + eps2d
     cov_b = (jm[:, 0] * jm[:, 1]).sum(-1)
     cov_c = (jm[:, 1] * jm[:, 1]).sum(-1) + eps2d
-    det = cov_a * cov_c - cov_b * cov_b
+    # det Σ2D without the cancellation of a·c - b² (float32 loses ~1e-3 of it on elongated splats): with rows r0, r1
+    # of J W R S, det(A Aᵀ + εI) = |r0 × r1|² + ε (|r0|² + |r1|²) + ε² (Cauchy–Binet)
+    det = torch.linalg.cross(jm[:, 0], jm[:, 1]).square().sum(-1) + eps2d * (cov_a + cov_c - eps2d)
     means2d = torch.stack([fx * x / z + cx, fy * y / z + cy], -1)
     op = opacities[cand]
     with torch.no_grad():

@@ -135,11 +135,33 @@ AUTODECODER_MODELS_SCHEMA: pa.Schema = pa.schema(
 )
 """One row per trained item (collection x variant): size, compression ratio and mean errors."""
 
+GAUSSIAN_REDUCTION_SCHEMA: pa.Schema = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("item_id", pa.string()),  # scene x ratio
+        ("scene_id", pa.string()),
+        ("method", pa.string()),  # "ghap" | "random" | "top_opacity" | "lightgaussian"
+        ("ratio", pa.float64()),  # target fraction of the Gaussians
+        ("n_in", pa.int64()),
+        ("n_out", pa.int64()),
+        ("psnr", pa.float64()),  # dB, mean over held-out views, against the original scene's renders
+        ("ssim", pa.float64()),  # mean over held-out views
+        ("seconds", pa.float64()),  # reduction (+ fine-tuning when fine_tuned) wall time
+        ("fine_tuned", pa.bool_()),
+        ("finetune_steps", pa.int32()),
+        ("resolution", pa.int32()),  # render width = height, pixels
+        ("views", pa.int32()),
+        ("device", pa.string()),
+    ]
+)
+"""One row per scene x ratio x method x fine-tuned (before/after) of the Gaussian-reduction flow."""
+
 TABLE_SCHEMAS: dict[str, pa.Schema] = {
     "geometry_images": GEOMETRY_IMAGES_SCHEMA,
     "autodecoder_epochs": AUTODECODER_EPOCHS_SCHEMA,
     "autodecoder_shapes": AUTODECODER_SHAPES_SCHEMA,
     "autodecoder_models": AUTODECODER_MODELS_SCHEMA,
+    "gaussian_reduction": GAUSSIAN_REDUCTION_SCHEMA,
     "failures": FAILURES_SCHEMA,
 }
 """Table name -> canonical schema; :func:`write_table` accepts only these names."""

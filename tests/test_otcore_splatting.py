@@ -71,12 +71,12 @@ def quat_z(angle: float) -> list[float]:
 
 
 @pytest.mark.parametrize(
-    ("scale_xy", "angle"),
-    [((0.05, 0.05), 0.0), ((0.09, 0.03), math.radians(30.0))],
-    ids=["isotropic", "anisotropic-rotated"],
+    ("scale_xy", "angle", "opacity"),
+    [((0.05, 0.05), 0.0, 0.8), ((0.09, 0.03), math.radians(30.0), 1.0)],
+    ids=["isotropic", "anisotropic-rotated-opaque"],
 )
-def test_single_gaussian_matches_analytic_profile(scale_xy: tuple[float, float], angle: float) -> None:
-    width, height, focal, depth, opacity = 33, 33, 40.0, 2.0, 0.8
+def test_single_gaussian_matches_analytic_profile(scale_xy: tuple[float, float], angle: float, opacity: float) -> None:
+    width, height, focal, depth = 33, 33, 40.0, 2.0
     cam = head_on_camera(width, height, focal, 16.5, 16.5)  # the mean lands on the centre of pixel (16, 16)
     colour = torch.tensor([[1.0, 0.5, 0.25]])
     background = torch.tensor([0.2, 0.3, 0.4])
@@ -107,7 +107,7 @@ def test_single_gaussian_matches_analytic_profile(scale_xy: tuple[float, float],
     np.testing.assert_allclose(alpha.numpy(), expected_alpha.numpy(), atol=1e-4, rtol=0)
     np.testing.assert_allclose(image.numpy(), expected.numpy(), atol=1e-4, rtol=0)
     assert divmod(int(alpha.argmax()), width) == (16, 16)
-    assert alpha[16, 16] == pytest.approx(opacity, abs=1e-6)
+    assert alpha[16, 16] == pytest.approx(min(opacity, 0.99), abs=1e-6)  # alpha is clamped at 0.99
     # the support ends exactly where alpha < 1/255 (the culling box does not cut it short; skipped splats add
     # exp(-30) ~ 1e-13 instead of an exact 0)
     assert int((alpha > 1e-9).sum()) == int((expected_alpha > 0).sum()) > 9
@@ -192,6 +192,9 @@ def reference_render(
     return colour_acc + trans[..., None] * background.to(f64), 1 - trans, done
 
 
+EYE, TARGET, UP = [0.8, -1.0, -4.0], [0.1, 0.2, 0.0], [0.2, -1.0, 0.1]  # the camera of the random scene
+
+
 @pytest.fixture(scope="module")
 def random_scene() -> tuple[torch.Tensor, ...]:
     """200 seeded Gaussians in front of a camera at distance ~4, some partly off-screen, some behind it."""
@@ -203,12 +206,24 @@ def random_scene() -> tuple[torch.Tensor, ...]:
     scales = torch.exp(torch.empty(n, 3).uniform_(math.log(0.01), math.log(0.35), generator=gen))
     opacities = torch.empty(n).uniform_(0.0, 1.0, generator=gen)
     opacities[6:12] = torch.tensor([1.0, 0.995, 0.999, 1 / 255 - 1e-4, 0.002, 0.98])
+    # a stack of opaque Gaussians on the line of sight through the image centre: T falls below 1e-4 there
+    eye, target = torch.tensor(EYE), torch.tensor(TARGET)
+    steps = torch.linspace(-0.3, 0.3, 6)[:, None]
+    means[12:18] = target + steps * (target - eye)
+    scales[12:18] = torch.tensor([0.3, 0.2, 0.25])
+    opacities[12:18] = torch.tensor([0.97, 1.0, 0.9, 0.999, 0.95, 1.0])
+    # two large Gaussians beside the view frustum (x/z ~ ±1.1, distinct depths, beyond the 1.3 x half-FOV clamp of J at 0.72)
+    view = look_at(np.array(EYE), np.array(TARGET), np.array(UP))
+    cam_pts = torch.tensor([[3.3, 0.0, 3.0, 1.0], [-3.7, 0.5, 3.4, 1.0]], dtype=torch.float64)
+    means[18:20] = (cam_pts @ torch.tensor(np.linalg.inv(view)).T)[:, :3].float()
+    scales[18:20] = 1.0
+    opacities[18:20] = 0.9
     colours = torch.rand(n, 3, generator=gen)
     return means, quats, scales, opacities, colours
 
 
 def skewed_camera(width: int, height: int) -> Camera:
-    view = look_at(np.array([0.8, -1.0, -4.0]), np.array([0.1, 0.2, 0.0]), np.array([0.2, -1.0, 0.1]))
+    view = look_at(np.array(EYE), np.array(TARGET), np.array(UP))
     focal = 0.9 * width
     k = np.array([[focal, 0.0, width / 2], [0.0, focal, height / 2], [0.0, 0.0, 1.0]])
     return Camera(view, k, width, height)

@@ -18,6 +18,7 @@ from storage.tables import (
     AUTODECODER_MODELS_SCHEMA,
     AUTODECODER_SHAPES_SCHEMA,
     FAILURES_SCHEMA,
+    GAUSSIAN_REDUCTION_SCHEMA,
     GEOMETRY_IMAGES_SCHEMA,
     TABLE_SCHEMAS,
     read_table,
@@ -64,6 +65,7 @@ def test_schemas_cover_every_table() -> None:
         "autodecoder_epochs": AUTODECODER_EPOCHS_SCHEMA,
         "autodecoder_shapes": AUTODECODER_SHAPES_SCHEMA,
         "autodecoder_models": AUTODECODER_MODELS_SCHEMA,
+        "gaussian_reduction": GAUSSIAN_REDUCTION_SCHEMA,
         "failures": FAILURES_SCHEMA,
     }
     assert GEOMETRY_IMAGES_SCHEMA.metadata[b"distance_normalization"] == b"unit bounding-box diagonal"

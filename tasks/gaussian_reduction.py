@@ -1,0 +1,206 @@
+"""Prefect task of the Gaussian-reduction pipeline: reduce one 3DGS scene to one target ratio by every method.
+
+An item is one scene x one ratio (``<scene>--r0.10``). For each method (GHAP and the pruning baselines) the task
+reduces the scene to exactly ``round(ratio * N)`` Gaussians, renders the result from held-out orbit cameras
+against the original's renders (``psnr``, ``ssim``), fine-tunes colours and opacities against the original's
+renders from a separate set of training cameras, and measures again. Its Zarr group holds the original's and every
+method's renders (uint8 ``[V, H, W, 3]``) before and after fine-tuning; the reduced scenes are written as standard
+3DGS PLY files next to it (``<store>/<run_id>/<item_id>/ply/<method>[-finetuned].ply``), and a side-by-side PNG of
+the first view. A failure of one method becomes a failure row; the other methods' results are kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from prefect import get_run_logger, task
+from pydantic import BaseModel, Field
+
+from otcore.appearance_finetune import FineTuneConfig, finetune_appearance, render_views
+from otcore.autodecoder_training import resolve_device
+from otcore.gaussian_pruning import PRUNING_METHODS, select_subset
+from otcore.ghap import covariances_to_scales_quats, ghap_reduce, merge_appearance
+from otcore.splatting import orbit_cameras, psnr, scene_tensors, ssim
+from storage.errors import InputError
+from storage.gaussians import GaussianScene, read_scene, write_scene
+from storage.zarr_store import ItemStore
+
+__all__ = ["GaussianReductionConfig", "METHODS", "reduce_scene", "PIPELINE_VERSION", "reduce_with"]
+
+PIPELINE_VERSION = "1"
+METHODS = ("ghap",) + PRUNING_METHODS
+
+
+class GaussianReductionConfig(BaseModel):
+    """Parameters of the Gaussian-reduction pipeline (documented defaults)."""
+
+    methods: list[str] = Field(default_factory=lambda: list(METHODS), description="subset of METHODS")
+    pen_size: int = Field(1024, ge=1, description="GHAP: at most this many Gaussians per k-d pen")
+    max_iterations: int = Field(10, ge=1, description="GHAP: assignment/update rounds")
+    appearance: str = Field("weighted", pattern="^(weighted|nearest)$",
+                            description="GHAP colour/opacity: opacity-weighted average of members, or nearest member")
+    resolution: int = Field(128, ge=16, description="render width = height in pixels")
+    views: int = Field(8, ge=1, description="held-out orbit cameras for psnr/ssim")
+    train_views: int = Field(16, ge=1, description="orbit cameras of the fine-tuning targets")
+    finetune_steps: int = Field(200, ge=0, description="appearance fine-tuning steps (0: none)")
+    seed: int = Field(0, description="random baseline and fine-tuning view order")
+    device: str = Field("auto", description="'auto' (CUDA when the worker has it), 'cpu', 'cuda', ...")
+
+    def fingerprint(self, source_sha256: str, ratio: float) -> str:
+        payload = json.dumps([source_sha256, ratio, self.model_dump(exclude={"device"}), PIPELINE_VERSION],
+                             sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def item_id_of(scene_id: str, ratio: float) -> str:
+    return f"{scene_id}--r{ratio:.4g}"
+
+
+def reduce_with(method: str, scene: GaussianScene, count: int, config: GaussianReductionConfig) -> GaussianScene:
+    """``scene`` reduced to exactly ``count`` Gaussians by ``method`` (one of :data:`METHODS`).
+
+    Raises:
+        ValueError: unknown method or a count out of range.
+    """
+    if method == "ghap":
+        result = ghap_reduce(scene.means, scene.covariances(), scene.opacities, count, pen_size=config.pen_size,
+                             max_iterations=config.max_iterations)
+        scales, quats = covariances_to_scales_quats(result.covariances)
+        sh = np.concatenate([scene.sh_dc[:, None, :], scene.sh_rest], axis=1).reshape(len(scene), -1)
+        opacities, merged = merge_appearance(result.assignment, result.costs, scene.opacities, sh, count,
+                                             config.appearance)
+        merged = merged.reshape(count, -1, 3)
+        return GaussianScene(scene.scene_id, "", result.means, scales, quats, opacities, merged[:, 0], merged[:, 1:],
+                             None)
+    keep = select_subset(method, scene.opacities, scene.scales, count, seed=config.seed)
+    return GaussianScene(scene.scene_id, "", scene.means[keep], scene.scales[keep], scene.quats[keep],
+                         scene.opacities[keep], scene.sh_dc[keep], scene.sh_rest[keep],
+                         None if scene.normals is None else scene.normals[keep])
+
+
+def _to_uint8(images: torch.Tensor) -> np.ndarray:
+    return (images.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
+
+
+def _quality(images: torch.Tensor, reference: torch.Tensor) -> tuple[float, float]:
+    """Mean psnr (dB) and ssim over views of renders clamped to [0, 1]."""
+    a, b = images.clamp(0, 1), reference.clamp(0, 1)
+    return (float(np.mean([float(psnr(x, y)) for x, y in zip(a, b, strict=True)])),
+            float(np.mean([float(ssim(x, y)) for x, y in zip(a, b, strict=True)])))
+
+
+def side_by_side_png(rows: dict[str, np.ndarray]) -> bytes:
+    """PNG of labelled uint8 ``[H, W, 3]`` images in one row (label above each)."""
+    from PIL import ImageDraw
+
+    images = list(rows.values())
+    height, width = images[0].shape[:2]
+    canvas = Image.new("RGB", (width * len(images), height + 14), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, (label, image) in enumerate(rows.items()):
+        canvas.paste(Image.fromarray(image), (i * width, 14))
+        draw.text((i * width + 2, 1), label, fill="black")
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@task(name="reduce-gaussians", retries=1, retry_delay_seconds=2)
+def reduce_scene(scene_uri: str, ratio: float, store: str, run_id: str, config: GaussianReductionConfig) -> dict[str, Any]:
+    """Reduce one scene to ``ratio`` of its Gaussians by every configured method and measure each result.
+
+    Returns ``{"item_id", "skipped", "rows", "failures", "preview"}``: ``rows`` of the ``gaussian_reduction``
+    table (one per method x fine-tuned False/True), failure rows, and the path of the side-by-side PNG.
+    """
+    logger = get_run_logger()
+    result: dict[str, Any] = {"item_id": scene_uri, "skipped": False, "rows": [], "failures": [], "preview": None}
+    try:
+        scene = read_scene(scene_uri)
+    except InputError as error:
+        result["item_id"] = item_id_of(error.item_id, ratio)
+        result["failures"].append(_failure(run_id, result["item_id"], scene_uri, "read", error))
+        return result
+    item_id = result["item_id"] = item_id_of(scene.scene_id, ratio)
+    fingerprint = config.fingerprint(scene.sha256, ratio)
+    item_store = ItemStore(store, run_id, item_id)
+    if item_store.is_complete(fingerprint):
+        result.update(skipped=True, rows=item_store.completed_rows(), failures=item_store.completed_failures(),
+                      preview=f"{item_store.uri}/preview.png")
+        return result
+    count = max(1, int(round(ratio * len(scene))))
+    item_store.begin(fingerprint, {"scene_id": scene.scene_id, "source_uri": scene.uri, "source_sha256": scene.sha256,
+                                   "ratio": ratio, "n_in": len(scene), "n_out": count, "config": config.model_dump(),
+                                   "pipeline_version": PIPELINE_VERSION})
+    device = resolve_device(config.device)
+    eval_cameras = [c.to(device) for c in orbit_cameras(scene.means, n_views=config.views, width=config.resolution,
+                                                        height=config.resolution)]
+    train_cameras = [c.to(device) for c in orbit_cameras(scene.means, n_views=config.train_views,
+                                                         width=config.resolution, height=config.resolution, seed=1)]
+    original = scene_tensors(scene, device)
+    reference = render_views(original, eval_cameras)
+    targets = render_views(original, train_cameras) if config.finetune_steps else None
+    item_store.write_array("renders/original", _to_uint8(reference))
+    logger.info("%s: %d -> %d Gaussians on %s, %d methods, %dx%d renders", item_id, len(scene), count, device,
+                len(config.methods), config.resolution, config.resolution)
+    common = {"run_id": run_id, "item_id": item_id, "scene_id": scene.scene_id, "ratio": ratio, "n_in": len(scene),
+              "n_out": count, "resolution": config.resolution, "views": config.views, "device": str(device)}
+    previews = {"original": _to_uint8(reference[:1])[0]}
+    for method in config.methods:
+        try:
+            started = time.perf_counter()
+            reduced = reduce_with(method, scene, count, config)
+            seconds = time.perf_counter() - started
+            write_scene(reduced, f"{item_store.uri}/ply/{method}.ply")
+            params = scene_tensors(reduced, device)
+            images = render_views(params, eval_cameras)
+            item_store.write_array(f"renders/{method}", _to_uint8(images))
+            quality = _quality(images, reference)
+            result["rows"].append({**common, "method": method, "fine_tuned": False, "finetune_steps": 0,
+                                   "psnr": quality[0], "ssim": quality[1], "seconds": seconds})
+            line = f"{method}: psnr {quality[0]:.2f} ssim {quality[1]:.4f} ({seconds:.1f} s)"
+            previews[method] = _to_uint8(images[:1])[0]
+            if config.finetune_steps:
+                tuned = finetune_appearance(params, train_cameras, targets,
+                                            FineTuneConfig(steps=config.finetune_steps, seed=config.seed))
+                params = {**params, "sh_dc": tuned.sh_dc, "sh_rest": tuned.sh_rest, "opacities": tuned.opacities}
+                images = render_views(params, eval_cameras)
+                item_store.write_array(f"renders/{method}-finetuned", _to_uint8(images))
+                quality = _quality(images, reference)
+                result["rows"].append({**common, "method": method, "fine_tuned": True,
+                                       "finetune_steps": config.finetune_steps, "psnr": quality[0],
+                                       "ssim": quality[1], "seconds": seconds + tuned.seconds})
+                write_scene(GaussianScene(scene.scene_id, "", reduced.means, reduced.scales, reduced.quats,
+                                          tuned.opacities.cpu().numpy(), tuned.sh_dc.cpu().numpy(),
+                                          tuned.sh_rest.cpu().numpy(), reduced.normals),
+                            f"{item_store.uri}/ply/{method}-finetuned.ply")
+                line += f"; fine-tuned psnr {quality[0]:.2f} ssim {quality[1]:.4f} ({tuned.seconds:.1f} s)"
+                previews[f"{method} ft"] = _to_uint8(images[:1])[0]
+            logger.info("%s: %s", item_id, line)
+        except (ValueError, RuntimeError) as error:
+            result["failures"].append(_failure(run_id, item_id, scene_uri, method, error))
+            logger.warning("%s: %s failed: %s: %s", item_id, method, type(error).__name__, error)
+    preview = side_by_side_png(previews)
+    item_store.write_array("preview_png", np.frombuffer(preview, dtype=np.uint8))
+    _write_bytes(f"{item_store.uri}/preview.png", preview)
+    result["preview"] = f"{item_store.uri}/preview.png"
+    item_store.finish(result["rows"], result["failures"])
+    return result
+
+
+def _write_bytes(uri: str, data: bytes) -> None:
+    import fsspec
+
+    with fsspec.open(uri, "wb", auto_mkdir=True) as f:
+        f.write(data)
+
+
+def _failure(run_id: str, item_id: str, uri: str, stage: str, error: BaseException) -> dict[str, Any]:
+    return {"run_id": run_id, "item_id": item_id, "source_uri": uri, "stage": stage,
+            "error_type": type(error).__name__, "message": str(error)}
