@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STORE ?= runs/demo
 
-.PHONY: setup demo demo-autodecoder test bench clean
+.PHONY: setup demo demo-autodecoder demo-gaussians test bench clean
 
 $(BIN)/brenier: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ demo: setup
 
 demo-autodecoder: setup
 	$(BIN)/brenier autodecoder data/samples/consistent/crane-16.npz --store $(STORE) --chamfer-epochs 10 --qaad-epochs 30
+
+demo-gaussians: setup
+	$(BIN)/brenier reduce-gaussians data/samples/gaussians/donut-8k.ply --store $(STORE) --ratio 0.1 --ratio 0.2
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -7,30 +7,33 @@ conventions (Ye et al. 2024, "gsplat: An Open-Source Library for Gaussian Splatt
 
 1. **Projection** (EWA splatting, Zwicker, Pfister, van Baar, Gross 2002, "EWA Splatting"): world→camera with the
    ``viewmat`` (OpenCV camera: x right, y down, z forward), pinhole intrinsics ``K``, the 2D covariance
-   ``Σ2D = J W Σ Wᵀ Jᵀ + eps2d·I`` with the perspective Jacobian ``J`` evaluated at the mean (its ``x/z``, ``y/z``
-   clamped to 1.3× the half field of view as gsplat and INRIA do) and the ``eps2d = 0.3`` px² low-pass dilation.
-   The projected mean is ``K (x/z, y/z, 1)``; pixel ``(i, j)`` (column, row) has its centre at ``(i + 0.5, j + 0.5)``.
+   ``Σ2D = J W Σ Wᵀ Jᵀ + eps2d·I`` with the perspective Jacobian ``J`` evaluated at the mean (its ``x/z``,
+   ``y/z`` clamped to 1.3× the half field of view as gsplat and INRIA do) and the ``eps2d = 0.3`` px² low-pass
+   dilation. The projected mean is ``K (x/z, y/z, 1)``; pixel ``(i, j)`` (column, row) has its centre at
+   ``(i + 0.5, j + 0.5)``.
 2. **Culling**: depth outside ``(near, far)``, non-positive ``det Σ2D``, opacity below 1/255 and splats whose
    bounding box misses the image are dropped. The box is gsplat's opacity-aware one:
-   ``r = ceil(e·sqrt(Σ2D_xx)), ceil(e·sqrt(Σ2D_yy))`` with ``e = min(3.33, sqrt(2 ln(255·opacity)))``, outside which
-   every pixel's alpha is below 1/255 (so tiling never changes the image).
+   ``r = ceil(e·sqrt(Σ2D_xx)), ceil(e·sqrt(Σ2D_yy))`` with ``e = min(3.33, sqrt(2 ln(255·opacity)))``, outside
+   which every pixel's alpha is below 1/255 (so tiling never changes the image).
 3. **Tiles**: each splat is paired with every ``tile_size``² tile its box touches; the pairs are sorted by
-   (tile, depth) with one ``torch.sort`` on a combined integer key (gsplat's ``isect_tiles``).
+   (tile, depth) with one ``torch.sort`` on a combined integer key (gsplat's ``isect_tiles``); depth is the camera
+   ``z`` of the mean, and Gaussians at exactly equal depth keep their input order (stable sort).
 4. **Compositing** per pixel, front to back: ``alpha_i = min(0.99, o_i exp(-½ dᵀ Σ2D⁻¹ d))``, splats with
    ``alpha_i < 1/255`` skipped (given ``alpha = exp(-30) ~ 1e-13`` instead of 0: ``exp`` is several times slower
-   on CPUs for ``-inf`` or underflowing arguments, and 1e-13 is far below float32 resolution), ``T_i = Π_{j<i} (1 - alpha_j)``, and — as in the INRIA kernel — compositing stops
-   *before* the splat that would bring ``T`` below 1e-4. Because ``T`` only decreases, that stop is exactly the
-   prefix ``Π_{j≤i}(1 - alpha_j) >= 1e-4``, so it is evaluated in a vectorised way with a cumulative product.
+   on CPUs for ``-inf`` or underflowing arguments, and 1e-13 is far below float32 resolution),
+   ``T_i = Π_{j<i} (1 - alpha_j)``, and — as in the INRIA kernel — compositing stops *before* the splat that would
+   bring ``T`` below 1e-4. Because ``T`` only decreases, that stop is exactly the prefix
+   ``Π_{j≤i}(1 - alpha_j) >= 1e-4``, so it is evaluated in a vectorised way with a cumulative product.
    ``C = Σ c_i alpha_i T_i + T_final · background`` and the returned alpha is ``1 - T_final``.
 
 Tiles are processed in batches padded to the largest splat count of the batch (tiles are ordered by count first, so
 padding is small); each batch holds at most ``max_batch_elems`` (pixel, splat) pairs, and the exponents
 ``log o - ½ dᵀ Σ2D⁻¹ d`` of a batch are one matrix product (they are quadratic polynomials in the pixel
-coordinates). When autograd is on, each
-batch is wrapped in :func:`torch.utils.checkpoint.checkpoint`, so the backward pass recomputes the batch instead of
-keeping its ``[tiles, pixels, splats]`` intermediates: memory stays bounded by one batch. The image is
-differentiable w.r.t. colours / SH coefficients, opacities, means, scales and quaternions (not the camera); the
-alpha thresholds, the 0.99 clamp and the early stop are piecewise constant, as in every 3DGS renderer.
+coordinates). When autograd is on, each batch is wrapped in :func:`torch.utils.checkpoint.checkpoint`, so the
+backward pass recomputes the batch instead of keeping its ``[tiles, pixels, splats]`` intermediates: memory stays
+bounded by one batch. The image is differentiable w.r.t. colours / SH coefficients, opacities, means, scales and
+quaternions (not the camera); the alpha thresholds, the 0.99 clamp and the early stop are piecewise constant, as in
+every 3DGS renderer.
 
 Colours: either per-Gaussian values ``[N, D]`` (rendered as they are) or SH coefficients ``[N, (d+1)², 3]`` with
 ``sh_degree=d`` (``d <= 3``), evaluated in the direction from the camera centre to the mean with the 3DGS basis
@@ -511,7 +514,7 @@ def _check_inputs(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tenso
 def _gsplat_available() -> bool:
     try:
         import gsplat  # noqa: F401
-    except Exception:  # ImportError, or a broken CUDA extension build
+    except (ImportError, OSError, RuntimeError):  # not installed, or a broken CUDA extension build
         return False
     return True
 
@@ -532,12 +535,12 @@ def render(
     eps2d: float = 0.3,
     backend: Backend = "auto",
     return_alpha: bool = False,
-    max_batch_elems: int = 1 << 18,
+    max_batch_elems: int | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Render Gaussians with 3DGS EWA splatting (Kerbl et al. 2023; Zwicker et al. 2002) — see the module docstring.
 
     Vectorised torch: no Python loop per Gaussian or per pixel (one loop over batches of tiles). Works on CPU and
-    CUDA tensors, in float32 or float64 (the dtype of ``means``; the camera is cast to it).
+    CUDA tensors, in float32 or float64: the dtype of ``means``, to which the other inputs and the camera are cast.
 
     Parameters
     ----------
@@ -570,10 +573,10 @@ def render(
         ``"auto"``: gsplat when the tensors are on CUDA and gsplat imports, else torch.
     return_alpha : bool
         Also return the accumulated alpha ``1 - T_final``.
-    max_batch_elems : int
+    max_batch_elems : int, optional
         Upper bound on (pixel, splat) pairs per tile batch of the torch backend; a single tile exceeding it is still
-        processed whole. The default (2^18, ~1 MiB per float32 intermediate) keeps a batch in the CPU caches, which
-        is 2-4x faster than large batches.
+        processed whole. Default: 2^18 on the CPU (~1 MiB per float32 intermediate: a batch stays in the caches,
+        2-4x faster than large batches), 2^24 on other devices.
 
     Returns
     -------
@@ -592,6 +595,7 @@ def render(
     if backend not in ("auto", "torch", "gsplat"):
         raise ValueError(f"backend must be 'auto', 'torch' or 'gsplat', got {backend!r}")
     device, dtype = means.device, means.dtype
+    quats, scales, opacities, colors = (t.to(dtype) for t in (quats, scales, opacities, colors))
     n_channels = 3 if sh_degree is not None else colors.shape[1]
     if background is None:
         bg = torch.zeros(n_channels, device=device, dtype=dtype)
@@ -603,6 +607,8 @@ def render(
     use_gsplat = backend == "gsplat" or (backend == "auto" and means.is_cuda and _gsplat_available())
     if tile_size is None:
         tile_size = 16 if use_gsplat else 8
+    if max_batch_elems is None:
+        max_batch_elems = 1 << 18 if device.type == "cpu" else 1 << 24
     if tile_size < 1:
         raise ValueError(f"tile_size must be >= 1, got {tile_size}")
     if use_gsplat:

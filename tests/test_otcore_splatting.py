@@ -212,7 +212,8 @@ def random_scene() -> tuple[torch.Tensor, ...]:
     means[12:18] = target + steps * (target - eye)
     scales[12:18] = torch.tensor([0.3, 0.2, 0.25])
     opacities[12:18] = torch.tensor([0.97, 1.0, 0.9, 0.999, 0.95, 1.0])
-    # two large Gaussians beside the view frustum (x/z ~ ±1.1, distinct depths, beyond the 1.3 x half-FOV clamp of J at 0.72)
+    # two large Gaussians beside the view frustum (x/z ~ ±1.1, distinct depths), beyond the clamp of J at
+    # 1.3 x half-FOV (0.72)
     view = look_at(np.array(EYE), np.array(TARGET), np.array(UP))
     cam_pts = torch.tensor([[3.3, 0.0, 3.0, 1.0], [-3.7, 0.5, 3.4, 1.0]], dtype=torch.float64)
     means[18:20] = (cam_pts @ torch.tensor(np.linalg.inv(view)).T)[:, :3].float()
@@ -455,7 +456,7 @@ def test_scene_tensors_and_bad_inputs(donut: GaussianScene) -> None:
 def _gsplat_cuda() -> bool:
     try:
         import gsplat  # noqa: F401
-    except Exception:
+    except (ImportError, OSError, RuntimeError):
         return False
     return torch.cuda.is_available()
 
