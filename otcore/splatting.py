@@ -179,11 +179,16 @@ def look_at(eye: np.ndarray, target: np.ndarray, up: np.ndarray) -> np.ndarray:
 
 
 def _auto_up(extent: np.ndarray) -> np.ndarray:
-    """The world axis whose (log) extent differs most from the other two: a flat object's normal, a tall one's axis."""
+    """The world axis whose (log) extent differs most from the other two: a flat object's normal, a tall one's axis.
+
+    Its sign follows the usual capture conventions: ``-y`` when it is y (COLMAP / OpenCV worlds, y down, as the
+    INRIA 3DGS scenes are), ``+z`` or ``+x`` otherwise (Blender / NeRF-synthetic worlds are z up).
+    """
     log_ext = np.log(np.maximum(extent, 1e-12 * max(extent.max(), 1e-300)))
     score = [abs(log_ext[i] - 0.5 * (log_ext[(i + 1) % 3] + log_ext[(i + 2) % 3])) for i in range(3)]
+    axis = int(np.argmax(score))
     up = np.zeros(3)
-    up[int(np.argmax(score))] = 1.0
+    up[axis] = -1.0 if axis == 1 else 1.0
     return up
 
 
