@@ -32,6 +32,8 @@ bench: setup
 	$(BIN)/python -m pip install -q -e ".[bench]"
 	$(BIN)/python bench/newton_bunny.py
 	$(BIN)/python bench/em_kd.py --skip-scipy --skip-exact-65k
+	$(BIN)/python bench/ghap.py
+	$(BIN)/python bench/splatting.py --threads 1
 
 clean:
 	rm -rf $(VENV) runs
