@@ -18,7 +18,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import as_completed
 
 from storage.collections import list_collections
-from storage.tables import write_table
+from storage.tables import failure_row, write_table
 from tasks.autodecoder import PIPELINE_VERSION, VARIANTS, AutodecoderConfig, encode_collection, train_autodecoder
 
 __all__ = ["autodecoder", "encode_shapes", "default_run_id", "TABLES"]
@@ -41,8 +41,7 @@ def _gather(futures: list, labels: list[str], run_id: str, logger) -> tuple[dict
         result = future.result(raise_on_failure=False)
         label = label_of[future]
         if isinstance(result, BaseException):
-            failures.append({"run_id": run_id, "item_id": label, "source_uri": label, "stage": "task",
-                             "error_type": type(result).__name__, "message": str(result)})
+            failures.append(failure_row(run_id, label, label, "task", result))
             status = f"crashed: {type(result).__name__}: {result}"
         else:
             for name, rows in result["tables"].items():

@@ -19,7 +19,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import as_completed
 
 from storage.gaussians import list_scenes
-from storage.tables import write_table
+from storage.tables import failure_row, write_table
 from tasks.gaussian_reduction import METHODS, PIPELINE_VERSION, GaussianReductionConfig, reduce_scene
 
 __all__ = ["gaussian_reduction", "default_run_id", "DEFAULT_RATIOS"]
@@ -79,8 +79,7 @@ def gaussian_reduction(
     for done, future in enumerate(as_completed(futures), start=1):
         result = future.result(raise_on_failure=False)
         if isinstance(result, BaseException):
-            failures.append({"run_id": run_id, "item_id": label_of[future], "source_uri": label_of[future],
-                             "stage": "task", "error_type": type(result).__name__, "message": str(result)})
+            failures.append(failure_row(run_id, label_of[future], label_of[future], "task", result))
             logger.info("[%d/%d] %s: crashed: %s", done, len(futures), label_of[future], result)
             continue
         rows += result["rows"]

@@ -16,7 +16,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import as_completed
 
 from storage.meshes import list_mesh_items
-from storage.tables import write_table
+from storage.tables import failure_row, write_table
 from tasks.geometry_images import PIPELINE_VERSION, GeometryImageConfig, encode_geometry_images, parameterize_mesh
 
 __all__ = ["geometry_images", "default_run_id", "summarize"]
@@ -87,8 +87,7 @@ def geometry_images(
                 status += "; failed: " + ", ".join(f"{f['stage']}: {f['error_type']}" for f in result["failures"])
         else:  # an unexpected crash of a task: record it, keep the others
             error = result
-            failures.append({"run_id": run_id, "item_id": item.item_id, "source_uri": item.uri,
-                             "stage": "task", "error_type": type(error).__name__, "message": str(error)})
+            failures.append(failure_row(run_id, item.item_id, item.uri, "task", error))
             status = f"crashed: {type(error).__name__}: {error}"
         logger.info("[%d/%d] %s: %s", done, len(items), item.item_id, status)
 

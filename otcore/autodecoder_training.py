@@ -36,7 +36,6 @@ __all__ = [
     "train",
     "evaluate",
     "encode",
-    "resolve_device",
 ]
 
 
@@ -178,13 +177,6 @@ class TrainingState:
         self.history = [EpochRecord(**r) for r in meta["history"]]
         self.epoch_loss, self.epoch_swaps = float(meta["epoch_loss"]), int(meta["epoch_swaps"])
         self.epoch_seconds = float(meta["epoch_seconds"])
-
-
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; otherwise ``torch.device(device)``."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def normalization(points: np.ndarray) -> tuple[np.ndarray, float]:

@@ -16,7 +16,11 @@ __all__ = ["KDPartition", "as_points", "kd_depth", "kd_partition", "kd_split"]
 
 
 def as_points(points: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:
-    """``[N, d]`` float tensor view of a numpy array or tensor (float64 unless already float32/64)."""
+    """``[N, d]`` float tensor view of a numpy array or tensor (float64 unless already float32/64).
+
+    Raises:
+        ValueError: naming ``name``, if the array is not a non-empty ``[N, d]`` array or has NaN/Inf entries.
+    """
     if isinstance(points, torch.Tensor):
         tensor = points
     else:

@@ -23,6 +23,7 @@ __all__ = [
     "FAILURES_SCHEMA",
     "GEOMETRY_IMAGES_SCHEMA",
     "TABLE_SCHEMAS",
+    "failure_row",
     "read_table",
     "rows_to_table",
     "table_uri",
@@ -71,6 +72,12 @@ FAILURES_SCHEMA: pa.Schema = pa.schema(
     ]
 )
 """One row per failed item: the pipeline stage and the error's class name and message."""
+
+
+def failure_row(run_id: str, item_id: str, source_uri: str, stage: str, error: BaseException) -> dict[str, str]:
+    """A row of :data:`FAILURES_SCHEMA`: which item failed at which stage, with the error's class name and message."""
+    return {"run_id": run_id, "item_id": item_id, "source_uri": source_uri, "stage": stage,
+            "error_type": type(error).__name__, "message": str(error)}
 
 AUTODECODER_EPOCHS_SCHEMA: pa.Schema = pa.schema(
     [

@@ -27,12 +27,13 @@ from otcore.autodecoder_training import (
     evaluate,
     new_training_state,
     normalization,
-    resolve_device,
     train,
 )
+from otcore.device import resolve_device
 from otcore.point_sampling import shape_points
 from storage.collections import ShapeCollection, read_collection
 from storage.errors import InputError
+from storage.tables import failure_row
 from storage.zarr_store import ItemStore
 
 __all__ = ["AutodecoderConfig", "VARIANTS", "train_autodecoder", "encode_collection", "PIPELINE_VERSION", "load_model"]
@@ -93,11 +94,6 @@ class AutodecoderConfig(BaseModel):
         return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def _failure(run_id: str, item_id: str, uri: str, stage: str, error: BaseException) -> dict[str, Any]:
-    return {"run_id": run_id, "item_id": item_id, "source_uri": uri, "stage": stage,
-            "error_type": type(error).__name__, "message": str(error)}
-
-
 def _read(collection_uri: str, run_id: str, suffix: str, result: dict[str, Any]) -> ShapeCollection | None:
     """Read a collection; set ``result["item_id"]`` (``<collection>--<suffix>``) and its read failure rows.
 
@@ -107,10 +103,10 @@ def _read(collection_uri: str, run_id: str, suffix: str, result: dict[str, Any])
         collection, shape_failures = read_collection(collection_uri)
     except InputError as error:
         result["item_id"] = f"{error.item_id}--{suffix}"
-        result["failures"] = [_failure(run_id, result["item_id"], collection_uri, "read", error)]
+        result["failures"] = [failure_row(run_id, result["item_id"], collection_uri, "read", error)]
         return None
     result["item_id"] = f"{collection.collection_id}--{suffix}"
-    result["failures"] = [_failure(run_id, result["item_id"], f"{collection_uri}#{f.shape_id}", "read", f.error)
+    result["failures"] = [failure_row(run_id, result["item_id"], f"{collection_uri}#{f.shape_id}", "read", f.error)
                           for f in shape_failures]
     return collection
 
@@ -156,7 +152,7 @@ def train_autodecoder(
     try:
         points = _points(collection, config)
     except ValueError as error:
-        result["failures"].append(_failure(run_id, item_id, collection_uri, "points", error))
+        result["failures"].append(failure_row(run_id, item_id, collection_uri, "points", error))
         return result
     centre, scale = normalization(points)
     device = resolve_device(config.device)
@@ -300,7 +296,7 @@ def encode_collection(
         if points.shape[1] != model.n_points:
             raise ValueError(f"shapes have {points.shape[1]} points, the model decodes {model.n_points}")
     except ValueError as error:
-        result["failures"].append(_failure(run_id, item_id, collection_uri, "points", error))
+        result["failures"].append(failure_row(run_id, item_id, collection_uri, "points", error))
         return result
     fingerprint = hashlib.sha256(json.dumps([collection.sha256, model_run_id, model_item_id, config.model_dump(
         exclude={"device", "checkpoint_every"}), chamfer_steps, qaad_steps, PIPELINE_VERSION]).encode()).hexdigest()

@@ -17,19 +17,21 @@ import json
 import time
 from typing import Any
 
+import fsspec
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 from prefect import get_run_logger, task
 from pydantic import BaseModel, Field
 
 from otcore.appearance_finetune import FineTuneConfig, finetune_appearance, render_views
-from otcore.autodecoder_training import resolve_device
+from otcore.device import resolve_device
 from otcore.gaussian_pruning import PRUNING_METHODS, select_subset
 from otcore.ghap import covariances_to_scales_quats, ghap_reduce, merge_appearance
 from otcore.splatting import orbit_cameras, psnr, scene_tensors, ssim
 from storage.errors import InputError
 from storage.gaussians import GaussianScene, read_scene, write_scene
+from storage.tables import failure_row
 from storage.zarr_store import ItemStore
 
 __all__ = ["GaussianReductionConfig", "METHODS", "reduce_scene", "PIPELINE_VERSION", "reduce_with"]
@@ -54,12 +56,14 @@ class GaussianReductionConfig(BaseModel):
     device: str = Field("auto", description="'auto' (CUDA when the worker has it), 'cpu', 'cuda', ...")
 
     def fingerprint(self, source_sha256: str, ratio: float) -> str:
+        """Identity of an item's outputs: scene bytes, ratio, config (the device left out) and pipeline version."""
         payload = json.dumps([source_sha256, ratio, self.model_dump(exclude={"device"}), PIPELINE_VERSION],
                              sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()
 
 
 def item_id_of(scene_id: str, ratio: float) -> str:
+    """Item id of a scene x ratio, e.g. ``donut--r0.1``."""
     return f"{scene_id}--r{ratio:.4g}"
 
 
@@ -97,9 +101,7 @@ def _quality(images: torch.Tensor, reference: torch.Tensor) -> tuple[float, floa
 
 
 def side_by_side_png(rows: dict[str, np.ndarray]) -> bytes:
-    """PNG of labelled uint8 ``[H, W, 3]`` images in one row (label above each)."""
-    from PIL import ImageDraw
-
+    """PNG bytes of labelled uint8 ``[H, W, 3]`` images of equal size in one row (label above each)."""
     images = list(rows.values())
     height, width = images[0].shape[:2]
     canvas = Image.new("RGB", (width * len(images), height + 14), "white")
@@ -125,7 +127,7 @@ def reduce_scene(scene_uri: str, ratio: float, store: str, run_id: str, config: 
         scene = read_scene(scene_uri)
     except InputError as error:
         result["item_id"] = item_id_of(error.item_id, ratio)
-        result["failures"].append(_failure(run_id, result["item_id"], scene_uri, "read", error))
+        result["failures"].append(failure_row(run_id, result["item_id"], scene_uri, "read", error))
         return result
     item_id = result["item_id"] = item_id_of(scene.scene_id, ratio)
     fingerprint = config.fingerprint(scene.sha256, ratio)
@@ -184,23 +186,11 @@ def reduce_scene(scene_uri: str, ratio: float, store: str, run_id: str, config: 
                 previews[f"{method} ft"] = _to_uint8(images[:1])[0]
             logger.info("%s: %s", item_id, line)
         except (ValueError, RuntimeError) as error:
-            result["failures"].append(_failure(run_id, item_id, scene_uri, method, error))
+            result["failures"].append(failure_row(run_id, item_id, scene_uri, method, error))
             logger.warning("%s: %s failed: %s: %s", item_id, method, type(error).__name__, error)
     preview = side_by_side_png(previews)
-    item_store.write_array("preview_png", np.frombuffer(preview, dtype=np.uint8))
-    _write_bytes(f"{item_store.uri}/preview.png", preview)
+    with fsspec.open(f"{item_store.uri}/preview.png", "wb", auto_mkdir=True) as f:
+        f.write(preview)
     result["preview"] = f"{item_store.uri}/preview.png"
     item_store.finish(result["rows"], result["failures"])
     return result
-
-
-def _write_bytes(uri: str, data: bytes) -> None:
-    import fsspec
-
-    with fsspec.open(uri, "wb", auto_mkdir=True) as f:
-        f.write(data)
-
-
-def _failure(run_id: str, item_id: str, uri: str, stage: str, error: BaseException) -> dict[str, Any]:
-    return {"run_id": run_id, "item_id": item_id, "source_uri": uri, "stage": stage,
-            "error_type": type(error).__name__, "message": str(error)}

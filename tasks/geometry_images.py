@@ -36,6 +36,7 @@ from otcore.parameterization import (
 )
 from storage.errors import InputError
 from storage.meshes import MeshItem, read_mesh
+from storage.tables import failure_row
 from storage.zarr_store import ItemStore
 
 __all__ = ["GeometryImageConfig", "parameterize_mesh", "encode_geometry_images", "PIPELINE_VERSION"]
@@ -62,14 +63,7 @@ class GeometryImageConfig(BaseModel):
 
 
 def _failure(run_id: str, item: MeshItem, stage: str, error: BaseException) -> dict[str, Any]:
-    return {
-        "run_id": run_id,
-        "item_id": item.item_id,
-        "source_uri": item.uri,
-        "stage": stage,
-        "error_type": type(error).__name__,
-        "message": str(error),
-    }
+    return failure_row(run_id, item.item_id, item.uri, stage, error)
 
 
 def _param_stats(p: Parameterization) -> dict[str, Any]:
