@@ -12,11 +12,13 @@ from rich.table import Table
 
 from flows.autodecoder import autodecoder, encode_shapes
 from flows.gaussian_reduction import DEFAULT_RATIOS, gaussian_reduction, summary_frame
+from flows.geometry_image_sequence import geometry_image_sequence, summarize_sequence
 from flows.geometry_images import geometry_images, summarize
 from flows.task_runner import make_task_runner
 from storage.tables import read_table
 from tasks.autodecoder import VARIANTS, AutodecoderConfig
 from tasks.gaussian_reduction import METHODS, GaussianReductionConfig
+from tasks.geometry_image_sequence import SequenceConfig
 from tasks.geometry_images import GeometryImageConfig
 
 app = typer.Typer(help="Optimal-transport geometry processing over whole 3D datasets.", no_args_is_help=True)
@@ -61,6 +63,7 @@ def geometry_images_command(
     feature_weight: Annotated[float, typer.Option(help="lambda: masses * (1 + lambda |H| / mean |H|)")] = 0.0,
     samples: Annotated[int, typer.Option(help="samples per surface for chamfer_l2/hausdorff")] = 50_000,
     seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
+    ot_solver: Annotated[str, typer.Option(help="semi-discrete OT solver: newton | neural (OT-Net)")] = "newton",
     workers: Annotated[int | None, typer.Option(help="LocalCluster workers (default: one per core)")] = None,
     dask_address: Annotated[str | None, typer.Option(help="tcp://host:port of an existing Dask scheduler")] = None,
     run_id: Annotated[str | None, typer.Option(help="default: derived from the config (re-runs skip done meshes)")] = None,
@@ -69,7 +72,8 @@ def geometry_images_command(
     if "://" not in store:
         store = str(Path(store).resolve())
     config = GeometryImageConfig(
-        resolution=resolution, levels=levels, feature_weight=feature_weight, samples=samples, seed=seed
+        resolution=resolution, levels=levels, feature_weight=feature_weight, samples=samples, seed=seed,
+        ot_solver=ot_solver,
     )
     runner = make_task_runner(workers, dask_address)
     result = geometry_images.with_options(task_runner=runner)(path, store, config, run_id)
@@ -225,6 +229,47 @@ def reduce_gaussians_command(
     console.print(f"reduced scenes: {result['store']}/{result['run_id']}/<scene>--r<ratio>/ply/<method>[-finetuned].ply")
     for item_id, uri in sorted(result["previews"].items()):
         console.print(f"side by side {item_id}: {uri}")
+    for name, uri in result["tables"].items():
+        console.print(f"table {name}: {uri}")
+
+
+@app.command("geometry-image-sequence")
+def geometry_image_sequence_command(
+    path: Annotated[str, typer.Argument(help=".npz/.npy sequence or folder of meshes in correspondence")],
+    store: Annotated[str, typer.Option(help="root of the Zarr store and Parquet tables")] = "runs",
+    ot_solver: Annotated[str, typer.Option(help="neural (OT-Net, reused frame to frame) | newton")] = "neural",
+    warm_start: Annotated[bool, typer.Option(help="start each frame from the previous frame's solution")] = True,
+    frames: Annotated[int | None, typer.Option(help="only the first N frames")] = None,
+    cut_paths: Annotated[int, typer.Option(help="most cut-augmentation paths through appendages")] = 8,
+    resolution: Annotated[int, typer.Option(help="geometry image side (2^n + 1)")] = 257,
+    levels: Annotated[int, typer.Option(help="mipmap levels")] = 5,
+    samples: Annotated[int, typer.Option(help="samples per surface for chamfer_l2/hausdorff")] = 20_000,
+    frames_per_task: Annotated[int, typer.Option(help="frames encoded per Prefect task")] = 16,
+    seed: Annotated[int, typer.Option(help="sampling and network seed")] = 0,
+    device: Annotated[str, typer.Option(help="'auto' uses CUDA where the worker has it")] = "auto",
+    workers: Annotated[int | None, typer.Option(help="LocalCluster workers (default: one per core)")] = None,
+    dask_address: Annotated[str | None, typer.Option(help="tcp://host:port of an existing Dask scheduler")] = None,
+    run_id: Annotated[str | None, typer.Option(help="default: derived from the config (re-runs resume)")] = None,
+) -> None:
+    """Geometry images of every frame of a sequence: one cut and map, one warm-started OT solve per frame."""
+    config = SequenceConfig(
+        ot_solver=ot_solver, warm_start=warm_start, frames=frames, cut_paths=cut_paths, resolution=resolution,
+        levels=levels, samples=samples, frames_per_task=frames_per_task, seed=seed, device=device,
+    )
+    store = _local(store)
+    runner = make_task_runner(workers, dask_address)
+    result = geometry_image_sequence.with_options(task_runner=runner)(path, store, config, run_id)
+    frames_table = read_table(result["tables"]["sequence_frames"])
+    summary = summarize_sequence(frames_table, read_table(result["tables"]["sequence_geometry_images"]))
+    table = Table(title="geometry-image sequence: OT solve per frame")
+    for name in summary.columns:
+        table.add_column(str(name), justify="right")
+    for _, row in summary.iterrows():
+        table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
+    console.print(table)
+    _print_failures(read_table(result["tables"]["failures"]))
+    console.print(f"run [bold]{result['run_id']}[/]: {result['frames']} frames solved"
+                  + (" (finished earlier)" if result["skipped"] else ""))
     for name, uri in result["tables"].items():
         console.print(f"table {name}: {uri}")
 

@@ -21,7 +21,7 @@ from scipy.sparse.csgraph import dijkstra
 
 from otcore.errors import NonManifoldMeshError, UnsupportedTopologyError
 
-__all__ = ["DiskMesh", "cut_to_disk"]
+__all__ = ["DiskMesh", "cut_to_disk", "topological_cut"]
 
 
 @dataclass(frozen=True)
@@ -115,12 +115,27 @@ def _split_chords(
     )
 
 
-def cut_to_disk(vertices: np.ndarray, faces: np.ndarray) -> DiskMesh:
+def topological_cut(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Edges ``[E, 2]`` (int64) whose cut makes the mesh a disk: libigl's cut graph, a shortest path between two
+    far-apart vertices on a closed genus-0 mesh, nothing for a mesh that already is a disk."""
+    cuts = igl.cut_to_disk(faces)
+    if cuts:
+        return np.concatenate([np.column_stack([c[:-1], c[1:]]) for c in cuts if len(c) > 1]).astype(np.int64)
+    loops = igl.boundary_loop_all(faces)
+    if loops:
+        return np.zeros((0, 2), dtype=np.int64)
+    return _sphere_cut(vertices, faces)
+
+
+def cut_to_disk(vertices: np.ndarray, faces: np.ndarray, extra_edges: np.ndarray | None = None) -> DiskMesh:
     """Cut a connected, edge-manifold triangle mesh into a topological disk.
 
     Args:
         vertices: ``[V, 3]`` float positions.
         faces: ``[F, 3]`` int triangles, consistently oriented.
+        extra_edges: ``[E, 2]`` int source-vertex edges cut in addition to the topological cut: paths that start
+            on the cut or the boundary and form no cycle with it keep the result a disk (see
+            :func:`otcore.cut_augmentation.augment_cut`).
 
     Returns:
         :class:`DiskMesh` with one boundary loop and no interior edge between two boundary vertices.
@@ -155,15 +170,17 @@ def cut_to_disk(vertices: np.ndarray, faces: np.ndarray) -> DiskMesh:
     used = np.unique(faces)
     euler = len(used) - len(igl.edges(faces)) + len(faces)
     genus = (2 - euler - len(loops)) // 2
-    if len(loops) == 1 and genus == 0:
+    if len(loops) == 1 and genus == 0 and (extra_edges is None or len(extra_edges) == 0):
         boundary = np.asarray(loops[0], dtype=np.int64)
         cut_vertices, cut_faces, cut_source = vertices, faces, source
     else:
-        cuts = igl.cut_to_disk(faces)
-        if cuts:
-            edges = np.concatenate([np.column_stack([c[:-1], c[1:]]) for c in cuts if len(c) > 1])
-        else:  # closed genus 0: cut_to_disk leaves spheres whole
-            edges = _sphere_cut(vertices, faces)
+        edges = topological_cut(vertices, faces)
+        if extra_edges is not None and len(extra_edges):
+            # Source vertex ids -> ids after dropping unreferenced / splitting pinched vertices.
+            remap = np.full(int(max(source.max(), np.max(extra_edges))) + 1, -1, dtype=np.int64)
+            remap[source[::-1, 0]] = np.arange(len(source))[::-1]
+            extra = remap[np.asarray(extra_edges, dtype=np.int64)]
+            edges = np.concatenate([edges, extra[(extra >= 0).all(1)]]) if len(edges) else extra[(extra >= 0).all(1)]
         cut_vertices, cut_faces, index = igl.cut_mesh(vertices, faces, _edge_flags(faces, edges))
         cut_source = source[index]
         cut_loops = igl.boundary_loop_all(cut_faces)

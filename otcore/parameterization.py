@@ -16,13 +16,14 @@ Neural Geometry Images with OT (Gao et al. 2025, arXiv 2511.18679), parameteriza
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import igl
 import numpy as np
 
 from otcore.disk_cut import DiskMesh, cut_to_disk
 from otcore.harmonic import flipped_triangles, harmonic_map, untangle
+from otcore.ot_net import OTNetConfig, OTNetResult, OTNetState, solve_ot_net
 from otcore.semi_discrete import SemiDiscreteOTResult, solve_semi_discrete_ot
 
 __all__ = [
@@ -33,12 +34,17 @@ __all__ = [
     "area_distortion",
     "feature_masses",
     "harmonic_parameterization",
+    "OT_SOLVERS",
     "ot_parameterization",
+    "square_sites",
     "parameterize_to_square",
 ]
 
 # Sites are pulled this far (relative) toward the square's centre so none lies on a side of the OT domain.
 _SITE_INSET = 1e-4
+
+OT_SOLVERS = ("newton", "neural")
+"""Semi-discrete OT solvers: damped Newton (:mod:`otcore.semi_discrete`) and OT-Net (:mod:`otcore.ot_net`)."""
 
 
 @dataclass(frozen=True)
@@ -50,7 +56,8 @@ class Parameterization:
         uv: ``[V, 2]`` float64.
         area_distortion: std over triangles of ``log(uv area share / 3D area share)`` (0 = area-preserving).
         flipped_triangles: triangles with non-positive uv area (0 for a bijective map).
-        ot: the Newton solve (``None`` for the harmonic map).
+        ot: the OT solve (``None`` for the harmonic map): a Newton
+            :class:`~otcore.semi_discrete.SemiDiscreteOTResult` or an OT-Net :class:`~otcore.ot_net.OTNetResult`.
         untangled_vertices: vertices re-placed by :func:`otcore.harmonic.untangle` after the OT step.
     """
 
@@ -58,8 +65,15 @@ class Parameterization:
     uv: np.ndarray
     area_distortion: float
     flipped_triangles: int
-    ot: SemiDiscreteOTResult | None = None
+    ot: SemiDiscreteOTResult | OTNetResult | None = None
     untangled_vertices: int = 0
+
+    @property
+    def solver(self) -> str | None:
+        """``"newton"``, ``"neural"`` or ``None`` (harmonic)."""
+        if self.ot is None:
+            return None
+        return "neural" if isinstance(self.ot, OTNetResult) else "newton"
 
 
 @dataclass(frozen=True)
@@ -141,8 +155,21 @@ def harmonic_parameterization(disk: DiskMesh) -> Parameterization:
     )
 
 
+def square_sites(uv: np.ndarray) -> np.ndarray:
+    """Dirac positions ``[V, 2]`` of a square map: ``uv`` pulled toward the centre so none lies on a side."""
+    return 0.5 + (np.asarray(uv, dtype=np.float64) - 0.5) * (1.0 - 2.0 * _SITE_INSET)
+
+
 def ot_parameterization(
-    disk: DiskMesh, harmonic_uv: np.ndarray, masses: np.ndarray, tol: float = 1e-6, max_iterations: int = 60
+    disk: DiskMesh,
+    harmonic_uv: np.ndarray,
+    masses: np.ndarray,
+    tol: float = 1e-6,
+    max_iterations: int = 60,
+    solver: str = "newton",
+    initial_weights: np.ndarray | None = None,
+    ot_net_state: OTNetState | None = None,
+    ot_net_config: OTNetConfig | None = None,
 ) -> Parameterization:
     """OT area correction of a square map: vertices move to their power-cell centroids.
 
@@ -150,18 +177,30 @@ def ot_parameterization(
         disk: the disk mesh (``vertices`` ``[V, 3]``, ``faces`` ``[F, 3]``, ``boundary`` ``[B]``).
         harmonic_uv: ``[V, 2]`` float64 initial bijective map onto the square (the Diracs' positions).
         masses: ``[V]`` positive target masses (e.g. vertex areas times a feature weight).
-        tol: Newton tolerance on the max relative cell-mass error.
+        tol: tolerance on the max relative cell-mass error.
         max_iterations: Newton iteration cap.
+        solver: ``"newton"`` or ``"neural"`` (OT-Net, :func:`otcore.ot_net.solve_ot_net`).
+        initial_weights: ``[V]`` Newton warm start (e.g. the previous frame's weights); Newton only.
+        ot_net_state: OT-Net warm start (the previous solve's ``state``); neural only.
+        ot_net_config: OT-Net settings (``tol`` and ``max_iterations`` above override its own).
 
     Returns:
         :class:`Parameterization` with ``method="ot"`` and the solve in ``.ot``.
 
     Raises:
-        OTConvergenceError: if the Newton solve does not reach ``tol``.
+        ValueError: on an unknown solver.
+        OTConvergenceError: if the solve does not reach ``tol``.
         FlippedMapError: if flipped triangles cannot be untangled.
     """
-    sites = 0.5 + (harmonic_uv - 0.5) * (1.0 - 2.0 * _SITE_INSET)
-    result = solve_semi_discrete_ot(sites, masses, tol=tol, max_iterations=max_iterations)
+    sites = square_sites(harmonic_uv)
+    if solver == "newton":
+        result = solve_semi_discrete_ot(sites, masses, tol=tol, max_iterations=max_iterations,
+                                        initial_weights=initial_weights)
+    elif solver == "neural":
+        config = replace(ot_net_config or OTNetConfig(), tol=tol, max_newton_steps=max_iterations)
+        result = solve_ot_net(sites, masses, state=ot_net_state, config=config)
+    else:
+        raise ValueError(f"solver must be one of {OT_SOLVERS}, got {solver!r}")
     uv = result.cells.centroids.copy()
     boundary_uv = harmonic_uv[disk.boundary]
     on_side = (boundary_uv == 0.0) | (boundary_uv == 1.0)

@@ -61,6 +61,7 @@ def solve_semi_discrete_ot(
     masses: np.ndarray,
     tol: float = 1e-6,
     max_iterations: int = 60,
+    initial_weights: np.ndarray | None = None,
 ) -> SemiDiscreteOTResult:
     """Damped Newton solve of semi-discrete OT: uniform measure on ``[0,1]^2`` -> ``sum_i masses_i delta_{sites_i}``.
 
@@ -69,13 +70,17 @@ def solve_semi_discrete_ot(
         masses: ``[N]`` float64, positive target masses (normalised here to sum to 1, the square's area).
         tol: stop when ``max_i |A_i - nu_i| / nu_i < tol``.
         max_iterations: Newton iteration cap.
+        initial_weights: ``[N]`` float64 warm start (e.g. the previous frame's solution); zeros (the Voronoi
+            diagram) by default. Every cell must be non-empty at the start: damped Newton cannot revive an empty
+            cell (its row of the Hessian is zero).
 
     Returns:
         :class:`SemiDiscreteOTResult`; ``cells.centroids`` are the images of the area-preserving map.
 
     Raises:
         ValueError: on bad shapes, non-positive masses or sites outside the open square.
-        OTConvergenceError: if ``tol`` is not reached within ``max_iterations`` or a step cannot be damped.
+        OTConvergenceError: if ``tol`` is not reached within ``max_iterations``, a step cannot be damped, or a
+            cell is empty at the start.
     """
     start = time.perf_counter()
     sites = np.asarray(sites, dtype=np.float64)
@@ -85,16 +90,22 @@ def solve_semi_discrete_ot(
         raise ValueError(f"masses must be [N]={n} finite and positive")
     nu = masses / masses.sum()
 
-    weights = np.zeros(n)
+    if initial_weights is None:
+        weights = np.zeros(n)
+    else:
+        weights = np.array(initial_weights, dtype=np.float64)
+        if weights.shape != (n,) or not np.all(np.isfinite(weights)):
+            raise ValueError(f"initial_weights must be [N]={n} finite floats")
     cells = power_cells(sites, weights)
     error = float(np.max(np.abs(cells.areas - nu) / nu))
     history = [error]
     eps0 = 0.5 * min(cells.areas.min(), nu.min())
     if eps0 <= 0.0:
         empty = int((cells.areas <= 0.0).sum())
+        start_diagram = "Voronoi cells at zero weights" if initial_weights is None else "cells at the initial weights"
         raise OTConvergenceError(
-            f"{empty} sites have empty Voronoi cells at zero weights: the initial map packs sites closer than the "
-            "power diagram resolves in float64 (crowded harmonic map)"
+            f"{empty} sites have empty {start_diagram}: the initial map packs sites closer than the power diagram "
+            "resolves in float64 (crowded harmonic map); the neural solver (otcore.ot_net) can start from there"
         )
 
     iteration = 0

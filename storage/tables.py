@@ -22,6 +22,8 @@ __all__ = [
     "AUTODECODER_SHAPES_SCHEMA",
     "FAILURES_SCHEMA",
     "GEOMETRY_IMAGES_SCHEMA",
+    "SEQUENCE_FRAMES_SCHEMA",
+    "SEQUENCE_GEOMETRY_IMAGES_SCHEMA",
     "TABLE_SCHEMAS",
     "failure_row",
     "read_table",
@@ -49,6 +51,8 @@ GEOMETRY_IMAGES_SCHEMA: pa.Schema = pa.schema(
         ("compression_ratio", pa.float64()),  # raw_bytes / stored_bytes
         ("raw_bytes", pa.int64()),
         ("stored_bytes", pa.int64()),
+        ("ot_solver", pa.string()),  # "newton" | "neural" (OT-Net); null for harmonic
+        ("fit_steps", pa.int32()),  # OT-Net Adam steps on the dual (0 for newton); null for harmonic
         ("newton_iterations", pa.int32()),  # null for harmonic
         ("mass_error", pa.float64()),  # null for harmonic
         ("solve_seconds", pa.float64()),  # null for harmonic
@@ -163,12 +167,56 @@ GAUSSIAN_REDUCTION_SCHEMA: pa.Schema = pa.schema(
 )
 """One row per scene x ratio x method x fine-tuned (before/after) of the Gaussian-reduction flow."""
 
+SEQUENCE_FRAMES_SCHEMA: pa.Schema = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("item_id", pa.string()),  # the sequence (collection id)
+        ("frame", pa.int32()),
+        ("shape_id", pa.string()),
+        ("ot_solver", pa.string()),  # "neural" (OT-Net) | "newton"
+        ("warm_start", pa.bool_()),  # started from the previous frame's solution
+        ("fit_steps", pa.int32()),  # OT-Net Adam steps on the dual (0 for newton)
+        ("newton_iterations", pa.int32()),
+        ("steps", pa.int32()),  # fit_steps + newton_iterations
+        ("mass_error", pa.float64()),  # max over cells of |cell mass - target| / target
+        ("solve_seconds", pa.float64()),
+        ("area_distortion_harmonic", pa.float64()),  # std of log area ratio of the shared harmonic map
+        ("area_distortion", pa.float64()),  # of the frame's OT map
+        ("flipped_triangles", pa.int64()),
+        ("untangled_vertices", pa.int64()),
+        ("sites", pa.int64()),  # Diracs (disk vertices)
+        ("device", pa.string()),
+        ("seconds", pa.float64()),  # solve + map assembly
+    ]
+)
+"""One row per frame of the geometry-image sequence flow: the frame's OT solve."""
+
+SEQUENCE_GEOMETRY_IMAGES_SCHEMA: pa.Schema = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("item_id", pa.string()),
+        ("frame", pa.int32()),
+        ("shape_id", pa.string()),
+        ("level", pa.int16()),  # 0 = finest
+        ("resolution", pa.int32()),
+        ("chamfer_l2", pa.float64()),  # unit-bbox-diagonal units of the frame (squared distance)
+        ("hausdorff", pa.float64()),  # unit-bbox-diagonal units of the frame
+        ("compression_ratio", pa.float64()),  # raw mesh bytes / stored level bytes
+        ("stored_bytes", pa.int64()),
+        ("seconds", pa.float64()),
+    ],
+    metadata={"distance_normalization": "unit bounding-box diagonal of each frame"},
+)
+"""One row per frame x pyramid level of the geometry-image sequence flow."""
+
 TABLE_SCHEMAS: dict[str, pa.Schema] = {
     "geometry_images": GEOMETRY_IMAGES_SCHEMA,
     "autodecoder_epochs": AUTODECODER_EPOCHS_SCHEMA,
     "autodecoder_shapes": AUTODECODER_SHAPES_SCHEMA,
     "autodecoder_models": AUTODECODER_MODELS_SCHEMA,
     "gaussian_reduction": GAUSSIAN_REDUCTION_SCHEMA,
+    "sequence_frames": SEQUENCE_FRAMES_SCHEMA,
+    "sequence_geometry_images": SEQUENCE_GEOMETRY_IMAGES_SCHEMA,
     "failures": FAILURES_SCHEMA,
 }
 """Table name -> canonical schema; :func:`write_table` accepts only these names."""

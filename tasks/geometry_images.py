@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from prefect import task
@@ -28,6 +28,8 @@ from otcore.geometry_image import (
     restore_level,
 )
 from otcore.metrics import compression_ratio, normalize_to_unit_diagonal, raw_mesh_bytes, surface_distances
+from otcore.device import resolve_device
+from otcore.ot_net import OTNetConfig, OTNetResult
 from otcore.parameterization import (
     Parameterization,
     feature_masses,
@@ -55,6 +57,8 @@ class GeometryImageConfig(BaseModel):
     seed: int = Field(0, description="sampling seed")
     tol: float = Field(1e-6, gt=0.0, description="Newton tolerance on max relative cell-mass error")
     max_newton_iterations: int = Field(60, ge=1)
+    ot_solver: Literal["newton", "neural"] = Field(
+        "newton", description="semi-discrete OT solver: damped Newton or OT-Net (otcore.ot_net)")
 
     def fingerprint(self, source_sha256: str) -> str:
         """Identity of an item's outputs: input bytes, config and pipeline version."""
@@ -68,11 +72,14 @@ def _failure(run_id: str, item: MeshItem, stage: str, error: BaseException) -> d
 
 def _param_stats(p: Parameterization) -> dict[str, Any]:
     ot = p.ot
+    neural = isinstance(ot, OTNetResult)
     return {
         "area_distortion": p.area_distortion,
         "flipped_triangles": p.flipped_triangles,
         "untangled_vertices": p.untangled_vertices if ot is not None else None,
-        "newton_iterations": ot.iterations if ot is not None else None,
+        "ot_solver": p.solver,
+        "fit_steps": (ot.fit_steps if neural else 0) if ot is not None else None,
+        "newton_iterations": (ot.newton_steps if neural else ot.iterations) if ot is not None else None,
         "mass_error": ot.mass_error if ot is not None else None,
         "solve_seconds": ot.seconds if ot is not None else None,
     }
@@ -124,7 +131,10 @@ def parameterize_mesh(item: MeshItem, store: str, run_id: str, config: GeometryI
     parameterizations = [harmonic]
     try:
         masses = feature_masses(vertices, mesh.faces, disk, config.feature_weight)
-        parameterizations.append(ot_parameterization(disk, harmonic.uv, masses, config.tol, config.max_newton_iterations))
+        parameterizations.append(ot_parameterization(
+            disk, harmonic.uv, masses, config.tol, config.max_newton_iterations, solver=config.ot_solver,
+            ot_net_config=OTNetConfig(seed=config.seed, device=str(resolve_device("auto"))),
+        ))
     except (GeometryError, OTConvergenceError) as error:
         record["failures"].append(_failure(run_id, item, "ot_parameterization", error))
     for p in parameterizations:

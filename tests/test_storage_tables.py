@@ -20,6 +20,8 @@ from storage.tables import (
     FAILURES_SCHEMA,
     GAUSSIAN_REDUCTION_SCHEMA,
     GEOMETRY_IMAGES_SCHEMA,
+    SEQUENCE_FRAMES_SCHEMA,
+    SEQUENCE_GEOMETRY_IMAGES_SCHEMA,
     TABLE_SCHEMAS,
     read_table,
     rows_to_table,
@@ -49,6 +51,8 @@ def _ot_row(level: int) -> dict[str, object]:
         "compression_ratio": 12.5,
         "raw_bytes": 3 * 257 * 257 * 2,
         "stored_bytes": 31700,
+        "ot_solver": "newton",
+        "fit_steps": 0,
         "newton_iterations": 14,
         "mass_error": 1e-9,
         "solve_seconds": 0.8,
@@ -66,6 +70,8 @@ def test_schemas_cover_every_table() -> None:
         "autodecoder_shapes": AUTODECODER_SHAPES_SCHEMA,
         "autodecoder_models": AUTODECODER_MODELS_SCHEMA,
         "gaussian_reduction": GAUSSIAN_REDUCTION_SCHEMA,
+        "sequence_frames": SEQUENCE_FRAMES_SCHEMA,
+        "sequence_geometry_images": SEQUENCE_GEOMETRY_IMAGES_SCHEMA,
         "failures": FAILURES_SCHEMA,
     }
     assert GEOMETRY_IMAGES_SCHEMA.metadata[b"distance_normalization"] == b"unit bounding-box diagonal"

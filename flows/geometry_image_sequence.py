@@ -1,0 +1,135 @@
+"""Flow ``geometry-image-sequence``: geometry images of every frame of a shape sequence in correspondence.
+
+One cut (augmented through the appendages, :mod:`otcore.cut_augmentation`) and one harmonic map serve the shared
+connectivity; ``solve-sequence-ot`` solves semi-discrete OT frame after frame, each warm-started from the previous
+frame (OT-Net's reuse, or a Newton warm start), then ``encode-sequence-frames`` tasks encode batches of frames in
+parallel. Tables: ``sequence_frames`` (one row per frame: solver, steps, mass error, seconds, distortion),
+``sequence_geometry_images`` (one row per frame x level: chamfer_l2, hausdorff, compression) and ``failures``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import pandas as pd
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from storage.tables import failure_row, write_table
+from storage.zarr_store import ItemStore
+from tasks.geometry_image_sequence import (
+    SEQUENCE_PIPELINE_VERSION,
+    SequenceConfig,
+    encode_sequence_frames,
+    solve_sequence_ot,
+)
+
+__all__ = ["geometry_image_sequence", "default_run_id", "summarize_sequence"]
+
+
+def default_run_id(config: SequenceConfig) -> str:
+    """Run id fixed by the config, so re-running the same job resumes (or skips) it."""
+    digest = hashlib.sha256(
+        (config.model_dump_json(exclude={"frames_per_task", "device"}) + SEQUENCE_PIPELINE_VERSION).encode()
+    ).hexdigest()[:10]
+    return f"geometry-image-sequence-{digest}"
+
+
+def summarize_sequence(frames: pd.DataFrame, images: pd.DataFrame) -> pd.DataFrame:
+    """One row per (item, solver, warm start): frames, median/max steps, max mass error, seconds, Hausdorff@finest."""
+    if frames.empty:
+        return pd.DataFrame()
+    summary = frames.groupby(["item_id", "ot_solver", "warm_start"]).agg(
+        frames=("frame", "count"), median_steps=("steps", "median"), max_steps=("steps", "max"),
+        median_fit_steps=("fit_steps", "median"), median_newton_iterations=("newton_iterations", "median"),
+        max_mass_error=("mass_error", "max"), median_solve_seconds=("solve_seconds", "median"),
+        median_area_distortion=("area_distortion", "median"),
+    )
+    if not images.empty:
+        finest = images[images["level"] == 0].groupby("item_id")["hausdorff"].median().rename("median_hausdorff_0")
+        summary = summary.join(finest, on="item_id")
+    return summary.reset_index()
+
+
+@flow(name="geometry-image-sequence", log_prints=True)
+def geometry_image_sequence(
+    path: str, store: str, config: SequenceConfig | None = None, run_id: str | None = None
+) -> dict[str, Any]:
+    """Solve and encode every frame of the sequence at ``path``.
+
+    Args:
+        path: ``.npz``/``.npy`` array file or folder of meshes in correspondence (:func:`storage.collections.
+            read_collection`), with shared faces.
+        store: root of the Zarr store and tables (local path or fsspec URL).
+        config: :class:`SequenceConfig` (solver, warm start, frames, resolution...).
+        run_id: defaults to one derived from the config, so a re-run resumes the OT chain or skips a finished run.
+
+    Returns:
+        ``{"run_id", "store", "tables": {name: uri}, "frames", "failed_frames", "skipped"}``.
+    """
+    logger = get_run_logger()
+    config = config or SequenceConfig()
+    run_id = run_id or default_run_id(config)
+    logger.info("run %s: sequence %s -> %s (%s solver, warm start %s)", run_id, path, store, config.ot_solver,
+                config.warm_start)
+    record = solve_sequence_ot.submit(path, store, run_id, config).result(raise_on_failure=False)
+    failures: list[dict[str, Any]] = []
+    frame_rows: list[dict[str, Any]] = []
+    image_rows: list[dict[str, Any]] = []
+    skipped = False
+    if isinstance(record, BaseException):
+        failures.append(failure_row(run_id, path.rstrip("/").rsplit("/", 1)[-1], path, "task", record))
+    elif record["skipped"]:
+        skipped = True
+        finished = record["rows"]
+        frame_rows = [r for r in finished if r.get("table") == "sequence_frames"]
+        image_rows = [r for r in finished if r.get("table") == "sequence_geometry_images"]
+        failures = record["failures"]
+        frame_rows = [{k: v for k, v in r.items() if k != "table"} for r in frame_rows]
+        image_rows = [{k: v for k, v in r.items() if k != "table"} for r in image_rows]
+    else:
+        failures = list(record["failures"])
+        frame_rows = record["solve_rows"]
+        solved = [row["frame"] for row in frame_rows]
+        batches = [solved[i : i + config.frames_per_task] for i in range(0, len(solved), config.frames_per_task)]
+        futures = [encode_sequence_frames.submit(record, batch, store, run_id, config) for batch in batches]
+        for done, (future, batch) in enumerate(zip(futures, batches), start=1):
+            result = future.result(raise_on_failure=False)
+            if isinstance(result, BaseException):
+                failures += [failure_row(run_id, f"{record['item_id']}/{record['frames'][k]}", path,
+                                         "encode_sequence_frames", result) for k in batch]
+            else:
+                image_rows += result
+            logger.info("[%d/%d] encoded frames %d-%d", done, len(batches), batch[0], batch[-1])
+        if "fingerprint" in record:
+            ItemStore(store, run_id, record["item_id"]).finish(
+                [{"table": "sequence_frames", **r} for r in frame_rows]
+                + [{"table": "sequence_geometry_images", **r} for r in image_rows],
+                failures,
+            )
+
+    tables = {
+        "sequence_frames": write_table(frame_rows, store, run_id, "sequence_frames"),
+        "sequence_geometry_images": write_table(image_rows, store, run_id, "sequence_geometry_images"),
+        "failures": write_table(failures, store, run_id, "failures"),
+    }
+    frames = pd.DataFrame(frame_rows)
+    summary = summarize_sequence(frames, pd.DataFrame(image_rows))
+    if not summary.empty:
+        create_table_artifact(
+            key="geometry-image-sequence-summary",
+            table=summary.round(8).astype(object).where(summary.notna(), None).to_dict(orient="records"),
+            description=f"Per-sequence OT solve and geometry-image figures, run {run_id}",
+        )
+    per_frame = (frames[["frame", "shape_id", "ot_solver", "warm_start", "fit_steps", "newton_iterations",
+                         "mass_error", "solve_seconds"]].to_markdown(index=False) if not frames.empty else "")
+    create_markdown_artifact(
+        key="geometry-image-sequence-report",
+        markdown=(f"# Geometry-image sequence, run `{run_id}`\n\n{len(frame_rows)} frames solved, "
+                  f"{len(failures)} failures.\n\n" + (summary.to_markdown(index=False) if not summary.empty else "")
+                  + "\n\n## Frames\n" + per_frame),
+        description="Geometry-image sequence summary",
+    )
+    return {"run_id": run_id, "store": store, "tables": tables, "frames": len(frame_rows),
+            "failed_frames": len(failures), "skipped": skipped}

@@ -1,0 +1,260 @@
+"""Prefect tasks of the geometry-image *sequence* job: one cut and map for a shape sequence's shared connectivity,
+one OT solve per frame warm-started from the previous frame, then geometry images of every frame.
+
+The sequence (e.g. ``crane.npz``: 175 captured frames in correspondence) is one Zarr group
+``<store>/<run_id>/<collection_id>``. ``solve-sequence-ot`` owns the frame chain (each solve starts from the
+previous one, so it is sequential) and checkpoints after every frame, so an interrupted run resumes at the next
+frame; ``encode-sequence-frames`` tasks then encode disjoint batches of frames in parallel.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import zarr
+from prefect import get_run_logger, task
+from pydantic import BaseModel, Field
+
+from otcore.cut_augmentation import augment_cut
+from otcore.device import resolve_device
+from otcore.disk_cut import DiskMesh
+from otcore.errors import GeometryError, OTConvergenceError
+from otcore.geometry_image import (
+    dequantize,
+    geometry_image_to_mesh,
+    mipmap_pyramid,
+    quantize,
+    resample_geometry_image,
+    restore_level,
+)
+from otcore.metrics import compression_ratio, normalize_to_unit_diagonal, surface_distances
+from otcore.ot_net import OTNetConfig, OTNetResult, OTNetState
+from otcore.parameterization import area_distortion, ot_parameterization, vertex_areas
+from storage.collections import read_collection
+from storage.errors import InputError
+from storage.tables import failure_row
+from storage.zarr_store import ItemStore
+
+__all__ = ["SequenceConfig", "solve_sequence_ot", "encode_sequence_frames", "SEQUENCE_PIPELINE_VERSION"]
+
+SEQUENCE_PIPELINE_VERSION = "1"
+
+
+class SequenceConfig(BaseModel):
+    """Parameters of the geometry-image sequence job (documented defaults)."""
+
+    ot_solver: Literal["newton", "neural"] = Field("neural", description="OT-Net (reusable) or damped Newton")
+    warm_start: bool = Field(True, description="start each frame's solve from the previous frame's solution")
+    frames: int | None = Field(None, ge=1, description="only the first N frames (default: all)")
+    cut_paths: int = Field(8, ge=0, description="most cut-augmentation paths (Gu-Gortler-Hoppe 2002)")
+    resolution: int = Field(257, description="geometry image side, 2^n + 1")
+    levels: int = Field(5, ge=1, description="mipmap levels")
+    bits: int = Field(16, ge=1, le=16, description="quantisation bits per channel")
+    samples: int = Field(20_000, ge=1, description="samples per surface for chamfer_l2 / hausdorff")
+    seed: int = Field(0, description="sampling and network seed")
+    tol: float = Field(1e-6, gt=0.0, description="max relative cell-mass error of every solve")
+    max_newton_iterations: int = Field(60, ge=1)
+    frames_per_task: int = Field(16, ge=1, description="frames encoded per Prefect task")
+    device: str = Field("auto", description="torch device of OT-Net: auto = the worker's GPU if any")
+
+    def fingerprint(self, source_sha256: str) -> str:
+        """Identity of the sequence's outputs: input bytes, config (less scheduling knobs) and pipeline version."""
+        config = self.model_dump(exclude={"frames_per_task", "device"})
+        payload = json.dumps([source_sha256, config, SEQUENCE_PIPELINE_VERSION], sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _state_arrays(state: OTNetState | None, weights: np.ndarray) -> dict[str, np.ndarray]:
+    arrays = {"weights": weights}
+    if state is not None:
+        arrays["correction"] = state.correction
+        arrays.update({f"network/{name}": value.numpy() for name, value in state.network.items()})
+    return arrays
+
+
+def _state_from_arrays(arrays: dict[str, np.ndarray]) -> OTNetState | None:
+    if "correction" not in arrays:
+        return None
+    network = {name.removeprefix("network/"): torch.from_numpy(np.asarray(value))
+               for name, value in arrays.items() if name.startswith("network/")}
+    return OTNetState(network, np.asarray(arrays["correction"]), dim=2)
+
+
+@task(name="solve-sequence-ot", retries=1, retry_delay_seconds=2)
+def solve_sequence_ot(path: str, store: str, run_id: str, config: SequenceConfig) -> dict[str, Any]:
+    """Read the sequence, cut and map its shared connectivity once, then solve OT frame after frame.
+
+    Writes ``source/faces``, ``disk/{faces,source,boundary}``, ``harmonic/uv``, ``frames/vertices``
+    ``[S, Vd, 3]`` (each frame's disk vertices, unit bbox diagonal) and ``frames/uv`` ``[S, Vd, 2]`` (the OT map
+    of every solved frame). Returns ``{"item_id", "source_uri", "fingerprint", "frames": [...], "solve_rows",
+    "failures", "skipped", ...}``; a frame whose solve fails gets a failure row and the next one starts cold.
+    """
+    logger = get_run_logger()
+    record: dict[str, Any] = {"item_id": None, "source_uri": path, "solve_rows": [], "failures": [],
+                              "skipped": False, "frames": []}
+    try:
+        collection, shape_failures = read_collection(path)
+    except InputError as error:
+        record["item_id"] = getattr(error, "item_id", None) or path.rstrip("/").rsplit("/", 1)[-1]
+        record["failures"].append(failure_row(run_id, record["item_id"], path, "read", error))
+        return record
+    item_id = collection.collection_id
+    record["item_id"] = item_id
+    record["failures"] += [failure_row(run_id, f.shape_id, path, "read", f.error) for f in shape_failures]
+    if collection.faces is None:
+        error = ValueError("the sequence is a point-cloud collection: geometry images need shared faces")
+        record["failures"].append(failure_row(run_id, item_id, path, "read", error))
+        return record
+    fingerprint = config.fingerprint(collection.sha256)
+    record["fingerprint"] = fingerprint
+    n_frames = collection.n_shapes if config.frames is None else min(config.frames, collection.n_shapes)
+    shape_ids = list(collection.shape_ids[:n_frames])
+    record["frames"] = shape_ids
+    item_store = ItemStore(store, run_id, item_id)
+    if item_store.is_complete(fingerprint):
+        record.update(skipped=True, rows=item_store.completed_rows(), failures=item_store.completed_failures())
+        return record
+
+    faces = collection.faces.astype(np.int64)
+    resumed = item_store.checkpoint_step(fingerprint)
+    if resumed is None:
+        item_store.begin(fingerprint, {
+            "source_uri": path, "source_sha256": collection.sha256, "frames": shape_ids,
+            "mesh_vertices": collection.n_points, "mesh_faces": len(faces), "config": config.model_dump(),
+            "pipeline_version": SEQUENCE_PIPELINE_VERSION,
+        })
+        first, _, _ = normalize_to_unit_diagonal(collection.vertices[0].astype(np.float64))
+        try:
+            cut = augment_cut(first, faces, max_paths=config.cut_paths)
+        except GeometryError as error:
+            record["failures"].append(failure_row(run_id, item_id, path, "cut_and_harmonic_map", error))
+            item_store.finish([], record["failures"])
+            return record
+        disk = cut.disk
+        frames = np.stack([
+            0.5 * (v[disk.source[:, 0]] + v[disk.source[:, 1]])
+            for v in (normalize_to_unit_diagonal(f.astype(np.float64))[0] for f in collection.vertices[:n_frames])
+        ])
+        item_store.write_array("source/faces", faces.astype(np.int32))
+        item_store.write_array("disk/faces", disk.faces.astype(np.int32))
+        item_store.write_array("disk/source", disk.source)
+        item_store.write_array("disk/boundary", disk.boundary)
+        item_store.write_array("harmonic/uv", cut.uv, attrs={
+            "cut_paths": len(cut.min_area_ratios) - 1, "min_area_ratios": cut.min_area_ratios})
+        item_store.write_array("frames/vertices", frames.astype(np.float32), chunks=(1, *frames.shape[1:]))
+        item_store.write_array("frames/uv", np.full((n_frames, len(disk.vertices), 2), np.nan),
+                               chunks=(1, len(disk.vertices), 2))
+        done, state, weights, rows, failures = 0, None, None, [], []
+    else:
+        arrays, meta = item_store.read_checkpoint()
+        done, rows, failures = resumed, meta["rows"], meta["failures"]
+        weights = arrays.get("weights")
+        state = _state_from_arrays(arrays)
+        logger.info("%s: resuming the OT chain at frame %d/%d", item_id, done, n_frames)
+
+    disk_faces = item_store.read_array("disk/faces").astype(np.int64)
+    disk_boundary = item_store.read_array("disk/boundary").astype(np.int64)
+    disk_source = item_store.read_array("disk/source").astype(np.int64)
+    harmonic_uv = item_store.read_array("harmonic/uv")
+    frame_vertices = _frame_array(item_store, "frames/vertices")
+    uv_array = _frame_array(item_store, "frames/uv", mode="r+")  # written frame by frame: one chunk, one writer
+    device = str(resolve_device(config.device))
+    for k in range(done, n_frames):
+        vertices_k = frame_vertices[k].astype(np.float64)
+        disk = DiskMesh(vertices_k, disk_faces, disk_boundary, disk_source, genus=0, boundary_loops=0)
+        masses = vertex_areas(vertices_k, disk_faces)
+        warm = config.warm_start and (state is not None or weights is not None)
+        start = time.perf_counter()
+        try:
+            param = ot_parameterization(
+                disk, harmonic_uv, masses, config.tol, config.max_newton_iterations,
+                solver=config.ot_solver,
+                initial_weights=weights if (warm and config.ot_solver == "newton") else None,
+                ot_net_state=state if (warm and config.ot_solver == "neural") else None,
+                ot_net_config=OTNetConfig(seed=config.seed, device=device),
+            )
+        except (GeometryError, OTConvergenceError) as error:
+            failures.append(failure_row(run_id, f"{item_id}/{shape_ids[k]}", path, "ot_parameterization", error))
+            state, weights = None, None  # the next frame starts cold
+        else:
+            ot = param.ot
+            neural = isinstance(ot, OTNetResult)
+            state = ot.state if neural else None
+            weights = ot.weights
+            uv_array[k] = param.uv
+            rows.append({
+                "run_id": run_id, "item_id": item_id, "frame": k, "shape_id": shape_ids[k],
+                "ot_solver": config.ot_solver, "warm_start": bool(warm),
+                "fit_steps": ot.fit_steps if neural else 0,
+                "newton_iterations": ot.newton_steps if neural else ot.iterations,
+                "steps": ot.steps if neural else ot.iterations,
+                "mass_error": ot.mass_error, "solve_seconds": ot.seconds,
+                "area_distortion_harmonic": area_distortion(vertices_k, disk_faces, harmonic_uv),
+                "area_distortion": param.area_distortion, "flipped_triangles": param.flipped_triangles,
+                "untangled_vertices": param.untangled_vertices, "sites": len(masses), "device": device,
+                "seconds": time.perf_counter() - start,
+            })
+            logger.info("%s frame %d/%d: %s %d steps, mass error %.1e, %.1f s", item_id, k + 1, n_frames,
+                        config.ot_solver, rows[-1]["steps"], ot.mass_error, rows[-1]["seconds"])
+        item_store.write_checkpoint(_state_arrays(state, weights if weights is not None else np.zeros(0)),
+                                    {"rows": rows, "failures": failures}, step=k + 1)
+    record.update(solve_rows=rows, failures=record["failures"] + failures)
+    return record
+
+
+def _frame_array(item_store: ItemStore, path: str, mode: Literal["r", "r+"] = "r") -> zarr.Array:
+    """Lazy handle on a per-frame array of the item's group (one chunk per frame: read or write one frame)."""
+    return zarr.open_array(f"{item_store.uri}/{path}", mode=mode, zarr_format=3)
+
+
+@task(name="encode-sequence-frames", retries=1, retry_delay_seconds=2)
+def encode_sequence_frames(
+    record: dict[str, Any], frames: list[int], store: str, run_id: str, config: SequenceConfig
+) -> list[dict[str, Any]]:
+    """Geometry images of a batch of solved frames: resample, quantise, mipmap, restore and measure each level.
+
+    Writes ``frames/<k>/geometry_image`` pyramids; returns one row per frame x level (distances against that
+    frame's input mesh, unit bbox diagonal).
+    """
+    item_store = ItemStore(store, run_id, record["item_id"])
+    faces = item_store.read_array("source/faces").astype(np.int64)
+    disk_faces = item_store.read_array("disk/faces").astype(np.int64)
+    disk_source = item_store.read_array("disk/source").astype(np.int64)
+    attrs = item_store.read_attrs()
+    frame_vertices, frame_uv = _frame_array(item_store, "frames/vertices"), _frame_array(item_store, "frames/uv")
+    copies = disk_source[:, 0] == disk_source[:, 1]  # the cut copies every source vertex; chords add midpoints
+    rows: list[dict[str, Any]] = []
+    for k in frames:
+        uv = frame_uv[k]
+        if not np.isfinite(uv).all():  # the frame's solve failed: its failure row is already recorded
+            continue
+        start = time.perf_counter()
+        disk_vertices = frame_vertices[k].astype(np.float64)
+        source_vertices = np.zeros((attrs["mesh_vertices"], 3))
+        source_vertices[disk_source[copies, 0]] = disk_vertices[copies]
+        image = resample_geometry_image(disk_vertices, disk_faces, uv, config.resolution)
+        quantized = quantize(image, config.bits)
+        levels = mipmap_pyramid(quantized.codes, config.levels)
+        stored = item_store.write_pyramid(
+            f"frames/{k}/geometry_image", levels,
+            {"quantization": {"bits": config.bits, "offset": quantized.offset.tolist(),
+                              "scale": quantized.scale.tolist()}, "channels": ["x", "y", "z"]},
+        )
+        for level, (codes, stored_bytes) in enumerate(zip(levels, stored)):
+            restored = restore_level(dequantize(codes, quantized.offset, quantized.scale), config.resolution)
+            restored_vertices, restored_faces = geometry_image_to_mesh(restored)
+            distances = surface_distances(restored_vertices, restored_faces, source_vertices, faces,
+                                          config.samples, config.seed)
+            rows.append({
+                "run_id": run_id, "item_id": record["item_id"], "frame": k, "shape_id": record["frames"][k],
+                "level": level, "resolution": int(codes.shape[-1]),
+                "chamfer_l2": distances.chamfer_l2, "hausdorff": distances.hausdorff,
+                "compression_ratio": compression_ratio(attrs["mesh_vertices"], attrs["mesh_faces"], stored_bytes),
+                "stored_bytes": stored_bytes, "seconds": time.perf_counter() - start,
+            })
+    return rows
