@@ -47,7 +47,15 @@ from storage.errors import (
     UnreadableCollectionError,
     UnreadableMeshError,
 )
-from storage.inputs import max_input_bytes, npz_member_problem, printable, read_input, sniffer_for
+from storage.inputs import (
+    max_input_bytes,
+    npz_member_problem,
+    obj_face_problem,
+    ply_count_problem,
+    printable,
+    read_input,
+    sniffer_for,
+)
 
 __all__ = [
     "ARRAY_EXTENSIONS",
@@ -265,6 +273,9 @@ def _parse_trimesh(shape_id: str, name: str, data: bytes) -> tuple[np.ndarray, n
     # OBJ: keep the file's vertex order and its unreferenced vertices (trimesh otherwise drops and reorders them,
     # which would silently break correspondence). Each material group then carries the full vertex list.
     options = {"maintain_order": True} if extension == "obj" else {}
+    problem = obj_face_problem(data) if extension == "obj" else None
+    if problem:
+        raise UnreadableMeshError(shape_id, f"{name}: {problem}")
     scene = trimesh.load_scene(io.BytesIO(data), file_type=extension, process=False, **options)
     vertices: list[np.ndarray] = []
     faces: list[np.ndarray] = []
@@ -292,7 +303,11 @@ def _parse_trimesh(shape_id: str, name: str, data: bytes) -> tuple[np.ndarray, n
         offsets = np.cumsum([0] + [len(v) for v in vertices[:-1]])
         faces = [f + o for f, o in zip(faces, offsets, strict=True)] if faces else faces
     all_faces = np.concatenate(faces) if faces else None
-    return np.concatenate(vertices), all_faces if all_faces is not None and len(all_faces) else None
+    all_vertices = np.concatenate(vertices)
+    problem = ply_count_problem(data, len(all_vertices), 0 if all_faces is None else len(all_faces))
+    if extension == "ply" and problem:
+        raise UnreadableMeshError(shape_id, f"{name}: {problem}")
+    return all_vertices, all_faces if all_faces is not None and len(all_faces) else None
 
 
 def _parse_shape(shape_id: str, name: str, data: bytes) -> tuple[np.ndarray, np.ndarray | None]:

@@ -346,7 +346,8 @@ def read_scene(uri: str) -> GaussianScene:
         return np.stack([_column(vertex, f) for f in fields], axis=1)
 
     log_scales = stack(["scale_0", "scale_1", "scale_2"])
-    scales = np.exp(log_scales).astype(np.float32)
+    with np.errstate(over="ignore"):  # an overflow is reported below as a typed error
+        scales = np.exp(log_scales).astype(np.float32)
     overflow = int(np.count_nonzero(~np.isfinite(scales).all(axis=1)))
     if overflow:
         raise NonFiniteGaussiansError(

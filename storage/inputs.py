@@ -45,6 +45,9 @@ __all__ = [
     "Sniffer",
     "max_input_bytes",
     "npz_member_problem",
+    "obj_face_problem",
+    "ply_count_problem",
+    "ply_element_counts",
     "printable",
     "read_input",
     "sniff_glb",
@@ -254,23 +257,16 @@ _PLY_SIZES = {
 }  # fmt: skip
 
 
-def sniff_ply(head: bytes, size: int) -> FormatProblem | None:
-    """Sniffer of PLY: ``ply`` magic, a complete header within :data:`HEAD_BYTES`, and element data that fits.
-
-    The header's element counts and property types give the least number of data bytes (binary: row sizes,
-    list properties counted with no entries; ASCII: two bytes per value). A file with fewer is truncated. A
-    binary file without list properties is also refused when it holds more than twice its declared data plus
-    64 KiB (a padded or sparse file). Headers this parser does not understand are left to the PLY parser.
-    """
-    if not re.match(rb"ply\r?\n", head):
-        return FormatProblem(f"not a PLY file (starts with {head[:16]!r}, expected b'ply\\n')", True)
+def _ply_header(head: bytes) -> tuple[bool, list[list], int] | None:
+    """``(binary, [[name, count, fixed row bytes, list props, scalar props, max row bytes], ...], header length)``
+    of a PLY head, or None when there is no complete header this parser understands. ``max row bytes`` is None
+    when a list's length is not bounded by a one-byte count."""
     end = re.search(rb"\bend_header\r?\n", head)
-    if end is None:
-        return FormatProblem(f"no 'end_header' line in the first {min(len(head), HEAD_BYTES)} bytes", True)
-    lines = head[: end.start()].decode("ascii", "replace").splitlines()
+    if not re.match(rb"ply\r?\n", head) or end is None:
+        return None
     binary = None
-    elements: list[list] = []  # [name, count, fixed bytes per row, list props, scalar props]
-    for line in lines[1:]:
+    elements: list[list] = []
+    for line in head[: end.start()].decode("ascii", "replace").splitlines()[1:]:
         words = line.split()
         if not words or words[0] in ("comment", "obj_info"):
             continue
@@ -278,29 +274,95 @@ def sniff_ply(head: bytes, size: int) -> FormatProblem | None:
             if words[0] == "format":
                 binary = words[1] != "ascii"
             elif words[0] == "element":
-                elements.append([words[1], int(words[2]), 0, 0, 0])
+                elements.append([words[1], int(words[2]), 0, 0, 0, 0])
             elif words[0] == "property" and words[1] == "list":
-                elements[-1][2] += _PLY_SIZES[words[2]]
+                count_size, item_size = _PLY_SIZES[words[2]], _PLY_SIZES[words[3]]
+                elements[-1][2] += count_size
                 elements[-1][3] += 1
+                bounded = elements[-1][5] is not None and count_size == 1
+                elements[-1][5] = elements[-1][5] + count_size + 255 * item_size if bounded else None
             elif words[0] == "property":
                 elements[-1][2] += _PLY_SIZES[words[1]]
                 elements[-1][4] += 1
+                if elements[-1][5] is not None:
+                    elements[-1][5] += _PLY_SIZES[words[1]]
         except (IndexError, KeyError, ValueError):
             return None  # malformed or unknown: the PLY parser gives the precise error
     if binary is None or any(count < 0 for _, count, *_ in elements):
         return None
-    available = size - end.end()
+    return binary, elements, end.end()
+
+
+def ply_element_counts(head: bytes) -> dict[str, int] | None:
+    """Element name -> declared row count of a PLY header (the file's first bytes), or None if unparsable."""
+    header = _ply_header(head)
+    return None if header is None else {name: count for name, count, *_ in header[1]}
+
+
+def ply_count_problem(data: bytes, n_vertices: int, n_faces: int) -> str | None:
+    """Why a parsed PLY mesh disagrees with its header, or None.
+
+    trimesh reads an ASCII PLY cut at a line boundary without complaint; this compares what it read with the
+    header's ``vertex`` count (equal) and ``face`` count (at least as many triangles: polygons are split).
+    """
+    declared = ply_element_counts(data[:HEAD_BYTES])
+    if declared is None:
+        return None
+    vertices, faces = declared.get("vertex", 0), declared.get("face", 0)
+    if n_vertices != vertices or n_faces < faces:
+        return (f"truncated or corrupt PLY: its header declares {vertices} vertices and {faces} faces, "
+                f"{n_vertices} and {n_faces} were read")
+    return None
+
+
+_OBJ_SHORT_FACE = re.compile(rb"^[ \t]*f(?:[ \t]+\S+){0,2}[ \t\r]*$", re.MULTILINE)
+_OBJ_ZERO_INDEX = re.compile(rb"^[ \t]*f(?:[ \t]+\S+)*?[ \t]+[+-]?0+(?:/\S*)?[ \t\r]*(?:$|[ \t])", re.MULTILINE)
+
+
+def obj_face_problem(data: bytes) -> str | None:
+    """Why an OBJ's face lines would be misread by trimesh, or None: a vertex index 0 (OBJ indices start at 1;
+    trimesh reads 0 as -1, the last vertex), or a face line with fewer than three vertices (e.g. a file cut
+    inside its last line; trimesh then drops every face)."""
+    if _OBJ_ZERO_INDEX.search(data):
+        return "face index 0 in an OBJ file (OBJ vertex indices start at 1)"
+    short = _OBJ_SHORT_FACE.search(data)
+    if short:
+        line = data.count(b"\n", 0, short.start()) + 1
+        return f"OBJ face line {line} has fewer than 3 vertices ({short.group().strip()[:40]!r}; truncated?)"
+    return None
+
+
+def sniff_ply(head: bytes, size: int) -> FormatProblem | None:
+    """Sniffer of PLY: ``ply`` magic, a complete header within :data:`HEAD_BYTES`, and element data that fits.
+
+    The header's element counts and property types give the least number of data bytes (binary: row sizes,
+    list properties counted with no entries; ASCII: two bytes per value). A file with fewer is truncated. A
+    binary file is also refused when it holds more than twice the most its header allows plus
+    64 KiB (a padded or sparse file); lists with a one-byte count (as mesh faces) are bounded by 255 entries,
+    other lists leave the file unbounded. Headers this parser does not understand are left to the PLY parser.
+    """
+    if not re.match(rb"ply\r?\n", head):
+        return FormatProblem(f"not a PLY file (starts with {head[:16]!r}, expected b'ply\\n')", True)
+    if re.search(rb"\bend_header\r?\n", head) is None:
+        return FormatProblem(f"no 'end_header' line in the first {min(len(head), HEAD_BYTES)} bytes", True)
+    header = _ply_header(head)
+    if header is None:
+        return None
+    binary, elements, header_length = header
+    available = size - header_length
     if binary:
-        needed = sum(count * row for _, count, row, _, _ in elements)
+        needed = sum(count * row for _, count, row, *_ in elements)
     else:
-        needed = sum(count * 2 * (lists + scalars) for _, count, _, lists, scalars in elements)
+        needed = sum(count * 2 * (lists + scalars) for _, count, _, lists, scalars, _ in elements)
     if available < needed:
         counts = ", ".join(f"{count} {name}" for name, count, *_ in elements)
         return FormatProblem(
             f"truncated: its header declares {counts}, at least {needed} bytes of data, but {available} follow", True
         )
-    if binary and not any(lists for _, _, _, lists, _ in elements) and _padded(needed, available):
-        return FormatProblem(f"{available} bytes follow the header, which declares only {needed}", True)
+    most = None if any(row is None for *_, row in elements) else sum(count * row for _, count, *_, row in elements)
+    if binary and most is not None and _padded(most, available):
+        return FormatProblem(f"{available} bytes follow the header, which declares only {needed}"
+                             + ("" if most == needed else f" to {most}"), True)
     return None
 
 

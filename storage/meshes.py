@@ -28,7 +28,7 @@ from storage.errors import (
     NotAMeshError,
     UnreadableMeshError,
 )
-from storage.inputs import read_input, sniffer_for
+from storage.inputs import obj_face_problem, ply_count_problem, read_input, sniffer_for
 
 __all__ = ["MESH_EXTENSIONS", "LoadedMesh", "MeshItem", "list_files", "list_mesh_items", "read_mesh"]
 
@@ -161,7 +161,6 @@ def _read_bytes(item: MeshItem) -> bytes:
     return read_input(item.uri, item.item_id, UnreadableMeshError, NotAMeshError, sniff)
 
 
-_OBJ_ZERO_INDEX = re.compile(rb"^[ \t]*f(?:[ \t]+\S+)*?[ \t]+[+-]?0+(?:/\S*)?[ \t\r]*(?:$|[ \t])", re.MULTILINE)
 
 
 def _check_faces(item: MeshItem, faces: np.ndarray) -> None:
@@ -213,11 +212,15 @@ def _concatenate_meshes(item: MeshItem, scene: trimesh.Scene, data: bytes) -> tu
 
 def _load_arrays(item: MeshItem, data: bytes) -> tuple[np.ndarray, np.ndarray]:
     """Parse ``data``, validate the raw arrays, and merge duplicate vertices; raises :class:`InputError`."""
-    if _extension(item.uri) == "obj" and _OBJ_ZERO_INDEX.search(data):
-        # OBJ indices start at 1; trimesh would silently read 0 as -1 (the last vertex)
-        raise UnreadableMeshError(item.item_id, "face index 0 in an OBJ file (OBJ vertex indices start at 1)")
-    scene = trimesh.load_scene(io.BytesIO(data), file_type=_extension(item.uri), process=False)
+    extension = _extension(item.uri)
+    problem = obj_face_problem(data) if extension == "obj" else None
+    if problem:
+        raise UnreadableMeshError(item.item_id, problem)
+    scene = trimesh.load_scene(io.BytesIO(data), file_type=extension, process=False)
     vertices, faces = _concatenate_meshes(item, scene, data)
+    problem = ply_count_problem(data, len(vertices), len(faces)) if extension == "ply" else None
+    if problem:
+        raise UnreadableMeshError(item.item_id, problem)
     if len(vertices) == 0 or len(faces) == 0:
         raise EmptyMeshError(item.item_id, f"mesh has {len(vertices)} vertices and {len(faces)} faces")
     bad = int(np.count_nonzero(~np.isfinite(vertices).all(axis=1)))
