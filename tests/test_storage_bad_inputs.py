@@ -234,11 +234,13 @@ def test_input_size_limit_is_configurable(tmp_path: Path, monkeypatch: pytest.Mo
 
 # --- property-based fuzzing ---------------------------------------------------------------------------------------
 
+# CI runs 120 fixed examples per test (~12 s in all); BRENIER_FUZZ_EXAMPLES=5000 runs a longer random search.
+DEEP_FUZZ = int(os.environ.get("BRENIER_FUZZ_EXAMPLES", "0"))
 FUZZ = settings(
-    max_examples=120,
+    max_examples=DEEP_FUZZ or 120,
     deadline=None,
     database=None,  # nothing written next to the tests (.hypothesis/)
-    derandomize=True,  # the same examples on every CI run
+    derandomize=not DEEP_FUZZ,  # the same examples on every CI run
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
