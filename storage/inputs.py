@@ -22,6 +22,7 @@ Nothing here unpickles: a ``.npy`` header that declares an object dtype is repor
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import re
@@ -150,7 +151,7 @@ def _stat_size(fs: fsspec.AbstractFileSystem, path: str, uri: str, item_id: str,
             st = os.stat(path)  # follows links: a loop raises ELOOP here instead of hanging anywhere later
         except OSError as e:
             if os.path.islink(path):
-                what = "a symbolic link loop" if e.errno == 40 else "a broken symbolic link"  # 40: ELOOP
+                what = "a symbolic link loop" if e.errno == errno.ELOOP else "a broken symbolic link"
                 raise unreadable(item_id, f"cannot read {shown}: {what} ({e.strerror})") from e
             raise unreadable(item_id, f"cannot read {shown}: {type(e).__name__}: {e.strerror or e}") from e
         if not stat.S_ISREG(st.st_mode):
