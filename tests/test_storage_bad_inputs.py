@@ -412,3 +412,25 @@ def test_fuzz_found_cases_stay_fixed(tmp_path: Path) -> None:
     path.write_bytes(b"v 0 0 0\nv 1 0 0\nv 0 1 0\nf 0 1 2\n")  # index 0 was read as -1 (the last vertex)
     with pytest.raises(UnreadableMeshError, match="face index 0"):
         read_mesh(MeshItem("x", str(path)))
+
+
+def test_no_reader_can_unpickle() -> None:
+    """Every ``np.load`` in storage/, tasks/ and flows/ passes ``allow_pickle=False``; none calls ``pickle.load``,
+    ``pickle.loads`` or ``torch.load`` (which unpickles) on anything."""
+    import ast
+
+    offenders = []
+    for package in ("storage", "tasks", "flows"):
+        for source in sorted((Path(__file__).resolve().parent.parent / package).glob("*.py")):
+            for node in ast.walk(ast.parse(source.read_text())):
+                if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+                    continue
+                owner = node.func.value.id if isinstance(node.func.value, ast.Name) else ""
+                call = f"{owner}.{node.func.attr}"
+                if call in ("np.load", "numpy.load"):
+                    flags = [k for k in node.keywords if k.arg == "allow_pickle"]
+                    if not (flags and isinstance(flags[0].value, ast.Constant) and flags[0].value.value is False):
+                        offenders.append(f"{source.name}:{node.lineno} {call} without allow_pickle=False")
+                elif call in ("pickle.load", "pickle.loads", "torch.load", "cloudpickle.loads"):
+                    offenders.append(f"{source.name}:{node.lineno} {call}")
+    assert offenders == []
