@@ -222,12 +222,15 @@ def read_input(
             problem = sniff(head, size) if sniff is not None and not blank else None
             if problem is not None:
                 raise (unreadable if problem.corrupt else wrong_format)(item_id, f"{shown}: {problem.reason}")
-            rest: bytes = f.read(limit + 1 - len(head)) if len(head) == HEAD_BYTES else b""
+            if len(head) < HEAD_BYTES:
+                data = head
+            else:
+                f.seek(0)  # one read of the whole file, not head + rest (which would copy it once more)
+                data = f.read(limit + 1)
     except InputError:
         raise
     except Exception as e:  # any filesystem failure is an unreadable item, not a crash of the run
         raise unreadable(item_id, f"cannot read {shown}: {type(e).__name__}: {e}") from e
-    data = head + rest
     if len(data) > limit:
         raise InputTooLargeError(item_id, f"{shown} grew beyond the input limit of {_size_text(limit)} while read")
     return data
