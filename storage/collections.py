@@ -315,10 +315,12 @@ def _parse_shape(shape_id: str, name: str, data: bytes) -> tuple[np.ndarray, np.
     if not data.strip():
         raise EmptyMeshError(shape_id, f"{name} is empty")
     try:
-        if _extension(name) == "npy":
-            vertices, faces = _parse_npy_points(shape_id, name, data)
-        else:
-            vertices, faces = _parse_trimesh(shape_id, name, data)
+        # signalling NaNs raise 'invalid' when cast; they are reported below as non-finite coordinates
+        with np.errstate(invalid="ignore", over="ignore"):
+            if _extension(name) == "npy":
+                vertices, faces = _parse_npy_points(shape_id, name, data)
+            else:
+                vertices, faces = _parse_trimesh(shape_id, name, data)
     except InputError:
         raise
     except Exception as e:  # trimesh parsers raise anything from IndexError to UnicodeDecodeError on bad data

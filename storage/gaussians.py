@@ -270,7 +270,8 @@ def _f_rest_count(scene_id: str, names: list[str]) -> int:
 
 
 def _column(vertex: np.ndarray, name: str) -> np.ndarray:
-    return np.asarray(vertex[name], dtype=np.float64)
+    with np.errstate(invalid="ignore"):  # a signalling NaN warns when cast; it is reported as non-finite
+        return np.asarray(vertex[name], dtype=np.float64)
 
 
 def read_scene(uri: str) -> GaussianScene:

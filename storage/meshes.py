@@ -282,7 +282,8 @@ def read_mesh(item: MeshItem) -> LoadedMesh:
     """
     data = _read_bytes(item)
     try:
-        vertices, faces = _load_arrays(item, data)
+        with np.errstate(invalid="ignore", over="ignore"):  # NaN/overflowed coordinates are reported as typed errors
+            vertices, faces = _load_arrays(item, data)
     except InputError:
         raise
     except Exception as e:  # trimesh parsers raise anything from IndexError to JSONDecodeError on corrupt data
