@@ -208,11 +208,11 @@ def _with_f_rest(count: int) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def _scene_with_list_property(path: Path) -> None:
+    """16 real Gaussians whose ``opacity`` is a list property (two values per Gaussian)."""
     vertex = donut_vertex()[:16]
-    rows = [tuple(row) for row in vertex]
     names = list(vertex.dtype.names)
     dtype = [(name, "<f4") if name != "opacity" else ("opacity", object) for name in names]
-    out = np.empty(len(rows), dtype=dtype)
+    out = np.empty(len(vertex), dtype=dtype)
     for name in names:
         if name == "opacity":
             out[name] = [np.array([v, v], dtype=np.float32) for v in vertex[name]]
