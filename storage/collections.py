@@ -38,12 +38,23 @@ from storage.errors import (
     EmptyMeshError,
     InconsistentConnectivityError,
     InputError,
+    InputTooLargeError,
     NonFiniteVerticesError,
     NotACollectionError,
     NotAMeshError,
+    UndecodableFileNameError,
     UnequalPointCountError,
     UnreadableCollectionError,
     UnreadableMeshError,
+)
+from storage.inputs import (
+    max_input_bytes,
+    npz_member_problem,
+    obj_face_problem,
+    ply_count_problem,
+    printable,
+    read_input,
+    sniffer_for,
 )
 
 __all__ = [
@@ -175,7 +186,7 @@ def _ls(fs: fsspec.AbstractFileSystem, path: str) -> list[dict[str, Any]]:
 
 
 def _has_shape_files(entries: list[dict[str, Any]]) -> bool:
-    return any(e["type"] == "file" and _extension(e["name"]) in SHAPE_EXTENSIONS for e in entries)
+    return any(e["type"] != "directory" and _extension(e["name"]) in SHAPE_EXTENSIONS for e in entries)
 
 
 def list_collections(location: str) -> list[str]:
@@ -216,7 +227,7 @@ def list_collections(location: str) -> list[str]:
         return [location]
     found: list[str] = []
     for entry in entries:
-        if entry["type"] == "file" and _extension(entry["name"]) == "npz":
+        if entry["type"] != "directory" and _extension(entry["name"]) == "npz":
             found.append(_uri(fs, entry["name"]))
         elif entry["type"] == "directory" and _has_shape_files(_ls(fs, entry["name"])):
             found.append(_uri(fs, entry["name"]))
@@ -232,12 +243,11 @@ def list_collections(location: str) -> list[str]:
 # one shape file of a folder
 
 
-def _read_bytes(fs: fsspec.AbstractFileSystem, path: str, item_id: str, error: type[InputError]) -> bytes:
-    try:
-        data: bytes = fs.cat_file(path)
-    except Exception as e:  # any filesystem failure is an unreadable input, not a crash of the run
-        raise error(item_id, f"cannot read {_uri(fs, path)}: {type(e).__name__}: {e}") from e
-    return data
+def _read_bytes(
+    fs: fsspec.AbstractFileSystem, path: str, item_id: str, unreadable: type[InputError], wrong_format: type[InputError]
+) -> bytes:
+    """The file's bytes after :func:`storage.inputs.read_input`'s checks (name, file type, size, format sniff)."""
+    return read_input(_uri(fs, path), item_id, unreadable, wrong_format, sniffer_for(_extension(path)))
 
 
 def _parse_npy_points(shape_id: str, name: str, data: bytes) -> tuple[np.ndarray, None]:
@@ -263,6 +273,9 @@ def _parse_trimesh(shape_id: str, name: str, data: bytes) -> tuple[np.ndarray, n
     # OBJ: keep the file's vertex order and its unreferenced vertices (trimesh otherwise drops and reorders them,
     # which would silently break correspondence). Each material group then carries the full vertex list.
     options = {"maintain_order": True} if extension == "obj" else {}
+    problem = obj_face_problem(data) if extension == "obj" else None
+    if problem:
+        raise UnreadableMeshError(shape_id, f"{name}: {problem}")
     scene = trimesh.load_scene(io.BytesIO(data), file_type=extension, process=False, **options)
     vertices: list[np.ndarray] = []
     faces: list[np.ndarray] = []
@@ -290,7 +303,11 @@ def _parse_trimesh(shape_id: str, name: str, data: bytes) -> tuple[np.ndarray, n
         offsets = np.cumsum([0] + [len(v) for v in vertices[:-1]])
         faces = [f + o for f, o in zip(faces, offsets, strict=True)] if faces else faces
     all_faces = np.concatenate(faces) if faces else None
-    return np.concatenate(vertices), all_faces if all_faces is not None and len(all_faces) else None
+    all_vertices = np.concatenate(vertices)
+    problem = ply_count_problem(data, len(all_vertices), 0 if all_faces is None else len(all_faces))
+    if extension == "ply" and problem:
+        raise UnreadableMeshError(shape_id, f"{name}: {problem}")
+    return all_vertices, all_faces if all_faces is not None and len(all_faces) else None
 
 
 def _parse_shape(shape_id: str, name: str, data: bytes) -> tuple[np.ndarray, np.ndarray | None]:
@@ -298,10 +315,12 @@ def _parse_shape(shape_id: str, name: str, data: bytes) -> tuple[np.ndarray, np.
     if not data.strip():
         raise EmptyMeshError(shape_id, f"{name} is empty")
     try:
-        if _extension(name) == "npy":
-            vertices, faces = _parse_npy_points(shape_id, name, data)
-        else:
-            vertices, faces = _parse_trimesh(shape_id, name, data)
+        # signalling NaNs raise 'invalid' when cast; they are reported below as non-finite coordinates
+        with np.errstate(invalid="ignore", over="ignore"):
+            if _extension(name) == "npy":
+                vertices, faces = _parse_npy_points(shape_id, name, data)
+            else:
+                vertices, faces = _parse_trimesh(shape_id, name, data)
     except InputError:
         raise
     except Exception as e:  # trimesh parsers raise anything from IndexError to UnicodeDecodeError on bad data
@@ -326,7 +345,8 @@ def _faces_key(faces: np.ndarray) -> bytes:
 
 def _read_folder(fs: fsspec.AbstractFileSystem, path: str, uri: str) -> tuple[ShapeCollection, list[ShapeFailure]]:
     collection_id = _collection_id(path)
-    files = [e["name"] for e in _ls(fs, path) if e["type"] == "file" and _extension(e["name"]) in SHAPE_EXTENSIONS]
+    # Non-directory entries, not only regular files: a link loop or a FIFO becomes a failed shape, not a gap.
+    files = [e["name"] for e in _ls(fs, path) if e["type"] != "directory" and _extension(e["name"]) in SHAPE_EXTENSIONS]
     if not files:
         raise EmptyCollectionError(
             collection_id,
@@ -338,7 +358,7 @@ def _read_folder(fs: fsspec.AbstractFileSystem, path: str, uri: str) -> tuple[Sh
     parsed: dict[int, _ParsedShape] = {}
     for index, (file, name, shape_id) in enumerate(zip(files, names, _shape_ids(names), strict=True)):
         try:
-            data = _read_bytes(fs, file, shape_id, UnreadableMeshError)
+            data = _read_bytes(fs, file, shape_id, UnreadableMeshError, NotAMeshError)
             vertices, faces = _parse_shape(shape_id, name, data)
         except InputError as e:
             failures[index] = ShapeFailure(shape_id, e)
@@ -449,13 +469,33 @@ def _load_arrays(data: bytes, collection_id: str, name: str) -> dict[str, np.nda
             raise NotACollectionError(
                 collection_id, f"{name} has no 'vertices' or 'points' array (arrays: {', '.join(files) or 'none'})"
             )
-        arrays = {"vertices": _npz_member(archive, key, collection_id, name)}
-        if "faces" in files:
-            arrays["faces"] = _npz_member(archive, "faces", collection_id, name)
         name_key = next((k for k in _NAME_KEYS if k in files), None)
-        if name_key is not None:
-            arrays["names"] = _npz_member(archive, name_key, collection_id, name)
+        wanted = {"vertices": key, "faces": "faces" if "faces" in files else None, "names": name_key}
+        wanted = {role: k for role, k in wanted.items() if k is not None}
+        _check_members(archive, list(wanted.values()), collection_id, name)
+        arrays = {role: _npz_member(archive, k, collection_id, name) for role, k in wanted.items()}
     return arrays
+
+
+def _check_members(archive: Any, keys: list[str], collection_id: str, name: str) -> None:
+    """Refuse members that would inflate beyond the input limit, are damaged or hold object arrays, before
+    NumPy inflates any of them (a zip bomb or a header declaring a huge array is never allocated)."""
+    limit = max_input_bytes()
+    members = {info.filename: info for info in archive.zip.infolist()}
+    total = 0
+    for key in keys:
+        member = key if key in members else f"{key}.npy"
+        if member not in members:
+            continue  # NumPy lists it, so it exists; let _npz_member report what is wrong
+        total += members[member].file_size
+        if total > limit:
+            raise InputTooLargeError(
+                collection_id, f"{name}: its arrays inflate to more than the input limit of {limit} bytes"
+            )
+        problem = npz_member_problem(archive.zip, member, limit)
+        if problem is not None:
+            error = UnreadableCollectionError if problem.corrupt else NotACollectionError
+            raise error(collection_id, f"{name}: {problem.reason}")
 
 
 def _array_shape_ids(names: np.ndarray | None, n_shapes: int, collection_id: str, name: str) -> list[str]:
@@ -475,7 +515,7 @@ def _array_shape_ids(names: np.ndarray | None, n_shapes: int, collection_id: str
 def _read_array_file(fs: fsspec.AbstractFileSystem, path: str, uri: str) -> tuple[ShapeCollection, list[ShapeFailure]]:
     collection_id = _collection_id(path)
     name = PurePosixPath(path).name
-    data = _read_bytes(fs, path, collection_id, UnreadableCollectionError)
+    data = _read_bytes(fs, path, collection_id, UnreadableCollectionError, NotACollectionError)
     if not data:
         raise EmptyCollectionError(collection_id, f"{name} is empty")
     arrays = _load_arrays(data, collection_id, name)
@@ -562,20 +602,31 @@ def read_collection(uri: str) -> tuple[ShapeCollection, list[ShapeFailure]]:
         them in another shape than ``[S, V, 3]``, stores an object array (refused without unpickling), or has
         bad ``faces`` (not ``[F, 3]`` integers in ``[0, V)``) or names (not ``[S]`` strings).
     UnreadableCollectionError
-        The array file cannot be read or parsed (corrupt or truncated).
+        The array file cannot be read (a broken link, a link loop, a FIFO) or parsed (corrupt or truncated; a
+        header or zip member declaring more data than there is), checked before it is read whole
+        (:func:`storage.inputs.read_input`).
+    InputTooLargeError
+        The array file, or the arrays it inflates to, exceed :func:`storage.inputs.max_input_bytes`.
+    UndecodableFileNameError
+        ``uri`` is not valid UTF-8.
     EmptyCollectionError
         The folder holds no shape files, the array file is empty or holds zero shapes, or every shape failed.
 
     Per-shape errors (returned in :class:`ShapeFailure`, never raised): :class:`UnreadableMeshError`
     (unreadable or corrupt file, face indices out of range), :class:`EmptyMeshError` (blank file, zero points),
-    :class:`NotAMeshError` (no geometry, or a ``.npy`` that is not ``[V, 3]`` numbers),
+    :class:`NotAMeshError` (no geometry, binary data in a text format, or a ``.npy`` that is not ``[V, 3]``
+    numbers), :class:`InputTooLargeError`, :class:`UndecodableFileNameError` (a non-UTF-8 file name),
     :class:`NonFiniteVerticesError`, :class:`UnequalPointCountError` and
     :class:`InconsistentConnectivityError`.
     """
     fs, path = fsspec.core.url_to_fs(uri)
+    if printable(uri) != uri:
+        raise UndecodableFileNameError(
+            _collection_id(path), f"collection path '{printable(uri)}' is not valid UTF-8; rename it"
+        )
     if fs.isdir(path):
         return _read_folder(fs, path, uri)
-    if not fs.isfile(path):
+    if not fs.isfile(path) and not fs.lexists(path):  # a link loop or a FIFO exists: it fails as unreadable
         raise DatasetNotFoundError(f"collection location {uri!r} does not exist")
     if _extension(path) not in ARRAY_EXTENSIONS:
         raise NotACollectionError(

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 __all__ = [
     "DatasetNotFoundError",
+    "DegenerateFacesError",
     "EmptyMeshError",
     "InputError",
+    "InputTooLargeError",
+    "UndecodableFileNameError",
     "NonFiniteVerticesError",
     "NotAMeshError",
     "UnreadableMeshError",
@@ -52,6 +55,16 @@ class InputError(Exception):
         return f"{self.item_id}: {self.reason}"
 
 
+class InputTooLargeError(InputError):
+    """A file is larger than the configured input limit (``BRENIER_MAX_INPUT_BYTES``, see
+    :func:`storage.inputs.max_input_bytes`), or an archive member would inflate beyond it; refused unread."""
+
+
+class UndecodableFileNameError(InputError):
+    """A file's name is not valid UTF-8, so it cannot be recorded in the tables or found again from them; the
+    reason shows the name with its undecodable bytes as ``\\xNN``."""
+
+
 class UnreadableMeshError(InputError):
     """The file is missing, cannot be read, is corrupt or truncated, or its parser failed."""
 
@@ -67,6 +80,11 @@ class EmptyMeshError(InputError):
 
 class NonFiniteVerticesError(InputError):
     """Some vertex coordinates are NaN or infinite; the reason says how many vertices."""
+
+
+class DegenerateFacesError(InputError):
+    """Some faces repeat a vertex (after vertices at the same position are merged) or repeat another face's
+    vertices (either orientation); the reason says how many and gives the first."""
 
 
 class DatasetNotFoundError(Exception):

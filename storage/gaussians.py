@@ -47,6 +47,7 @@ from storage.errors import (
     NotAGaussianSceneError,
     UnreadableSceneError,
 )
+from storage.inputs import read_input, sniff_ply
 from storage.meshes import list_files
 
 __all__ = [
@@ -240,12 +241,8 @@ def list_scenes(location: str) -> list[str]:
 
 
 def _read_bytes(scene_id: str, uri: str) -> bytes:
-    try:
-        with fsspec.open(uri, "rb") as f:
-            data: bytes = f.read()
-    except Exception as e:  # any filesystem failure is an unreadable item, not a crash of the run
-        raise UnreadableSceneError(scene_id, f"cannot read {uri}: {type(e).__name__}: {e}") from e
-    return data
+    # Not a PLY, truncated, padded, sparse, too large, a FIFO or a link loop: refused before plyfile sees it.
+    return read_input(uri, scene_id, UnreadableSceneError, UnreadableSceneError, sniff_ply)
 
 
 def _parse(scene_id: str, data: bytes) -> PlyData:
@@ -273,7 +270,8 @@ def _f_rest_count(scene_id: str, names: list[str]) -> int:
 
 
 def _column(vertex: np.ndarray, name: str) -> np.ndarray:
-    return np.asarray(vertex[name], dtype=np.float64)
+    with np.errstate(invalid="ignore"):  # a signalling NaN warns when cast; it is reported as non-finite
+        return np.asarray(vertex[name], dtype=np.float64)
 
 
 def read_scene(uri: str) -> GaussianScene:
@@ -297,7 +295,14 @@ def read_scene(uri: str) -> GaussianScene:
     Raises
     ------
     UnreadableSceneError
-        The file is missing or unreadable, or plyfile cannot parse it (corrupt or truncated data, bad header).
+        The file is missing or unreadable (a broken link, a link loop, a FIFO), is not a PLY, its header declares
+        more data than it holds (truncated) or far less (padded, e.g. a sparse file), or plyfile cannot parse it
+        (corrupt data, bad header). Checked on the first 64 KiB before the file is read whole
+        (:func:`storage.inputs.read_input`).
+    InputTooLargeError
+        The file is larger than :func:`storage.inputs.max_input_bytes`.
+    UndecodableFileNameError
+        The file name is not valid UTF-8.
     NotAGaussianSceneError
         The PLY has no ``vertex`` element, lacks some of :data:`REQUIRED_FIELDS` (the reason names them; e.g. a
         triangle mesh PLY), stores a required field as a list property, or has an ``f_rest_*`` set that is not
@@ -342,7 +347,8 @@ def read_scene(uri: str) -> GaussianScene:
         return np.stack([_column(vertex, f) for f in fields], axis=1)
 
     log_scales = stack(["scale_0", "scale_1", "scale_2"])
-    scales = np.exp(log_scales).astype(np.float32)
+    with np.errstate(over="ignore"):  # an overflow is reported below as a typed error
+        scales = np.exp(log_scales).astype(np.float32)
     overflow = int(np.count_nonzero(~np.isfinite(scales).all(axis=1)))
     if overflow:
         raise NonFiniteGaussiansError(

@@ -21,12 +21,14 @@ from fsspec.implementations.local import LocalFileSystem
 
 from storage.errors import (
     DatasetNotFoundError,
+    DegenerateFacesError,
     EmptyMeshError,
     InputError,
     NonFiniteVerticesError,
     NotAMeshError,
     UnreadableMeshError,
 )
+from storage.inputs import obj_face_problem, ply_count_problem, read_input, sniffer_for
 
 __all__ = ["MESH_EXTENSIONS", "LoadedMesh", "MeshItem", "list_files", "list_mesh_items", "read_mesh"]
 
@@ -105,17 +107,21 @@ def list_files(location: str) -> tuple[fsspec.AbstractFileSystem, list[str]]:
     fsspec URL of any of those.
 
     Returns:
-        The location's filesystem and the files' paths on it (unsorted, any extension).
+        The location's filesystem and the files' paths on it (unsorted, any extension). Entries that are neither
+        files nor folders (symbolic link loops, broken links, FIFOs) are included, so that readers report them.
 
     Raises:
         DatasetNotFoundError: if the location does not exist.
     """
     fs, path = fsspec.core.url_to_fs(location)
     if _GLOB_CHARS.intersection(path):
-        return fs, [p for p in fs.glob(path) if fs.isfile(p)]
+        return fs, [p for p in fs.glob(path) if not fs.isdir(p)]
     if fs.isdir(path):
-        return fs, [entry["name"] for entry in fs.ls(path, detail=True) if entry["type"] == "file"]
-    if fs.isfile(path):
+        # Not only regular files: a symbolic link loop, a broken link or a FIFO with a dataset extension is
+        # listed too, so that it fails at read with a typed error instead of vanishing from the run. ``ls`` does
+        # not follow links into folders, so a link loop never makes listing hang.
+        return fs, [entry["name"] for entry in fs.ls(path, detail=True) if entry["type"] != "directory"]
+    if fs.isfile(path) or fs.lexists(path):
         return fs, [path]
     raise DatasetNotFoundError(f"dataset location {location!r} does not exist")
 
@@ -151,12 +157,31 @@ def list_mesh_items(location: str) -> list[MeshItem]:
 
 
 def _read_bytes(item: MeshItem) -> bytes:
-    try:
-        with fsspec.open(item.uri, "rb") as f:
-            data: bytes = f.read()
-    except Exception as e:  # any filesystem failure is an unreadable item, not a crash of the run
-        raise UnreadableMeshError(item.item_id, f"cannot read {item.uri}: {type(e).__name__}: {e}") from e
-    return data
+    sniff = sniffer_for(_extension(item.uri))
+    return read_input(item.uri, item.item_id, UnreadableMeshError, NotAMeshError, sniff)
+
+
+
+
+def _check_faces(item: MeshItem, faces: np.ndarray) -> None:
+    """Raise :class:`DegenerateFacesError` for faces that repeat a vertex or repeat another face."""
+    repeated = (faces[:, 0] == faces[:, 1]) | (faces[:, 1] == faces[:, 2]) | (faces[:, 2] == faces[:, 0])
+    if repeated.any():
+        first = int(np.flatnonzero(repeated)[0])
+        raise DegenerateFacesError(
+            item.item_id,
+            f"{int(repeated.sum())} of {len(faces)} faces repeat a vertex after merging vertices at equal positions "
+            f"(first: face {first} = {faces[first].tolist()})",
+        )
+    _, first_of, inverse = np.unique(np.sort(faces, axis=1), axis=0, return_index=True, return_inverse=True)
+    duplicate = first_of[inverse.reshape(-1)] != np.arange(len(faces))
+    if duplicate.any():
+        first = int(np.flatnonzero(duplicate)[0])
+        raise DegenerateFacesError(
+            item.item_id,
+            f"{int(duplicate.sum())} of {len(faces)} faces duplicate another face's vertices (first: face {first} = "
+            f"{faces[first].tolist()}, same as face {int(first_of[inverse.reshape(-1)[first]])})",
+        )
 
 
 def _concatenate_meshes(item: MeshItem, scene: trimesh.Scene, data: bytes) -> tuple[np.ndarray, np.ndarray]:
@@ -187,8 +212,15 @@ def _concatenate_meshes(item: MeshItem, scene: trimesh.Scene, data: bytes) -> tu
 
 def _load_arrays(item: MeshItem, data: bytes) -> tuple[np.ndarray, np.ndarray]:
     """Parse ``data``, validate the raw arrays, and merge duplicate vertices; raises :class:`InputError`."""
-    scene = trimesh.load_scene(io.BytesIO(data), file_type=_extension(item.uri), process=False)
+    extension = _extension(item.uri)
+    problem = obj_face_problem(data) if extension == "obj" else None
+    if problem:
+        raise UnreadableMeshError(item.item_id, problem)
+    scene = trimesh.load_scene(io.BytesIO(data), file_type=extension, process=False)
     vertices, faces = _concatenate_meshes(item, scene, data)
+    problem = ply_count_problem(data, len(vertices), len(faces)) if extension == "ply" else None
+    if problem:
+        raise UnreadableMeshError(item.item_id, problem)
     if len(vertices) == 0 or len(faces) == 0:
         raise EmptyMeshError(item.item_id, f"mesh has {len(vertices)} vertices and {len(faces)} faces")
     bad = int(np.count_nonzero(~np.isfinite(vertices).all(axis=1)))
@@ -197,7 +229,9 @@ def _load_arrays(item: MeshItem, data: bytes) -> tuple[np.ndarray, np.ndarray]:
     if faces.min() < 0 or faces.max() >= len(vertices):
         raise UnreadableMeshError(item.item_id, f"face indices outside [0, {len(vertices)})")
     mesh = trimesh.Trimesh(vertices=vertices, faces=faces, process=True)
-    return np.ascontiguousarray(mesh.vertices, dtype=np.float64), np.ascontiguousarray(mesh.faces, dtype=np.int64)
+    merged_faces = np.ascontiguousarray(mesh.faces, dtype=np.int64)
+    _check_faces(item, merged_faces)
+    return np.ascontiguousarray(mesh.vertices, dtype=np.float64), merged_faces
 
 
 def read_mesh(item: MeshItem) -> LoadedMesh:
@@ -205,8 +239,10 @@ def read_mesh(item: MeshItem) -> LoadedMesh:
 
     The bytes are read through fsspec, parsed with ``trimesh.load_scene(..., process=False)``, every mesh
     instance of the scene is moved to its place and concatenated, and a visual-free
-    ``trimesh.Trimesh(vertices, faces, process=True)`` merges vertices duplicated at UV/normal seams. Degenerate
-    or duplicate faces are kept.
+    ``trimesh.Trimesh(vertices, faces, process=True)`` merges vertices duplicated at UV/normal seams. Before
+    parsing, the file passes :func:`storage.inputs.read_input` (UTF-8 name, regular file, size limit, format
+    sniffing of the first 64 KiB against the file size), so a sparse, padded or truncated file, a FIFO or a link
+    loop is refused without being read whole.
 
     Parameters
     ----------
@@ -221,10 +257,19 @@ def read_mesh(item: MeshItem) -> LoadedMesh:
     Raises
     ------
     UnreadableMeshError
-        The file is missing or unreadable, its parser failed (corrupt or truncated data; the reason names the
-        parser's exception type), or face indices point outside the vertex array.
+        The file is missing or unreadable (a broken link, a link loop, a FIFO or another non-regular file), its
+        header declares more data than it holds (truncated) or far less (padded), its parser failed (corrupt
+        data; the reason names the parser's exception type), or face indices point outside the vertex array
+        (an OBJ index 0 included).
     NotAMeshError
-        The file parses to no triangle mesh: a point cloud, or no geometry at all in a non-blank file.
+        The bytes are not the extension's format (binary data in an OBJ/OFF, no PLY/GLB magic), or the file
+        parses to no triangle mesh: a point cloud, or no geometry at all in a non-blank file.
+    DegenerateFacesError
+        A face repeats a vertex, or two faces have the same three vertices (after merging equal positions).
+    InputTooLargeError
+        The file is larger than :func:`storage.inputs.max_input_bytes`.
+    UndecodableFileNameError
+        The file name is not valid UTF-8.
     EmptyMeshError
         The file is blank, or its mesh has zero vertices or zero faces.
     NonFiniteVerticesError
@@ -237,7 +282,8 @@ def read_mesh(item: MeshItem) -> LoadedMesh:
     """
     data = _read_bytes(item)
     try:
-        vertices, faces = _load_arrays(item, data)
+        with np.errstate(invalid="ignore", over="ignore"):  # NaN/overflowed coordinates are reported as typed errors
+            vertices, faces = _load_arrays(item, data)
     except InputError:
         raise
     except Exception as e:  # trimesh parsers raise anything from IndexError to JSONDecodeError on corrupt data

@@ -16,6 +16,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from storage.inputs import printable
+
 __all__ = [
     "AUTODECODER_EPOCHS_SCHEMA",
     "AUTODECODER_MODELS_SCHEMA",
@@ -79,9 +81,13 @@ FAILURES_SCHEMA: pa.Schema = pa.schema(
 
 
 def failure_row(run_id: str, item_id: str, source_uri: str, stage: str, error: BaseException) -> dict[str, str]:
-    """A row of :data:`FAILURES_SCHEMA`: which item failed at which stage, with the error's class name and message."""
-    return {"run_id": run_id, "item_id": item_id, "source_uri": source_uri, "stage": stage,
-            "error_type": type(error).__name__, "message": str(error)}
+    """A row of :data:`FAILURES_SCHEMA`: which item failed at which stage, with the error's class name and message.
+
+    Text that cannot be encoded as UTF-8 (the surrogate escapes of a non-UTF-8 file name in ``source_uri`` or
+    the message) is written with ``\\xNN`` escapes (:func:`storage.inputs.printable`), so the row always writes.
+    """
+    return {"run_id": run_id, "item_id": printable(item_id), "source_uri": printable(source_uri), "stage": stage,
+            "error_type": type(error).__name__, "message": printable(str(error))}
 
 AUTODECODER_EPOCHS_SCHEMA: pa.Schema = pa.schema(
     [
