@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
+import dask
 import torch
+from prefect.context import FlowRunContext
 from prefect_dask import DaskTaskRunner
 
-__all__ = ["make_task_runner", "default_workers"]
+__all__ = ["make_task_runner", "default_workers", "gpu_annotation", "GPU_RESOURCE", "GPU_ANNOTATION_ENV"]
+
+GPU_RESOURCE = "GPU"
+"""Name of the Dask worker resource that marks a GPU worker (``dask worker --resources GPU=1``)."""
+
+GPU_ANNOTATION_ENV = "BRENIER_GPU_ANNOTATION"
+"""Environment variable: ``auto`` (default), ``always`` or ``never``; see :func:`gpu_annotation`."""
 
 
 def default_workers() -> int:
@@ -40,3 +50,41 @@ def make_task_runner(workers: int | None = None, dask_address: str | None = None
         cluster_class="distributed.LocalCluster",
         cluster_kwargs={"n_workers": n, "threads_per_worker": 1, "processes": processes, "dashboard_address": None},
     )
+
+
+def _cluster_has_gpu_workers(runner: DaskTaskRunner) -> bool:
+    workers = runner.client.scheduler_info(n_workers=-1)["workers"].values()
+    return any(info.get("resources", {}).get(GPU_RESOURCE, 0) >= 1 for info in workers)
+
+
+@contextlib.contextmanager
+def gpu_annotation() -> Iterator[bool]:
+    """Route the tasks submitted inside this block to GPU workers, when the flow's Dask cluster has any.
+
+    Inside a flow running on a :class:`prefect_dask.DaskTaskRunner`, tasks submitted in the block carry the Dask
+    annotation ``resources={"GPU": 1}`` if at least one worker of the cluster advertises the ``GPU`` resource
+    (``dask worker --resources GPU=1``; dask-cuda workers need the same flag). Such tasks then run only on those
+    workers, one per GPU unit at a time. Without GPU workers (a LocalCluster, a CPU-only cluster) nothing is
+    annotated: an annotated task would wait forever for a worker that does not exist (DESIGN.md).
+
+    The check happens when the block is entered. ``BRENIER_GPU_ANNOTATION=always`` annotates regardless (an
+    adaptive cluster whose GPU workers start later); ``never`` disables it.
+
+    Yields:
+        Whether the block's tasks are annotated.
+
+    Raises:
+        ValueError: ``BRENIER_GPU_ANNOTATION`` is set to something else than ``auto``, ``always``, ``never``.
+    """
+    mode = os.environ.get(GPU_ANNOTATION_ENV, "auto").strip().lower() or "auto"
+    if mode not in {"auto", "always", "never"}:
+        raise ValueError(f"{GPU_ANNOTATION_ENV}={mode!r}: expected 'auto', 'always' or 'never'")
+    context = FlowRunContext.get()
+    runner = context.task_runner if context is not None else None
+    annotate = isinstance(runner, DaskTaskRunner) and mode != "never" and (
+        mode == "always" or _cluster_has_gpu_workers(runner))
+    if not annotate:
+        yield False
+        return
+    with dask.annotate(resources={GPU_RESOURCE: 1}):
+        yield True

@@ -1,0 +1,174 @@
+"""Operations on an existing Dask cluster: GPU routing by worker resources, and a worker killed mid-run.
+
+The tests start what a lab starts by hand — ``prefect server start``, ``dask scheduler`` and ``dask worker``
+processes on 127.0.0.1 — and run the flows through the ``brenier`` CLI with ``--dask-address``. Every process is
+killed at teardown (``tests/ops_helpers.py``).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from flows.geometry_images import default_run_id
+from storage.tables import read_table
+from storage.zarr_store import ItemStore
+from tasks.geometry_images import GeometryImageConfig
+
+from ops_helpers import REPO, dask_cluster, prefect_server, worker_env
+
+SAMPLES = REPO / "data" / "samples"
+GI_ARGS = ["--resolution", "33", "--levels", "2", "--samples", "1000"]
+GI_CONFIG = GeometryImageConfig(resolution=33, levels=2, samples=1000)
+GPU_KEY_PREFIXES = ("reduce_scene-", "train_autodecoder-", "encode_collection-")
+
+
+@pytest.fixture(scope="module")
+def prefect_api(tmp_path_factory: pytest.TempPathFactory):
+    """A real Prefect server shared by this module's flows and Dask worker processes."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    with prefect_server(home) as url:
+        yield url, home
+
+
+def _brenier(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def _meshes(tmp_path: Path, names: list[str]) -> Path:
+    folder = tmp_path / "meshes"
+    folder.mkdir()
+    for name in names:
+        shutil.copy(SAMPLES / "meshes" / f"{name}.obj", folder)
+    return folder
+
+
+def _groups(store: Path, run_id: str, item_ids: list[str]) -> tuple[set[str], set[str]]:
+    """(complete, incomplete) items; every complete group's pyramids are read back whole against its rows."""
+    complete, incomplete = set(), set()
+    for item_id in item_ids:
+        item = ItemStore(str(store), run_id, item_id)
+        try:
+            attrs = item.read_attrs()
+        except (FileNotFoundError, ValueError):
+            continue
+        if attrs.get("complete") is not True:
+            incomplete.add(item_id)
+            continue
+        complete.add(item_id)
+        for row in item.completed_rows():
+            levels, _ = item.read_pyramid(f"{row['parameterization']}/geometry_image")
+            assert levels[row["level"]].shape == (3, row["resolution"], row["resolution"]), (item_id, row)
+    return complete, incomplete
+
+
+@pytest.mark.slow
+def test_gpu_tasks_run_only_on_the_gpu_worker(prefect_api, tmp_path: Path) -> None:
+    """Scheduler + a GPU=1 worker + a CPU worker: every GPU-annotated task lands on the GPU worker."""
+    url, home = prefect_api
+    env = worker_env(url, home)
+    workers = {"gpu-worker": ["--resources", "GPU=1"], "cpu-worker": []}
+    with dask_cluster(workers, env, tmp_path) as cluster, cluster.client() as client:
+        client.get_task_stream()  # registers the scheduler's task-stream plugin: it records from now on
+        started = time.time()
+        store = tmp_path / "store"
+        # four GPU-bound items: with one thread per worker, an unannotated run would put some on the CPU worker
+        _brenier(["reduce-gaussians", str(SAMPLES / "gaussians" / "donut-8k.ply"), "--store", str(store),
+                  "--dask-address", cluster.address, "--ratio", "0.05", "--ratio", "0.1", "--ratio", "0.2",
+                  "--ratio", "0.5", "--method", "ghap", "--method", "random", "--resolution", "32", "--views", "2",
+                  "--train-views", "2", "--finetune-steps", "2"], env)
+        meshes = _meshes(tmp_path, ["woody", "cow", "spot"])
+        _brenier(["geometry-images", str(meshes), "--store", str(store), "--dask-address", cluster.address,
+                  *GI_ARGS], env)
+        names = {address: info["name"] for address, info in client.scheduler_info()["workers"].items()}
+        stream = [(record["key"], names[record["worker"]]) for record in client.get_task_stream(start=started)
+                  if record["status"] == "OK"]
+
+    gpu_tasks = [worker for key, worker in stream if key.startswith(GPU_KEY_PREFIXES)]
+    cpu_tasks = [worker for key, worker in stream if key.startswith(("parameterize_mesh-", "encode_geometry_images-"))]
+    print(f"\nGPU-annotated tasks per worker: { {w: gpu_tasks.count(w) for w in set(gpu_tasks)} }; "
+          f"geometry-image tasks per worker: { {w: cpu_tasks.count(w) for w in set(cpu_tasks)} }")
+    assert len(gpu_tasks) == 4 and set(gpu_tasks) == {"gpu-worker"}
+    assert len(cpu_tasks) == 6  # unannotated: free to run anywhere
+
+    reduction = read_table(str(next(store.glob("reduce-*/tables/gaussian_reduction.parquet"))))
+    assert len(reduction) == 4 * 2 * 2  # ratios x methods x (reduced, fine-tuned)
+    assert sorted(reduction["ratio"].unique()) == [0.05, 0.1, 0.2, 0.5]
+    run_id = default_run_id(GI_CONFIG)
+    complete, incomplete = _groups(store, run_id, ["woody", "cow", "spot"])
+    assert complete == {"woody", "cow", "spot"} and not incomplete
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_run_completes_without_duplicates_and_rerun_does_nothing(prefect_api, tmp_path: Path) -> None:
+    """SIGKILL one of two workers (nanny included) while it computes an item, after the first item finished.
+
+    Dask reschedules the lost work on the surviving worker; the item being written when its worker died
+    restarts from scratch (``ItemStore.begin``), so every item ends complete, each table row exists once, and no
+    group read as complete before all its arrays were written. A second run of the same command does no work.
+    """
+    url, home = prefect_api
+    env = worker_env(url, home)
+    names = ["woody", "cow", "spot", "alligator", "fandisk"]
+    meshes = _meshes(tmp_path, names)
+    store = tmp_path / "store"
+    run_id = default_run_id(GI_CONFIG)
+    args = ["geometry-images", str(meshes), "--store", str(store), *GI_ARGS]
+    seen: dict[str, object] = {}
+    with dask_cluster({"worker-a": [], "worker-b": []}, env, tmp_path) as cluster, cluster.client() as client:
+        run = subprocess.Popen([sys.executable, "-m", "flows.cli", *args, "--dask-address", cluster.address],
+                               cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            deadline = time.monotonic() + 240
+            victim = None
+            while victim is None and run.poll() is None and time.monotonic() < deadline:
+                complete, _ = _groups(store, run_id, names)
+                busy = [address for address, keys in client.processing().items() if keys]
+                if complete and busy:
+                    victim = client.scheduler_info()["workers"][busy[0]]["name"]
+                    seen["completed_before_kill"] = sorted(complete)
+                    cluster.kill_worker(victim)
+                time.sleep(0.2)
+            assert victim is not None, "the run ended before a worker could be killed mid-run"
+            seen["killed"] = victim
+            # right after the kill: whatever is half-written reads as incomplete, every complete group is whole
+            complete, incomplete = _groups(store, run_id, names)
+            seen["incomplete_after_kill"] = sorted(incomplete)
+            output, _ = run.communicate(timeout=300)
+        finally:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+        assert run.returncode == 0, output[-4000:]
+        seen["workers_left"] = sorted(info["name"] for info in client.scheduler_info()["workers"].values())
+
+        complete, incomplete = _groups(store, run_id, names)
+        assert complete == set(names) and not incomplete
+        rows = read_table(str(store / run_id / "tables" / "geometry_images.parquet"))
+        assert not rows.duplicated(["item_id", "parameterization", "level"]).any()
+        # cow's OT solve fails by design (harmonic map too crowded): 1 parameterization, the others 2; 2 levels each
+        expected = {name: (1 if name == "cow" else 2) * 2 for name in names}
+        assert rows.groupby("item_id").size().to_dict() == expected
+        failures = read_table(str(store / run_id / "tables" / "failures.parquet"))
+        assert failures[["item_id", "stage"]].values.tolist() == [["cow", "ot_parameterization"]]
+
+        # re-run: everything is skipped, no group metadata is rewritten, the same rows come back
+        markers = {name: (store / run_id / name / "zarr.json").stat().st_mtime_ns for name in names}
+        again = subprocess.run([sys.executable, "-m", "flows.cli", *args, "--dask-address", cluster.address],
+                               cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+        assert f"{len(names)} meshes, {len(names)} skipped as finished" in again.stdout
+        assert {name: (store / run_id / name / "zarr.json").stat().st_mtime_ns for name in names} == markers
+        rerun_rows = read_table(str(store / run_id / "tables" / "geometry_images.parquet"))
+        key = ["item_id", "parameterization", "level"]
+        assert rerun_rows.sort_values(key).reset_index(drop=True).equals(rows.sort_values(key).reset_index(drop=True))
+    print(f"\nfault test saw: {seen}")
+    assert seen["workers_left"] == sorted({"worker-a", "worker-b"} - {seen["killed"]})
