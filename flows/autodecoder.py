@@ -17,7 +17,7 @@ from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import as_completed
 
-from flows.task_runner import gpu_annotation
+from flows.task_runner import gpu_annotation, task_outcome
 from storage.collections import list_collections
 from storage.tables import failure_row, write_table
 from tasks.autodecoder import PIPELINE_VERSION, VARIANTS, AutodecoderConfig, encode_collection, train_autodecoder
@@ -39,7 +39,7 @@ def _gather(futures: list, labels: list[str], run_id: str, logger) -> tuple[dict
     skipped = 0
     label_of = dict(zip(futures, labels))
     for done, future in enumerate(as_completed(futures), start=1):
-        result = future.result(raise_on_failure=False)
+        result = task_outcome(future)
         label = label_of[future]
         if isinstance(result, BaseException):
             failures.append(failure_row(run_id, label, label, "task", result))

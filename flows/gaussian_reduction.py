@@ -18,7 +18,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import as_completed
 
-from flows.task_runner import gpu_annotation
+from flows.task_runner import gpu_annotation, task_outcome
 from storage.gaussians import list_scenes
 from storage.tables import failure_row, write_table
 from tasks.gaussian_reduction import METHODS, PIPELINE_VERSION, GaussianReductionConfig, reduce_scene
@@ -79,7 +79,7 @@ def gaussian_reduction(
     previews: dict[str, str] = {}
     skipped = 0
     for done, future in enumerate(as_completed(futures), start=1):
-        result = future.result(raise_on_failure=False)
+        result = task_outcome(future)
         if isinstance(result, BaseException):
             failures.append(failure_row(run_id, label_of[future], label_of[future], "task", result))
             logger.info("[%d/%d] %s: crashed: %s", done, len(futures), label_of[future], result)

@@ -5,13 +5,16 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import dask
 import torch
 from prefect.context import FlowRunContext
+from prefect.futures import PrefectFuture
 from prefect_dask import DaskTaskRunner
 
-__all__ = ["make_task_runner", "default_workers", "gpu_annotation", "GPU_RESOURCE", "GPU_ANNOTATION_ENV"]
+__all__ = ["make_task_runner", "default_workers", "gpu_annotation", "task_outcome", "GPU_RESOURCE",
+           "GPU_ANNOTATION_ENV"]
 
 GPU_RESOURCE = "GPU"
 """Name of the Dask worker resource that marks a GPU worker (``dask worker --resources GPU=1``)."""
@@ -50,6 +53,26 @@ def make_task_runner(workers: int | None = None, dask_address: str | None = None
         cluster_class="distributed.LocalCluster",
         cluster_kwargs={"n_workers": n, "threads_per_worker": 1, "processes": processes, "dashboard_address": None},
     )
+
+
+def task_outcome(future: PrefectFuture) -> Any:
+    """The result of a finished task, or the exception that ended it — never raised.
+
+    ``future.result(raise_on_failure=False)`` returns a failed task's exception, but errors of the Dask layer
+    itself are raised: ``distributed.KilledWorker`` when the task's workers died ``allowed-failures`` times
+    (e.g. an item that runs its worker out of memory), or a lost scheduler connection. Those are returned too, so
+    the flow records the item as failed and carries on with the others.
+
+    Args:
+        future: a future of a task submitted by the flow.
+
+    Returns:
+        The task's return value, or the ``BaseException`` instance that ended it.
+    """
+    try:
+        return future.result(raise_on_failure=False)
+    except Exception as error:  # noqa: BLE001 - any error of one item must not end the whole run
+        return error
 
 
 def _cluster_has_gpu_workers(runner: DaskTaskRunner) -> bool:

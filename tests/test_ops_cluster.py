@@ -186,3 +186,35 @@ def test_worker_killed_mid_run_completes_without_duplicates_and_rerun_does_nothi
     assert [run["flow_run"] for run in runs] == ["COMPLETED", "COMPLETED"]
     assert all(state.endswith(":COMPLETED") for run in runs for state in run["task_runs"])
     assert seen["workers_left"] == sorted({"worker-a", "worker-b"} - {seen["killed"]})
+
+
+class _LostFuture:
+    """A future whose Dask layer failed: ``result`` raises instead of returning a failed state."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def result(self, raise_on_failure: bool = True):
+        raise self.error
+
+
+def test_task_outcome_returns_dask_errors_instead_of_raising() -> None:
+    from distributed import KilledWorker
+
+    from flows.task_runner import task_outcome
+
+    error = KilledWorker("parameterize_mesh-1234", "tcp://127.0.0.1:1", allowed_failures=3)
+    assert task_outcome(_LostFuture(error)) is error
+
+
+def test_gpu_annotation_only_inside_a_dask_flow(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dask
+
+    from flows.task_runner import GPU_ANNOTATION_ENV, gpu_annotation
+
+    with gpu_annotation() as annotated:  # no flow run, no Dask cluster: nothing to route
+        assert annotated is False and "resources" not in dask.get_annotations()
+    monkeypatch.setenv(GPU_ANNOTATION_ENV, "sometimes")
+    with pytest.raises(ValueError, match="sometimes"):
+        with gpu_annotation():
+            pass
