@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 from typing import Any
 
 import dask
 import torch
+from prefect.client.orchestration import get_client
 from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
+from prefect.states import Crashed
 from prefect_dask import DaskTaskRunner
 
 __all__ = ["make_task_runner", "default_workers", "gpu_annotation", "task_outcome", "GPU_RESOURCE",
@@ -61,7 +64,8 @@ def task_outcome(future: PrefectFuture) -> Any:
     ``future.result(raise_on_failure=False)`` returns a failed task's exception, but errors of the Dask layer
     itself are raised: ``distributed.KilledWorker`` when the task's workers died ``allowed-failures`` times
     (e.g. an item that runs its worker out of memory), or a lost scheduler connection. Those are returned too, so
-    the flow records the item as failed and carries on with the others.
+    the flow records the item as failed and carries on with the others, and the task run, which its dead worker
+    left "Running" in Prefect, is set to Crashed.
 
     Args:
         future: a future of a task submitted by the flow.
@@ -72,7 +76,19 @@ def task_outcome(future: PrefectFuture) -> Any:
     try:
         return future.result(raise_on_failure=False)
     except Exception as error:  # noqa: BLE001 - any error of one item must not end the whole run
+        _mark_crashed(getattr(future, "task_run_id", None), error)
         return error
+
+
+def _mark_crashed(task_run_id: Any, error: BaseException) -> None:
+    """Set a task run whose worker died for good to Crashed in Prefect; otherwise the UI shows it Running forever."""
+    if task_run_id is None:
+        return
+    try:
+        with get_client(sync_client=True) as client:
+            client.set_task_run_state(task_run_id, Crashed(message=f"{type(error).__name__}: {error}"), force=True)
+    except Exception as api_error:  # noqa: BLE001 - the failure row is recorded either way
+        logging.getLogger(__name__).warning("could not mark task run %s crashed: %s", task_run_id, api_error)
 
 
 def _cluster_has_gpu_workers(runner: DaskTaskRunner) -> bool:

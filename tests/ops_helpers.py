@@ -95,6 +95,7 @@ def prefect_server(home: Path, timeout: float = 90.0) -> Iterator[str]:
         os.environ["PREFECT_API_URL"] = url
         with temporary_settings(updates={PREFECT_API_URL: url}):
             yield url
+            _drain_prefect_workers()  # flush this process's logs and events while the server still listens
     finally:
         if previous is None:
             os.environ.pop("PREFECT_API_URL", None)
@@ -102,6 +103,27 @@ def prefect_server(home: Path, timeout: float = 90.0) -> Iterator[str]:
             os.environ["PREFECT_API_URL"] = previous
         stop(process)
         log.close()
+
+
+def _drain_prefect_workers() -> None:
+    import inspect
+
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    async def drain() -> None:
+        try:
+            result = APILogWorker.instance().drain()
+            if inspect.isawaitable(result):
+                await result
+        except RuntimeError:  # never started
+            pass
+        result = EventsWorker.drain_all()
+        if inspect.isawaitable(result):
+            await result
+
+    run_coro_as_sync(drain())
 
 
 @dataclass

@@ -13,6 +13,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -191,20 +192,40 @@ def test_worker_killed_mid_run_completes_without_duplicates_and_rerun_does_nothi
 class _LostFuture:
     """A future whose Dask layer failed: ``result`` raises instead of returning a failed state."""
 
-    def __init__(self, error: BaseException) -> None:
+    def __init__(self, error: BaseException, task_run_id=None) -> None:
         self.error = error
+        self.task_run_id = task_run_id
 
     def result(self, raise_on_failure: bool = True):
         raise self.error
 
 
-def test_task_outcome_returns_dask_errors_instead_of_raising() -> None:
+@pytest.mark.slow
+def test_task_whose_workers_died_is_a_failure_and_crashed_in_prefect(prefect_api) -> None:
+    """``KilledWorker`` is returned, not raised, and the task run its worker left Running is set to Crashed."""
     from distributed import KilledWorker
+    from prefect import flow, task
+    from prefect.client.orchestration import get_client
+    from prefect.states import Running
 
     from flows.task_runner import task_outcome
 
-    error = KilledWorker("parameterize_mesh-1234", "tcp://127.0.0.1:1", allowed_failures=3)
-    assert task_outcome(_LostFuture(error)) is error
+    @task(name="doomed")
+    def doomed() -> None:
+        """Never runs: its task run is created by hand below."""
+
+    @flow(name="ops-crash-marking")
+    def record() -> tuple:
+        with get_client(sync_client=True) as client:
+            run = client.create_task_run(doomed, flow_run_id=None, dynamic_key="0", state=Running())
+            last_worker = SimpleNamespace(address="tcp://127.0.0.1:1")  # a WorkerState on the scheduler
+            error = KilledWorker("doomed-1234", last_worker, allowed_failures=3)
+            outcome = task_outcome(_LostFuture(error, run.id))
+            return outcome is error, client.read_task_run(run.id).state
+
+    returned, state = record()
+    assert returned
+    assert state.type.value == "CRASHED" and "KilledWorker" in state.message
 
 
 def test_gpu_annotation_only_inside_a_dask_flow(monkeypatch: pytest.MonkeyPatch) -> None:
