@@ -87,7 +87,7 @@ def plain_loop(items, store: str, config: GeometryImageConfig) -> float:
 
 
 def flow_on(workers: int, path: str, store: str, config: GeometryImageConfig) -> float:
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
             Client(cluster) as client:
         client.run(_warm)
         runner = make_task_runner(dask_address=cluster.scheduler_address)

@@ -1,4 +1,5 @@
-"""The Dask task runner a flow fans out on: a LocalCluster sized to the machine, or an existing scheduler."""
+"""The Dask task runner a flow fans out on (a LocalCluster sized to the machine, or an existing scheduler), the
+routing of GPU-bound tasks to GPU workers, and the outcome of a task whose workers died."""
 
 from __future__ import annotations
 
