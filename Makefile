@@ -34,6 +34,7 @@ bench: setup
 	$(BIN)/python bench/em_kd.py --skip-scipy --skip-exact-65k
 	$(BIN)/python bench/ghap.py
 	$(BIN)/python bench/splatting.py --threads 1
+	$(BIN)/python bench/overhead.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -17,6 +17,7 @@ from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import as_completed
 
+from flows.task_runner import gpu_annotation, task_outcome
 from storage.collections import list_collections
 from storage.tables import failure_row, write_table
 from tasks.autodecoder import PIPELINE_VERSION, VARIANTS, AutodecoderConfig, encode_collection, train_autodecoder
@@ -38,7 +39,7 @@ def _gather(futures: list, labels: list[str], run_id: str, logger) -> tuple[dict
     skipped = 0
     label_of = dict(zip(futures, labels))
     for done, future in enumerate(as_completed(futures), start=1):
-        result = future.result(raise_on_failure=False)
+        result = task_outcome(future)
         label = label_of[future]
         if isinstance(result, BaseException):
             failures.append(failure_row(run_id, label, label, "task", result))
@@ -95,7 +96,8 @@ def autodecoder(
     pairs = [(c, v) for c in collections for v in variants]
     logger.info("run %s: %d collections x %d variants from %s -> %s", run_id, len(collections), len(variants),
                 path, store)
-    futures = [train_autodecoder.submit(c, v, store, run_id, config) for c, v in pairs]
+    with gpu_annotation():  # training is GPU-bound: GPU workers only, when the cluster has any
+        futures = [train_autodecoder.submit(c, v, store, run_id, config) for c, v in pairs]
     tables, failures, skipped = _gather(futures, [f"{c} [{v}]" for c, v in pairs], run_id, logger)
     uris = {name: write_table(rows, store, run_id, name) for name, rows in tables.items()}
     uris["failures"] = write_table(failures, store, run_id, "failures")
@@ -148,9 +150,10 @@ def encode_shapes(
     model_store = model_store or store
     run_id = run_id or f"encode-{hashlib.sha256(f'{model_run_id}/{model_item_id}'.encode()).hexdigest()[:10]}"
     collections = list_collections(path)
-    futures = encode_collection.map(collections, unmapped(model_store), unmapped(model_run_id),
-                                    unmapped(model_item_id), unmapped(store), unmapped(run_id), unmapped(config),
-                                    unmapped(chamfer_steps), unmapped(qaad_steps))
+    with gpu_annotation():  # code fitting is GPU-bound
+        futures = encode_collection.map(collections, unmapped(model_store), unmapped(model_run_id),
+                                        unmapped(model_item_id), unmapped(store), unmapped(run_id), unmapped(config),
+                                        unmapped(chamfer_steps), unmapped(qaad_steps))
     tables, failures, skipped = _gather(list(futures), collections, run_id, logger)
     uris = {"autodecoder_shapes": write_table(tables["autodecoder_shapes"], store, run_id, "autodecoder_shapes"),
             "failures": write_table(failures, store, run_id, "failures")}

@@ -18,6 +18,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import as_completed
 
+from flows.task_runner import gpu_annotation, task_outcome
 from storage.gaussians import list_scenes
 from storage.tables import failure_row, write_table
 from tasks.gaussian_reduction import METHODS, PIPELINE_VERSION, GaussianReductionConfig, reduce_scene
@@ -70,14 +71,15 @@ def gaussian_reduction(
     pairs = [(s, r) for s in scenes for r in ratios]
     logger.info("run %s: %d scenes x %d ratios x %d methods from %s -> %s", run_id, len(scenes), len(ratios),
                 len(config.methods), path, store)
-    futures = [reduce_scene.submit(s, r, store, run_id, config) for s, r in pairs]
+    with gpu_annotation():  # rendering and appearance fine-tuning are GPU-bound
+        futures = [reduce_scene.submit(s, r, store, run_id, config) for s, r in pairs]
     label_of = {f: f"{s} @ {r:g}" for f, (s, r) in zip(futures, pairs, strict=True)}
     rows: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
     previews: dict[str, str] = {}
     skipped = 0
     for done, future in enumerate(as_completed(futures), start=1):
-        result = future.result(raise_on_failure=False)
+        result = task_outcome(future)
         if isinstance(result, BaseException):
             failures.append(failure_row(run_id, label_of[future], label_of[future], "task", result))
             logger.info("[%d/%d] %s: crashed: %s", done, len(futures), label_of[future], result)

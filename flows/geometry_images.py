@@ -15,6 +15,7 @@ from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import as_completed
 
+from flows.task_runner import task_outcome
 from storage.meshes import list_mesh_items
 from storage.tables import failure_row, write_table
 from tasks.geometry_images import PIPELINE_VERSION, GeometryImageConfig, encode_geometry_images, parameterize_mesh
@@ -77,7 +78,7 @@ def geometry_images(
     by_future = {future: item for future, item in zip(encoded, items)}
     for done, future in enumerate(as_completed(list(encoded)), start=1):
         item = by_future[future]
-        result = future.result(raise_on_failure=False)
+        result = task_outcome(future)
         if not isinstance(result, BaseException):
             rows += result["rows"]
             failures += result["failures"]

@@ -40,6 +40,9 @@ __all__ = ["AutodecoderConfig", "VARIANTS", "train_autodecoder", "encode_collect
 
 PIPELINE_VERSION = "1"
 
+TRAIN_TIMEOUT_SECONDS = 12 * 3600  # one training run; checkpoints make the retry resume, not restart
+ENCODE_TIMEOUT_SECONDS = 2 * 3600
+
 VARIANTS: dict[str, tuple[str, str]] = {
     "neuralqaad": ("neuralqaad", "qaad"),  # the paper's method
     "chamfer-only": ("neuralqaad", "chamfer"),  # same network, augmented Chamfer for the whole budget
@@ -122,7 +125,7 @@ def _unit_diagonal_factors(points: np.ndarray, scale: float) -> np.ndarray:
     return scale / diagonals
 
 
-@task(name="train-autodecoder", retries=1, retry_delay_seconds=2)
+@task(name="train-autodecoder", retries=1, retry_delay_seconds=2, timeout_seconds=TRAIN_TIMEOUT_SECONDS)
 def train_autodecoder(
     collection_uri: str, variant: str, store: str, run_id: str, config: AutodecoderConfig
 ) -> dict[str, Any]:
@@ -273,7 +276,7 @@ def load_model(store: str, run_id: str, item_id: str, device: torch.device | str
     return model.to(device), centre, scale
 
 
-@task(name="encode-collection", retries=1, retry_delay_seconds=2)
+@task(name="encode-collection", retries=1, retry_delay_seconds=2, timeout_seconds=ENCODE_TIMEOUT_SECONDS)
 def encode_collection(
     collection_uri: str, model_store: str, model_run_id: str, model_item_id: str, store: str, run_id: str,
     config: AutodecoderConfig, chamfer_steps: int = 100, qaad_steps: int = 300,

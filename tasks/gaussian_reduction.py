@@ -37,6 +37,8 @@ from storage.zarr_store import ItemStore
 __all__ = ["GaussianReductionConfig", "METHODS", "reduce_scene", "PIPELINE_VERSION", "reduce_with"]
 
 PIPELINE_VERSION = "1"
+
+TASK_TIMEOUT_SECONDS = 6 * 3600  # one scene x ratio, every method, rendered and fine-tuned
 METHODS = ("ghap",) + PRUNING_METHODS
 
 
@@ -114,7 +116,7 @@ def side_by_side_png(rows: dict[str, np.ndarray]) -> bytes:
     return buffer.getvalue()
 
 
-@task(name="reduce-gaussians", retries=1, retry_delay_seconds=2)
+@task(name="reduce-gaussians", retries=1, retry_delay_seconds=2, timeout_seconds=TASK_TIMEOUT_SECONDS)
 def reduce_scene(scene_uri: str, ratio: float, store: str, run_id: str, config: GaussianReductionConfig) -> dict[str, Any]:
     """Reduce one scene to ``ratio`` of its Gaussians by every configured method and measure each result.
 

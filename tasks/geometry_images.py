@@ -45,6 +45,8 @@ __all__ = ["GeometryImageConfig", "parameterize_mesh", "encode_geometry_images",
 
 PIPELINE_VERSION = "1"  # bump when outputs of unchanged inputs would change: invalidates finished items
 
+TASK_TIMEOUT_SECONDS = 3600  # a hung solve fails (then retries once) instead of holding a worker forever
+
 
 class GeometryImageConfig(BaseModel):
     """Parameters of the geometry-image pipeline (documented defaults)."""
@@ -85,7 +87,7 @@ def _param_stats(p: Parameterization) -> dict[str, Any]:
     }
 
 
-@task(name="parameterize-mesh", retries=1, retry_delay_seconds=2)
+@task(name="parameterize-mesh", retries=1, retry_delay_seconds=2, timeout_seconds=TASK_TIMEOUT_SECONDS)
 def parameterize_mesh(item: MeshItem, store: str, run_id: str, config: GeometryImageConfig) -> dict[str, Any]:
     """Read one mesh, cut it to a disk, map it harmonically and by OT; write both uv maps to its Zarr group.
 
@@ -143,7 +145,7 @@ def parameterize_mesh(item: MeshItem, store: str, run_id: str, config: GeometryI
     return record
 
 
-@task(name="encode-geometry-images", retries=1, retry_delay_seconds=2)
+@task(name="encode-geometry-images", retries=1, retry_delay_seconds=2, timeout_seconds=TASK_TIMEOUT_SECONDS)
 def encode_geometry_images(record: dict[str, Any], store: str, run_id: str, config: GeometryImageConfig) -> dict:
     """Resample, quantise and mipmap each parameterization; restore every level and measure it.
 
