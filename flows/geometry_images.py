@@ -123,8 +123,8 @@ def geometry_images(
     )
     tiles = preview_tiles(store, run_id, sorted({row["item_id"] for row in rows})[:PREVIEW_MESHES])
     publish_pictures(
-        "geometry-images-preview", f"Geometry images, run `{run_id}` (x, y, z as red, green, blue; finest level)",
-        {"harmonic | OT": image_grid_png(tiles, columns=4)} if tiles else {},
+        "geometry-images-preview", f"Geometry images, run `{run_id}`",
+        {"finest level, x y z as red green blue: harmonic | OT": image_grid_png(tiles, columns=4)} if tiles else {},
         description="Geometry images of the harmonic and the OT parameterization of each mesh",
     )
     return {
@@ -138,16 +138,26 @@ def geometry_images(
 
 
 def preview_tiles(store: str, run_id: str, item_ids: list[str]) -> dict[str, np.ndarray]:
-    """Finest-level geometry images of ``item_ids`` as ``[H, W, 3]`` uint8 pictures, ``"<item> <method>"`` keys.
+    """Finest-level geometry images of ``item_ids``: ``"<item> harmonic"`` and ``"<item> ot"`` ``[H, W, 3]`` uint8.
 
-    A parameterization that has no stored pyramid (failed, or a skipped item of an older layout) is left out.
+    A parameterization without a stored pyramid (it failed) gets a grey tile labelled ``"<item> ot: none"``, so
+    the two pictures of a mesh stay side by side in a grid of even width. Items with neither are left out.
     """
     tiles: dict[str, np.ndarray] = {}
     for item_id in item_ids:
         item_store = ItemStore(store, run_id, item_id)
+        found: dict[str, np.ndarray | None] = {}
         for method in ("harmonic", "ot"):
             try:
-                tiles[f"{item_id} {method}"] = geometry_image_rgb(item_store.read_array(f"{method}/geometry_image/0"))
+                found[method] = geometry_image_rgb(item_store.read_array(f"{method}/geometry_image/0"))
             except (KeyError, FileNotFoundError):
-                continue
+                found[method] = None
+        shape = next((t.shape for t in found.values() if t is not None), None)
+        if shape is None:
+            continue
+        for method, tile in found.items():
+            if tile is None:
+                tiles[f"{item_id} {method}: none"] = np.full(shape, 200, dtype=np.uint8)
+            else:
+                tiles[f"{item_id} {method}"] = tile
     return tiles

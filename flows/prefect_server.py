@@ -156,9 +156,13 @@ class LocalServer:
             self.process.wait(timeout=5)
 
 
-def _server_env(home: Path) -> dict[str, str]:
+def _server_env(home: Path, host: str, port: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_ENABLED="true")
+    env.update(
+        PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_ENABLED="true",
+        # the UI's browser code calls this API (its default is port 4200, whatever port the server listens on)
+        PREFECT_SERVER_API_HOST=host, PREFECT_SERVER_API_PORT=str(port), PREFECT_UI_API_URL=f"http://{host}:{port}/api",
+    )
     return env
 
 
@@ -190,7 +194,7 @@ def start_server(
     command = [str(prefect) if prefect.exists() else "prefect", "server", "start", "--host", host, "--port", str(port)]
     with open(log, "ab") as out:
         process = subprocess.Popen(
-            command, env=_server_env(home), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            command, env=_server_env(home, host, port), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True, preexec_fn=None if persistent else _die_with_parent,
         )
     server = LocalServer(process, host, port, home)
