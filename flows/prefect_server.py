@@ -13,8 +13,8 @@ Order of choice (:func:`prefect_api`):
 The database is persistent in both local cases, so the history of every run shows in the UI the next time a
 server runs on the same ``PREFECT_HOME`` (``brenier server start``).
 
-``PREFECT_HOME`` of the managed servers: ``--prefect-home`` / ``BRENIER_PREFECT_HOME``, default
-``~/.brenier/prefect``. The chosen API URL is exported to ``os.environ`` (inherited by Dask worker processes
+``PREFECT_HOME`` of the managed servers: ``--prefect-home`` / ``BRENIER_PREFECT_HOME``, else ``PREFECT_HOME`` if
+set, else ``~/.brenier/prefect``. The chosen API URL is exported to ``os.environ`` (inherited by Dask worker processes
 and any subprocess) and to Prefect's settings of this process, and both are restored afterwards.
 
 Without a real server every Dask worker *process* would start its own temporary API server (4-5x slower, SQLite
@@ -68,11 +68,13 @@ class PrefectServerError(RuntimeError):
 
 
 def prefect_home(home: str | os.PathLike | None = None) -> Path:
-    """The ``PREFECT_HOME`` of managed servers: ``home``, else ``$BRENIER_PREFECT_HOME``, else ``~/.brenier/prefect``.
+    """The ``PREFECT_HOME`` of managed servers: ``home``, else ``$BRENIER_PREFECT_HOME``, else an explicitly set
+    ``$PREFECT_HOME``, else ``~/.brenier/prefect``.
 
     The folder is created. Its ``prefect.db`` is the servers' SQLite database, ``server.log`` their output.
     """
-    path = Path(home or os.environ.get("BRENIER_PREFECT_HOME") or DEFAULT_HOME).expanduser().resolve()
+    chosen = home or os.environ.get("BRENIER_PREFECT_HOME") or os.environ.get("PREFECT_HOME") or DEFAULT_HOME
+    path = Path(chosen).expanduser().resolve()
     path.mkdir(parents=True, exist_ok=True)
     return path
 

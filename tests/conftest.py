@@ -56,3 +56,69 @@ CONSISTENT_DIR = SAMPLES_DIR.parent / "consistent"
 def consistent_dir() -> Path:
     """``data/samples/consistent``: ``crane-16.npz`` and ``horse-gallop/`` (shape collections in correspondence)."""
     return CONSISTENT_DIR
+
+
+# --- one real Prefect server per test session (flows/prefect_server.py) -------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """A local ``prefect server start`` (UI + API, fresh SQLite DB under a temporary PREFECT_HOME) shared by the
+    session's tests; stopped with all its children at the end. Its ``.api_url`` is a ``PREFECT_API_URL``."""
+    from flows.prefect_server import start_server
+
+    server = start_server(tmp_path_factory.mktemp("prefect-home"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def migrated_prefect_home(prefect_server, tmp_path: Path) -> Path:
+    """A new PREFECT_HOME holding a consistent copy of the session server's database (migrations done), so a
+    second server starts in seconds instead of migrating a fresh database."""
+    import sqlite3
+
+    home = tmp_path / "prefect-home"
+    home.mkdir()
+    source = sqlite3.connect(prefect_server.home / "prefect.db")
+    target = sqlite3.connect(home / "prefect.db")
+    with target:
+        source.backup(target)
+    source.close()
+    target.close()
+    return home
+
+
+class ProcessMarker:
+    """A unique ``BRENIER_TEST_MARK`` value: every descendant of a subprocess started with :attr:`env` inherits it
+    (servers, Dask workers, flow-run processes), so :meth:`leftovers` finds any that outlived the command."""
+
+    def __init__(self) -> None:
+        import uuid
+
+        self.value = uuid.uuid4().hex
+        self.env = {"BRENIER_TEST_MARK": self.value}
+
+    def leftovers(self, grace_s: float = 20.0) -> list[str]:
+        """Processes still carrying the mark after up to ``grace_s`` seconds of shutdown, as ``"pid cmdline"``."""
+        import time
+
+        import psutil
+
+        deadline = time.monotonic() + grace_s
+        while True:
+            found = []
+            for proc in psutil.process_iter():
+                try:
+                    if proc.environ().get("BRENIER_TEST_MARK") == self.value:
+                        found.append(f"{proc.pid} {' '.join(proc.cmdline())[:160]}")
+                except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                    continue
+            if not found or time.monotonic() > deadline:
+                return found
+            time.sleep(0.5)
+
+
+@pytest.fixture()
+def process_marker() -> ProcessMarker:
+    return ProcessMarker()
