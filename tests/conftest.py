@@ -122,3 +122,51 @@ class ProcessMarker:
 @pytest.fixture()
 def process_marker() -> ProcessMarker:
     return ProcessMarker()
+
+
+def read_run_artifacts(api_url: str, flow_run_id: str) -> dict:
+    """The artifacts of one flow run, read back through the Prefect API, by key."""
+    import asyncio
+    from uuid import UUID
+
+    from prefect.client.orchestration import PrefectClient
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    async def read() -> list:
+        async with PrefectClient(api_url) as client:
+            return await client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(flow_run_id)]))
+            )
+
+    return {artifact.key: artifact for artifact in asyncio.run(read())}
+
+
+@pytest.fixture(scope="session")
+def check_ui_artifacts():
+    """``check(api_url, flow_run_id, prefix, picture_key) -> artifacts``: asserts the run published its keyed
+    progress (at 100 %), ``<prefix>-summary`` table, ``<prefix>-report`` markdown and a PNG picture artifact."""
+    import base64
+    import io
+    import json
+    import re
+
+    from PIL import Image
+
+    def check(api_url: str, flow_run_id: str, prefix: str, picture_key: str) -> dict:
+        artifacts = read_run_artifacts(api_url, flow_run_id)
+        assert {f"{prefix}-progress", f"{prefix}-summary", f"{prefix}-report", picture_key} <= set(artifacts)
+        progress = artifacts[f"{prefix}-progress"]
+        assert progress.type == "progress" and float(progress.data) == 100.0
+        table = artifacts[f"{prefix}-summary"]
+        rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+        assert table.type == "table" and len(rows) >= 1
+        assert artifacts[f"{prefix}-report"].type == "markdown" and prefix.split("-")[0] in artifacts[f"{prefix}-report"].data.lower()
+        picture = artifacts[picture_key]
+        pngs = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", picture.data)
+        assert picture.type == "markdown" and pngs
+        image = Image.open(io.BytesIO(base64.b64decode(pngs[0]))).convert("L")
+        low, high = image.getextrema()
+        assert image.width >= 64 and image.height >= 64 and high - low > 50  # a picture, not a blank
+        return artifacts
+
+    return check
