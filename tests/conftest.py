@@ -166,7 +166,13 @@ def check_ui_artifacts():
         assert picture.type == "markdown" and pngs
         image = Image.open(io.BytesIO(base64.b64decode(pngs[0]))).convert("L")
         low, high = image.getextrema()
-        assert image.width >= 64 and image.height >= 64 and high - low > 50  # a picture, not a blank
+        assert image.width >= 64 and image.height >= 32 and high - low > 50  # a picture, not a blank
         return artifacts
 
     return check
+
+
+@pytest.fixture(scope="session")
+def process_marker_factory() -> type[ProcessMarker]:
+    """:class:`ProcessMarker` for fixtures of a wider scope than the function."""
+    return ProcessMarker
