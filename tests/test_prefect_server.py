@@ -121,20 +121,24 @@ def test_cli_error_and_ctrl_c_stop_the_server(migrated_prefect_home: Path, tmp_p
 
 @pytest.mark.slow
 def test_persistent_server_start_status_stop(migrated_prefect_home: Path, process_marker) -> None:
-    env = cli_env(migrated_prefect_home, process_marker)
+    """``brenier server start|status|stop`` (in-process: the server is a separate process either way)."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    runner = CliRunner()
+    env = {**process_marker.env, "BRENIER_PREFECT_HOME": str(migrated_prefect_home)}
     port = free_port()
     try:
-        started = subprocess.run(brenier("server", "start", "--port", str(port)), env=env, capture_output=True,
-                                 text=True, timeout=300)
-        assert started.returncode == 0, started.stderr
+        started = runner.invoke(app, ["server", "start", "--port", str(port)], env=env)
+        assert started.exit_code == 0, started.output
         # It outlives the command that started it, and `status` finds it.
         assert is_healthy(f"http://127.0.0.1:{port}/api")
-        status = subprocess.run(brenier("server", "status"), env=env, capture_output=True, text=True, timeout=120)
-        assert status.returncode == 0 and f"127.0.0.1:{port}" in status.stdout and "healthy" in status.stdout
+        status = runner.invoke(app, ["server", "status"], env=env)
+        assert status.exit_code == 0 and f"127.0.0.1:{port}" in status.output and "healthy" in status.output
     finally:
-        stopped = subprocess.run(brenier("server", "stop"), env=env, capture_output=True, text=True, timeout=120)
-    assert stopped.returncode == 0 and "stopped" in stopped.stdout
+        stopped = runner.invoke(app, ["server", "stop"], env=env)
+    assert stopped.exit_code == 0 and "stopped" in stopped.output
     assert process_marker.leftovers() == []
     assert not is_healthy(f"http://127.0.0.1:{port}/api")
-    status = subprocess.run(brenier("server", "status"), env=env, capture_output=True, text=True, timeout=120)
-    assert status.returncode == 1
+    assert runner.invoke(app, ["server", "status"], env=env).exit_code == 1
