@@ -77,6 +77,8 @@ def test_cli_starts_its_own_server_and_leaves_no_process(migrated_prefect_home: 
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "started for this command" in done.stdout
     assert "Error logging to API" not in done.stdout + done.stderr  # logs were flushed before the server stopped
+    # The Dask worker process got PREFECT_API_URL: it did not start a temporary API server of its own.
+    assert "Starting temporary server" not in done.stdout + done.stderr
     rows = read_table(next(store.glob("*/tables/geometry_images.parquet")))
     assert len(rows) == 4 and set(rows["item_id"]) == {"woody"}  # harmonic + OT, 2 levels each
     # The run was recorded in the database under the chosen PREFECT_HOME (the UI's history).

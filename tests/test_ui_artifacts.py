@@ -42,6 +42,7 @@ def run_cli(args: list[str], api_url: str, marker) -> tuple[str, str]:
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]
     assert f"Prefect API: {api_url} (PREFECT_API_URL)" in output  # the configured server, none started
+    assert "Starting temporary server" not in output  # nor by the Dask worker processes
     assert marker.leftovers() == []
     return output, re.findall(r"/runs/flow-run/([0-9a-f-]{36})", output)[-1]
 
