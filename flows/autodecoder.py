@@ -4,7 +4,8 @@
 ``neuralqaad``, ``chamfer-only``, ``atlasnetv2``; see :data:`tasks.autodecoder.VARIANTS`), then writes the
 Parquet tables ``autodecoder_models`` (size, compression ratio, mean errors), ``autodecoder_shapes`` (em_kd and
 chamfer_l2 per shape), ``autodecoder_epochs`` (training curve) and ``failures``, and publishes a table artifact
-and a markdown summary. ``encode-shapes`` fits codes for new shapes with a trained decoder.
+and a markdown summary, a progress artifact while it runs and a plot (training curves, rate-distortion).
+``encode-shapes`` fits codes for new shapes with a trained decoder (artifacts ``encode-shapes-*``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import as_completed
 
+from flows.artifacts import Progress, figure_png, publish_pictures, table_records
 from flows.task_runner import gpu_annotation, task_outcome
 from storage.collections import list_collections
 from storage.tables import failure_row, write_table
@@ -33,7 +35,7 @@ def default_run_id(config: AutodecoderConfig, prefix: str = "autodecoder") -> st
     return f"{prefix}-{hashlib.sha256(payload.encode()).hexdigest()[:10]}"
 
 
-def _gather(futures: list, labels: list[str], run_id: str, logger) -> tuple[dict[str, list], list[dict], int]:
+def _gather(futures: list, labels: list[str], run_id: str, logger, progress: Progress) -> tuple[dict[str, list], list[dict], int]:
     tables: dict[str, list[dict[str, Any]]] = {name: [] for name in TABLES}
     failures: list[dict[str, Any]] = []
     skipped = 0
@@ -58,6 +60,7 @@ def _gather(futures: list, labels: list[str], run_id: str, logger) -> tuple[dict
             else:
                 status = "failed: " + "; ".join(f"{f['error_type']}: {f['message']}" for f in result["failures"])
         logger.info("[%d/%d] %s: %s", done, len(futures), label, status)
+        progress.update(done)
     return tables, failures, skipped
 
 
@@ -96,9 +99,10 @@ def autodecoder(
     pairs = [(c, v) for c in collections for v in variants]
     logger.info("run %s: %d collections x %d variants from %s -> %s", run_id, len(collections), len(variants),
                 path, store)
+    progress = Progress("autodecoder-progress", len(pairs), f"autodecoder, run {run_id}")
     with gpu_annotation():  # training is GPU-bound: GPU workers only, when the cluster has any
         futures = [train_autodecoder.submit(c, v, store, run_id, config) for c, v in pairs]
-    tables, failures, skipped = _gather(futures, [f"{c} [{v}]" for c, v in pairs], run_id, logger)
+    tables, failures, skipped = _gather(futures, [f"{c} [{v}]" for c, v in pairs], run_id, logger, progress)
     uris = {name: write_table(rows, store, run_id, name) for name, rows in tables.items()}
     uris["failures"] = write_table(failures, store, run_id, "failures")
     _publish(run_id, tables, failures, uris)
@@ -113,7 +117,7 @@ def _publish(run_id: str, tables: dict[str, list], failures: list[dict], uris: d
     summary = models[columns] if not models.empty else pd.DataFrame(columns=columns)
     create_table_artifact(
         key="autodecoder-summary",
-        table=summary.astype(object).where(summary.notna(), None).to_dict(orient="records"),
+        table=table_records(summary),
         description=f"Autodecoder models of run {run_id} (distances in unit-bbox-diagonal units)",
     )
     failure_lines = "\n".join(f"| {f['item_id']} | {f['stage']} | {f['error_type']} | {f['message']} |" for f in failures)
@@ -127,6 +131,53 @@ def _publish(run_id: str, tables: dict[str, list], failures: list[dict], uris: d
         ),
         description="Autodecoder run summary",
     )
+    epochs = pd.DataFrame(tables.get("autodecoder_epochs", []))
+    publish_pictures(
+        "autodecoder-plots", f"Autodecoder, run `{run_id}`",
+        {"training curves and rate-distortion": training_plot_png(epochs, models)} if not models.empty else {},
+        description="Training loss per epoch; compression ratio vs mean EM-kD per model",
+    )
+
+
+def training_plot_png(epochs: pd.DataFrame, models: pd.DataFrame) -> bytes:
+    """PNG: loss per epoch of each model (left, log scale) and its compression ratio vs mean EM-kD (right).
+
+    Args:
+        epochs: rows of ``autodecoder_epochs`` (``item_id``, ``epoch``, ``phase``, ``loss``); may be empty.
+        models: rows of ``autodecoder_models`` (``item_id``, ``variant``, ``compression_ratio``, ``mean_em_kd``).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (curve, rate) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for item_id, group in (epochs.groupby("item_id") if not epochs.empty else []):
+        group = group.sort_values("epoch")
+        curve.plot(group["epoch"], group["loss"], label=item_id)
+    curve.set(xlabel="epoch", ylabel="loss (Chamfer, then assigned MSE)", yscale="log", title="training")
+    if not epochs.empty:
+        curve.legend(fontsize=7)
+    for _, model in models.iterrows():
+        rate.scatter(model["compression_ratio"], model["mean_em_kd"])
+        rate.annotate(str(model["variant"]), (model["compression_ratio"], model["mean_em_kd"]), fontsize=7)
+    rate.set(xlabel="compression ratio (dataset floats / model floats)", ylabel="mean EM-kD (unit bbox diagonal)",
+             title="rate-distortion")
+    return figure_png(figure)
+
+
+def em_kd_plot_png(shapes: pd.DataFrame) -> bytes:
+    """PNG bar chart of EM-kD per encoded shape (``autodecoder_shapes`` rows: ``shape_id``, ``em_kd``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(max(4.0, 0.25 * len(shapes)), 3.2))
+    axes.bar(range(len(shapes)), shapes["em_kd"])
+    axes.set_xticks(range(len(shapes)), shapes["shape_id"], rotation=90, fontsize=6)
+    axes.set(ylabel="EM-kD (unit bbox diagonal)", title="reconstruction of the encoded shapes")
+    return figure_png(figure)
 
 
 @flow(name="encode-shapes", log_prints=True)
@@ -144,20 +195,46 @@ def encode_shapes(
     """Encode every collection under ``path`` with the trained model ``<model_store>/<model_run_id>/<model_item_id>``.
 
     Writes ``autodecoder_shapes`` (variant ``"encoded"``) and ``failures`` under ``<store>/<run_id>/tables``.
+
+    Args:
+        path: new shapes: a collection or a folder of collections (local path or fsspec URL).
+        store: root of the store the codes and tables are written to.
+        model_run_id: run id of the trained model, e.g. ``autodecoder-1a2b3c4d5e``.
+        model_item_id: item of the trained model, ``<collection>--<variant>``, e.g. ``crane-16--neuralqaad``.
+        model_store: store holding the model (default: ``store``).
+        config: must match the model's point source and sampling (:class:`tasks.autodecoder.AutodecoderConfig`).
+        chamfer_steps: Chamfer steps of the code fit (decoder frozen).
+        qaad_steps: QAAD steps of the code fit after the Chamfer steps.
+        run_id: defaults to one derived from the model.
+
+    Returns:
+        ``{"run_id", "store", "tables": {name: uri}, "items", "failed_items", "skipped_items"}``.
     """
     logger = get_run_logger()
     config = config or AutodecoderConfig()
     model_store = model_store or store
     run_id = run_id or f"encode-{hashlib.sha256(f'{model_run_id}/{model_item_id}'.encode()).hexdigest()[:10]}"
     collections = list_collections(path)
+    progress = Progress("encode-shapes-progress", len(collections), f"encode shapes, run {run_id}")
     with gpu_annotation():  # code fitting is GPU-bound
         futures = encode_collection.map(collections, unmapped(model_store), unmapped(model_run_id),
                                         unmapped(model_item_id), unmapped(store), unmapped(run_id), unmapped(config),
                                         unmapped(chamfer_steps), unmapped(qaad_steps))
-    tables, failures, skipped = _gather(list(futures), collections, run_id, logger)
+    tables, failures, skipped = _gather(list(futures), collections, run_id, logger, progress)
     uris = {"autodecoder_shapes": write_table(tables["autodecoder_shapes"], store, run_id, "autodecoder_shapes"),
             "failures": write_table(failures, store, run_id, "failures")}
     shapes = pd.DataFrame(tables["autodecoder_shapes"])
+    columns = ["item_id", "shape_id", "em_kd", "chamfer_l2"]
+    create_table_artifact(
+        key="encode-shapes-summary",
+        table=table_records(shapes[columns] if not shapes.empty else pd.DataFrame(columns=columns)),
+        description=f"Shapes encoded with {model_run_id}/{model_item_id} (unit-bbox-diagonal units)",
+    )
+    publish_pictures(
+        "encode-shapes-plots", f"Encoded with `{model_item_id}`, run `{run_id}`",
+        {"EM-kD per shape": em_kd_plot_png(shapes)} if not shapes.empty else {},
+        description="EM-kD of every encoded shape",
+    )
     create_markdown_artifact(
         key="encode-shapes-report",
         markdown=(f"# Encoded with `{model_item_id}`, run `{run_id}`\n\n"

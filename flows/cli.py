@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -14,6 +17,8 @@ from flows.autodecoder import autodecoder, encode_shapes
 from flows.gaussian_reduction import DEFAULT_RATIOS, gaussian_reduction, summary_frame
 from flows.geometry_image_sequence import geometry_image_sequence, summarize_sequence
 from flows.geometry_images import geometry_images, summarize
+from flows.prefect_server import prefect_api
+from flows.server_cli import server_app
 from flows.task_runner import make_task_runner
 from storage.tables import read_table
 from tasks.autodecoder import VARIANTS, AutodecoderConfig
@@ -22,12 +27,35 @@ from tasks.geometry_image_sequence import SequenceConfig
 from tasks.geometry_images import GeometryImageConfig
 
 app = typer.Typer(help="Optimal-transport geometry processing over whole 3D datasets.", no_args_is_help=True)
+app.add_typer(server_app, name="server")
 console = Console(width=None if Console().is_terminal else 200)
 
 
 @app.callback()
-def main() -> None:
-    """brenier: Prefect flows of OT geometry processing on Dask."""
+def main(
+    prefect_home: Annotated[Path | None, typer.Option(
+        envvar="BRENIER_PREFECT_HOME",
+        help="PREFECT_HOME (SQLite DB) of the local Prefect server brenier starts (default ~/.brenier/prefect)",
+    )] = None,
+) -> None:
+    """brenier: Prefect flows of OT geometry processing on Dask.
+
+    Flow commands report to the Prefect server at PREFECT_API_URL, else to a running `brenier server start`,
+    else to a local server started for the command and stopped at its end (flows/prefect_server.py).
+    """
+    if prefect_home is not None:
+        os.environ["BRENIER_PREFECT_HOME"] = str(prefect_home)  # read by flows.prefect_server.prefect_home
+
+
+def _reports_to_prefect(command: Callable) -> Callable:
+    """Run ``command`` inside :func:`flows.prefect_server.prefect_api` (the server stops when it returns)."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        with prefect_api(announce=console.print):
+            return command(*args, **kwargs)
+
+    return wrapper
 
 
 def _summary_table(summary: pd.DataFrame) -> Table:
@@ -55,6 +83,7 @@ def _summary_table(summary: pd.DataFrame) -> Table:
 
 
 @app.command("geometry-images")
+@_reports_to_prefect
 def geometry_images_command(
     path: Annotated[str, typer.Argument(help="folder, glob or fsspec URL of meshes")],
     store: Annotated[str, typer.Option(help="root of the Zarr store and Parquet tables")] = "runs",
@@ -109,6 +138,7 @@ def _local(store: str) -> str:
 
 
 @app.command("autodecoder")
+@_reports_to_prefect
 def autodecoder_command(
     path: Annotated[str, typer.Argument(help="collection (.npz/.npy or folder of equal-count shapes) or folder of them")],
     store: Annotated[str, typer.Option(help="root of the Zarr store and Parquet tables")] = "runs",
@@ -158,6 +188,7 @@ def autodecoder_command(
 
 
 @app.command("encode")
+@_reports_to_prefect
 def encode_command(
     path: Annotated[str, typer.Argument(help="new shapes: a collection or a folder of collections")],
     model: Annotated[str, typer.Option(help="trained item as RUN_ID/ITEM_ID (e.g. autodecoder-1a2b/crane--neuralqaad)")],
@@ -191,6 +222,7 @@ def encode_command(
 
 
 @app.command("reduce-gaussians")
+@_reports_to_prefect
 def reduce_gaussians_command(
     path: Annotated[str, typer.Argument(help="a 3DGS .ply scene or a folder of them")],
     store: Annotated[str, typer.Option(help="root of the Zarr store, reduced PLYs and Parquet tables")] = "runs",

@@ -2,13 +2,12 @@
 
 Maps one task per scene x target ratio over the Dask task runner (:func:`tasks.gaussian_reduction.reduce_scene`),
 then writes the Parquet tables ``gaussian_reduction`` (scene, method, ratio, n_in, n_out, psnr, ssim, seconds,
-fine_tuned, ...) and ``failures``, and publishes a table artifact and a markdown report with a side-by-side image
-of the first view of every method.
+fine_tuned, ...) and ``failures``, and publishes a progress artifact while it runs, a table artifact, a markdown
+report and the side-by-side renders of the first view of every method (``gaussian-reduction-renders``).
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 from typing import Any
 
@@ -18,6 +17,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import as_completed
 
+from flows.artifacts import Progress, publish_pictures, table_records
 from flows.task_runner import gpu_annotation, task_outcome
 from storage.gaussians import list_scenes
 from storage.tables import failure_row, write_table
@@ -71,6 +71,7 @@ def gaussian_reduction(
     pairs = [(s, r) for s in scenes for r in ratios]
     logger.info("run %s: %d scenes x %d ratios x %d methods from %s -> %s", run_id, len(scenes), len(ratios),
                 len(config.methods), path, store)
+    progress = Progress("gaussian-reduction-progress", len(pairs), f"Gaussian reduction, run {run_id}")
     with gpu_annotation():  # rendering and appearance fine-tuning are GPU-bound
         futures = [reduce_scene.submit(s, r, store, run_id, config) for s, r in pairs]
     label_of = {f: f"{s} @ {r:g}" for f, (s, r) in zip(futures, pairs, strict=True)}
@@ -83,6 +84,7 @@ def gaussian_reduction(
         if isinstance(result, BaseException):
             failures.append(failure_row(run_id, label_of[future], label_of[future], "task", result))
             logger.info("[%d/%d] %s: crashed: %s", done, len(futures), label_of[future], result)
+            progress.update(done)
             continue
         rows += result["rows"]
         failures += result["failures"]
@@ -93,6 +95,7 @@ def gaussian_reduction(
         logger.info("[%d/%d] %s: %d rows%s%s", done, len(futures), label_of[future], len(result["rows"]),
                     f", best {best['method']} psnr {best['psnr']:.2f}" if best else "",
                     " (finished earlier)" if result["skipped"] else "")
+        progress.update(done)
     uris = {"gaussian_reduction": write_table(rows, store, run_id, "gaussian_reduction"),
             "failures": write_table(failures, store, run_id, "failures")}
     _publish(run_id, rows, failures, uris, previews)
@@ -117,26 +120,31 @@ def _publish(run_id: str, rows: list[dict], failures: list[dict], uris: dict[str
     summary = summary_frame(rows)
     create_table_artifact(
         key="gaussian-reduction-summary",
-        table=summary.astype(object).where(summary.notna(), None).to_dict(orient="records"),
+        table=table_records(summary),
         description=f"Gaussian reduction run {run_id}: psnr (dB) / ssim against the original scene's renders",
     )
-    images = []
+    pictures: dict[str, bytes] = {}
+    unreadable: list[str] = []
     for item_id, uri in sorted(previews.items()):
         try:
             with fsspec.open(uri, "rb") as f:
-                data = base64.b64encode(f.read()).decode()
-            images.append(f"### {item_id}\n![{item_id}](data:image/png;base64,{data})\n\n`{uri}`")
+                pictures[item_id] = f.read()
         except OSError:
-            images.append(f"### {item_id}\n`{uri}` (not readable)")
+            unreadable.append(f"`{uri}`")
     failure_lines = "\n".join(f"| {f['item_id']} | {f['stage']} | {f['error_type']} | {f['message']} |" for f in failures)
     create_markdown_artifact(
         key="gaussian-reduction-report",
         markdown=(
             f"# Gaussian reduction, run `{run_id}`\n\n"
             + (summary.to_markdown(index=False, floatfmt=".4g") if not summary.empty else "no results")
-            + "\n\n" + "\n\n".join(images)
+            + "\n\nRenders: artifact `gaussian-reduction-renders`"
+            + (" (not readable: " + ", ".join(unreadable) + ")" if unreadable else "")
             + "\n\nTables: " + ", ".join(f"`{u}`" for u in uris.values())
             + ("\n\n## Failures\n| item | stage | error | message |\n|---|---|---|---|\n" + failure_lines if failures else "")
         ),
-        description="Gaussian reduction report with side-by-side renders",
+        description="Gaussian reduction report",
+    )
+    publish_pictures(
+        "gaussian-reduction-renders", f"Gaussian reduction, run `{run_id}`: first held-out view, original and every method",
+        pictures, description="Before/after renders side by side", locations=previews,
     )

@@ -1,8 +1,9 @@
 """Flow ``geometry-images``: OT geometry images and their mipmaps for every mesh of a dataset.
 
 One task chain per mesh (``parameterize_mesh -> encode_geometry_images``) is mapped over a Dask task runner.
-The flow gathers the small records, writes the Parquet tables (``geometry_images``, ``failures``), publishes a
-Prefect table artifact and a markdown summary, and returns where everything is.
+The flow gathers the small records, writes the Parquet tables (``geometry_images``, ``failures``), publishes the
+Prefect artifacts (``geometry-images-progress`` while it runs, ``-summary`` table, ``-report`` markdown and
+``-preview`` picture of the geometry images; :mod:`flows.artifacts`), and returns where everything is.
 """
 
 from __future__ import annotations
@@ -10,17 +11,22 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import as_completed
 
+from flows.artifacts import Progress, geometry_image_rgb, image_grid_png, publish_pictures, table_records
 from flows.task_runner import task_outcome
 from storage.meshes import list_mesh_items
 from storage.tables import failure_row, write_table
+from storage.zarr_store import ItemStore
 from tasks.geometry_images import PIPELINE_VERSION, GeometryImageConfig, encode_geometry_images, parameterize_mesh
 
-__all__ = ["geometry_images", "default_run_id", "summarize"]
+__all__ = ["geometry_images", "default_run_id", "summarize", "preview_tiles"]
+
+PREVIEW_MESHES = 12  # meshes shown in the geometry-images-preview artifact (the first ones by item id)
 
 
 def default_run_id(config: GeometryImageConfig) -> str:
@@ -68,6 +74,7 @@ def geometry_images(
     run_id = run_id or default_run_id(config)
     items = list_mesh_items(path)
     logger.info("run %s: %d meshes from %s -> %s", run_id, len(items), path, store)
+    progress = Progress("geometry-images-progress", len(items), f"geometry images, run {run_id}")
 
     parameterized = parameterize_mesh.map(items, unmapped(store), unmapped(run_id), unmapped(config))
     encoded = encode_geometry_images.map(parameterized, unmapped(store), unmapped(run_id), unmapped(config))
@@ -91,6 +98,7 @@ def geometry_images(
             failures.append(failure_row(run_id, item.item_id, item.uri, "task", error))
             status = f"crashed: {type(error).__name__}: {error}"
         logger.info("[%d/%d] %s: %s", done, len(items), item.item_id, status)
+        progress.update(done)
 
     tables = {
         "geometry_images": write_table(rows, store, run_id, "geometry_images"),
@@ -99,7 +107,7 @@ def geometry_images(
     summary = summarize(pd.DataFrame(rows))
     create_table_artifact(
         key="geometry-images-summary",
-        table=summary.round(8).astype(object).where(summary.notna(), None).to_dict(orient="records"),
+        table=table_records(summary.round(8)),
         description=f"Per-mesh harmonic vs OT at the finest level, run {run_id}",
     )
     failure_lines = "\n".join(f"| {f['item_id']} | {f['stage']} | {f['error_type']} | {f['message']} |" for f in failures)
@@ -114,6 +122,12 @@ def geometry_images(
         ),
         description="Geometry-image run summary",
     )
+    tiles = preview_tiles(store, run_id, sorted({row["item_id"] for row in rows})[:PREVIEW_MESHES])
+    publish_pictures(
+        "geometry-images-preview", f"Geometry images, run `{run_id}`",
+        {"finest level, x y z as red green blue: harmonic | OT": image_grid_png(tiles, columns=4)} if tiles else {},
+        description="Geometry images of the harmonic and the OT parameterization of each mesh",
+    )
     return {
         "run_id": run_id,
         "store": store,
@@ -122,3 +136,29 @@ def geometry_images(
         "failed_items": sorted({f["item_id"] for f in failures}),
         "skipped_items": skipped,
     }
+
+
+def preview_tiles(store: str, run_id: str, item_ids: list[str]) -> dict[str, np.ndarray]:
+    """Finest-level geometry images of ``item_ids``: ``"<item> harmonic"`` and ``"<item> ot"`` ``[H, W, 3]`` uint8.
+
+    A parameterization without a stored pyramid (it failed) gets a grey tile labelled ``"<item> ot: none"``, so
+    the two pictures of a mesh stay side by side in a grid of even width. Items with neither are left out.
+    """
+    tiles: dict[str, np.ndarray] = {}
+    for item_id in item_ids:
+        item_store = ItemStore(store, run_id, item_id)
+        found: dict[str, np.ndarray | None] = {}
+        for method in ("harmonic", "ot"):
+            try:
+                found[method] = geometry_image_rgb(item_store.read_array(f"{method}/geometry_image/0"))
+            except (KeyError, FileNotFoundError):
+                found[method] = None
+        shape = next((t.shape for t in found.values() if t is not None), None)
+        if shape is None:
+            continue
+        for method, tile in found.items():
+            if tile is None:
+                tiles[f"{item_id} {method}: none"] = np.full(shape, 200, dtype=np.uint8)
+            else:
+                tiles[f"{item_id} {method}"] = tile
+    return tiles
