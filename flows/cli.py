@@ -266,6 +266,7 @@ def reduce_gaussians_command(
 
 
 @app.command("geometry-image-sequence")
+@_reports_to_prefect
 def geometry_image_sequence_command(
     path: Annotated[str, typer.Argument(help=".npz/.npy sequence or folder of meshes in correspondence")],
     store: Annotated[str, typer.Option(help="root of the Zarr store and Parquet tables")] = "runs",

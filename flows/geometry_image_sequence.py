@@ -16,6 +16,8 @@ import pandas as pd
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from flows.artifacts import Progress, figure_png, publish_pictures, table_records
+from flows.task_runner import task_outcome
 from storage.tables import failure_row, write_table
 from storage.zarr_store import ItemStore
 from tasks.geometry_image_sequence import (
@@ -52,6 +54,27 @@ def summarize_sequence(frames: pd.DataFrame, images: pd.DataFrame) -> pd.DataFra
     return summary.reset_index()
 
 
+def _frames_figure(frames: pd.DataFrame, images: pd.DataFrame):
+    """Steps (fit + Newton) and mass error per frame, and the finest level's Hausdorff per frame."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(9, 3.2))
+    steps, error, quality = figure.subplots(1, 3)
+    ordered = frames.sort_values("frame")
+    steps.bar(ordered["frame"], ordered["newton_iterations"], label="Newton")
+    steps.bar(ordered["frame"], ordered["fit_steps"], bottom=ordered["newton_iterations"], label="fit (Adam)")
+    steps.set(xlabel="frame", ylabel="steps", title="OT steps per frame")
+    steps.legend()
+    error.semilogy(ordered["frame"], ordered["mass_error"], ".")
+    error.set(xlabel="frame", title="max relative mass error")
+    if not images.empty:
+        finest = images[images["level"] == 0].sort_values("frame")
+        quality.plot(finest["frame"], finest["hausdorff"], ".")
+    quality.set(xlabel="frame", title="Hausdorff, finest level")
+    figure.tight_layout()
+    return figure
+
+
 @flow(name="geometry-image-sequence", log_prints=True)
 def geometry_image_sequence(
     path: str, store: str, config: SequenceConfig | None = None, run_id: str | None = None
@@ -73,7 +96,8 @@ def geometry_image_sequence(
     run_id = run_id or default_run_id(config)
     logger.info("run %s: sequence %s -> %s (%s solver, warm start %s)", run_id, path, store, config.ot_solver,
                 config.warm_start)
-    record = solve_sequence_ot.submit(path, store, run_id, config).result(raise_on_failure=False)
+    progress = Progress("geometry-image-sequence-progress", 1, f"geometry-image sequence, run {run_id}")
+    record = task_outcome(solve_sequence_ot.submit(path, store, run_id, config))
     failures: list[dict[str, Any]] = []
     frame_rows: list[dict[str, Any]] = []
     image_rows: list[dict[str, Any]] = []
@@ -93,15 +117,19 @@ def geometry_image_sequence(
         frame_rows = record["solve_rows"]
         solved = [row["frame"] for row in frame_rows]
         batches = [solved[i : i + config.frames_per_task] for i in range(0, len(solved), config.frames_per_task)]
+        progress = Progress("geometry-image-sequence-progress", len(batches) + 1,
+                            f"geometry-image sequence, run {run_id} (OT chain, then encode batches)")
+        progress.update(1)
         futures = [encode_sequence_frames.submit(record, batch, store, run_id, config) for batch in batches]
         for done, (future, batch) in enumerate(zip(futures, batches), start=1):
-            result = future.result(raise_on_failure=False)
+            result = task_outcome(future)
             if isinstance(result, BaseException):
                 failures += [failure_row(run_id, f"{record['item_id']}/{record['frames'][k]}", path,
                                          "encode_sequence_frames", result) for k in batch]
             else:
                 image_rows += result
             logger.info("[%d/%d] encoded frames %d-%d", done, len(batches), batch[0], batch[-1])
+            progress.update(done + 1)
         if "fingerprint" in record:
             ItemStore(store, run_id, record["item_id"]).finish(
                 [{"table": "sequence_frames", **r} for r in frame_rows]
@@ -117,11 +145,13 @@ def geometry_image_sequence(
     frames = pd.DataFrame(frame_rows)
     summary = summarize_sequence(frames, pd.DataFrame(image_rows))
     if not summary.empty:
-        create_table_artifact(
-            key="geometry-image-sequence-summary",
-            table=summary.round(8).astype(object).where(summary.notna(), None).to_dict(orient="records"),
-            description=f"Per-sequence OT solve and geometry-image figures, run {run_id}",
-        )
+        create_table_artifact(key="geometry-image-sequence-summary", table=table_records(summary.round(8)),
+                              description=f"Per-sequence OT solve and geometry-image figures, run {run_id}")
+        publish_pictures("geometry-image-sequence-plots", f"Geometry-image sequence, run {run_id}",
+                         {"OT solve per frame": figure_png(_frames_figure(frames, pd.DataFrame(image_rows)))},
+                         "Steps, mass error and Hausdorff per frame")
+    else:
+        progress.update(progress.total)
     per_frame = (frames[["frame", "shape_id", "ot_solver", "warm_start", "fit_steps", "newton_iterations",
                          "mass_error", "solve_seconds"]].to_markdown(index=False) if not frames.empty else "")
     create_markdown_artifact(

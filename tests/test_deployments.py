@@ -24,6 +24,7 @@ FLOWS = {  # deployment name -> flow name
     "autodecoder": "autodecoder",
     "encode-shapes": "encode-shapes",
     "gaussian-reduction": "gaussian_reduction",
+    "geometry-image-sequence": "geometry-image-sequence",
 }
 
 pytestmark = pytest.mark.slow
