@@ -55,6 +55,10 @@ __all__ = [
 ]
 
 
+SPHERE_OT_CONFIG = SphericalOTConfig(hidden=64, layers=3, steps=100, inner_steps=5, batch_size=1024, lr=1e-3)
+"""Default HOTS3D settings of stage 2 for meshes (d = 3)."""
+
+
 @dataclass(frozen=True)
 class SphericalParameterization:
     """A map of a closed genus-0 mesh onto the unit sphere.
@@ -296,7 +300,7 @@ def area_barrier_polish(
 
 
 def spherical_parameterizations(
-    vertices: np.ndarray, faces: np.ndarray, ot_config: SphericalOTConfig = SphericalOTConfig(),
+    vertices: np.ndarray, faces: np.ndarray, ot_config: SphericalOTConfig = SPHERE_OT_CONFIG,
     polish_steps: int = 2000, device: torch.device | str = "cpu",
 ) -> tuple[SphericalParameterization, SphericalParameterization]:
     """All three stages for one closed genus-0 mesh: ``(initial, ot)`` parameterizations.

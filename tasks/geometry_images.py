@@ -11,12 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from prefect import task
 from pydantic import BaseModel, Field
 
+from otcore.device import resolve_device
 from otcore.disk_cut import cut_to_disk
 from otcore.errors import GeometryError, OTConvergenceError
 from otcore.geometry_image import (
@@ -27,6 +28,7 @@ from otcore.geometry_image import (
     resample_geometry_image,
     restore_level,
 )
+from otcore.octahedral import resample_spherical_geometry_image
 from otcore.metrics import compression_ratio, normalize_to_unit_diagonal, raw_mesh_bytes, surface_distances
 from otcore.parameterization import (
     Parameterization,
@@ -34,6 +36,7 @@ from otcore.parameterization import (
     harmonic_parameterization,
     ot_parameterization,
 )
+from otcore.spherical_parameterization import SphericalParameterization, spherical_parameterizations
 from storage.errors import InputError
 from storage.meshes import MeshItem, read_mesh
 from storage.tables import failure_row
@@ -55,6 +58,9 @@ class GeometryImageConfig(BaseModel):
     seed: int = Field(0, description="sampling seed")
     tol: float = Field(1e-6, gt=0.0, description="Newton tolerance on max relative cell-mass error")
     max_newton_iterations: int = Field(60, ge=1)
+    domain: Literal["square", "sphere"] = Field(
+        "square", description="square: cut to a disk, OT onto [0,1]^2; sphere: closed genus-0 meshes only, "
+        "spherical OT (HOTS3D) + seamless octahedral geometry image")
 
     def fingerprint(self, source_sha256: str) -> str:
         """Identity of an item's outputs: input bytes, config and pipeline version."""
@@ -76,6 +82,33 @@ def _param_stats(p: Parameterization) -> dict[str, Any]:
         "mass_error": ot.mass_error if ot is not None else None,
         "solve_seconds": ot.seconds if ot is not None else None,
     }
+
+
+def _sphere_stats(p: SphericalParameterization) -> dict[str, Any]:
+    return {
+        "area_distortion": p.area_distortion,
+        "flipped_triangles": p.flipped_triangles,
+        "untangled_vertices": None,
+        "newton_iterations": None,
+        "mass_error": None,
+        "solve_seconds": p.seconds,
+    }
+
+
+def _parameterize_sphere(record: dict[str, Any], item: MeshItem, vertices: np.ndarray, faces: np.ndarray,
+                         item_store: ItemStore, run_id: str) -> dict[str, Any]:
+    """``domain="sphere"``: initial spherical map and spherical OT (:mod:`otcore.spherical_parameterization`)."""
+    try:
+        parameterizations = spherical_parameterizations(vertices, faces, device=resolve_device("auto"))
+    except GeometryError as error:
+        record["failures"].append(_failure(run_id, item, "spherical_parameterization", error))
+        return record
+    for p in parameterizations:
+        item_store.write_array(f"{p.method}/sphere", p.sphere, attrs={
+            **_sphere_stats(p), "neural_distortion": p.neural_distortion, "neural_step": p.neural_step,
+            "polish_iterations": p.polish_steps})
+        record["parameterizations"][p.method] = _sphere_stats(p)
+    return record
 
 
 @task(name="parameterize-mesh", retries=1, retry_delay_seconds=2)
@@ -113,6 +146,8 @@ def parameterize_mesh(item: MeshItem, store: str, run_id: str, config: GeometryI
     )
     item_store.write_array("source/vertices", vertices.astype(np.float32))
     item_store.write_array("source/faces", mesh.faces.astype(np.int32))
+    if config.domain == "sphere":
+        return _parameterize_sphere(record, item, vertices, mesh.faces, item_store, run_id)
     try:
         disk = cut_to_disk(vertices, mesh.faces)
         harmonic = harmonic_parameterization(disk)
@@ -148,16 +183,21 @@ def encode_geometry_images(record: dict[str, Any], store: str, run_id: str, conf
     attrs = item_store.read_attrs()
     source_vertices = item_store.read_array("source/vertices").astype(np.float64)
     source_faces = item_store.read_array("source/faces").astype(np.int64)
-    disk_vertices = item_store.read_array("disk/vertices")
-    disk_faces = item_store.read_array("disk/faces").astype(np.int64)
+    if config.domain == "square" and record["parameterizations"]:
+        disk_vertices = item_store.read_array("disk/vertices")
+        disk_faces = item_store.read_array("disk/faces").astype(np.int64)
     n_vertices, n_faces = attrs["mesh_vertices"], attrs["mesh_faces"]
     rows: list[dict[str, Any]] = []
     failures = list(record["failures"])
     for method, stats in record["parameterizations"].items():  # empty when the cut failed: finish with failures
         start = time.perf_counter()
         try:
-            uv = item_store.read_array(f"{method}/uv")
-            image = resample_geometry_image(disk_vertices, disk_faces, uv, config.resolution)
+            if config.domain == "sphere":
+                sphere = item_store.read_array(f"{method}/sphere")
+                image = resample_spherical_geometry_image(source_vertices, source_faces, sphere, config.resolution)
+            else:
+                uv = item_store.read_array(f"{method}/uv")
+                image = resample_geometry_image(disk_vertices, disk_faces, uv, config.resolution)
             quantized = quantize(image, config.bits)
             levels = mipmap_pyramid(quantized.codes, config.levels)
         except ValueError as error:
@@ -168,7 +208,8 @@ def encode_geometry_images(record: dict[str, Any], store: str, run_id: str, conf
             levels,
             {"quantization": {"bits": config.bits, "offset": quantized.offset.tolist(),
                               "scale": quantized.scale.tolist()},
-             "filter": "vertex-preserving subsampling", "channels": ["x", "y", "z"]},
+             "filter": "vertex-preserving subsampling", "channels": ["x", "y", "z"],
+             "domain": "octahedral (equal-area), seamless" if config.domain == "sphere" else "square"},
         )
         for level, (codes, stored_bytes) in enumerate(zip(levels, stored)):
             restored = restore_level(dequantize(codes, quantized.offset, quantized.scale), config.resolution)
