@@ -56,7 +56,8 @@ def octahedral_encode(sphere: np.ndarray) -> np.ndarray:
     return 0.5 * (np.column_stack([u, v]) + 1.0)
 
 
-def _locate(queries: np.ndarray, sphere: np.ndarray, faces: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _locate(queries: np.ndarray, sphere: np.ndarray, faces: np.ndarray, k: int,
+            tol: float = 1e-9) -> tuple[np.ndarray, np.ndarray]:
     """For each direction, the best of its ``k`` nearest faces (by centroid): ``(face [Q], weights [Q, 3])``."""
     centroids = sphere[faces].mean(1)
     centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
@@ -75,7 +76,7 @@ def _locate(queries: np.ndarray, sphere: np.ndarray, faces: np.ndarray, k: int) 
     score = bary.min(-1)  # >= 0 inside
     best = score.argmax(1)
     rows = np.arange(len(queries))
-    return cand[rows, best], np.where(score[rows, best, None] > -1e-9, bary[rows, best], np.nan)
+    return cand[rows, best], np.where(score[rows, best, None] > -tol, bary[rows, best], np.nan)
 
 
 def resample_spherical_geometry_image(
@@ -106,6 +107,11 @@ def resample_spherical_geometry_image(
     missing = np.flatnonzero(np.isnan(weights).any(1))
     if len(missing):
         face[missing], weights[missing] = _locate(queries[missing], sphere, faces, 256)
+    missing = np.flatnonzero(np.isnan(weights).any(1))
+    if len(missing):  # thin triangles whose centroids are far from the direction: test every face
+        for start in range(0, len(missing), 32):
+            chunk = missing[start:start + 32]
+            face[chunk], weights[chunk] = _locate(queries[chunk], sphere, faces, len(faces), tol=1e-7)
         if np.isnan(weights).any():
             raise ValueError(f"{np.isnan(weights).any(1).sum()} grid directions lie in no spherical triangle")
     weights = np.clip(weights, 0.0, None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from dataclasses import replace
 from typing import Any, Literal
 
 import numpy as np
@@ -36,7 +37,11 @@ from otcore.parameterization import (
     harmonic_parameterization,
     ot_parameterization,
 )
-from otcore.spherical_parameterization import SphericalParameterization, spherical_parameterizations
+from otcore.spherical_parameterization import (
+    SPHERE_OT_CONFIG,
+    SphericalParameterization,
+    spherical_parameterizations,
+)
 from storage.errors import InputError
 from storage.meshes import MeshItem, read_mesh
 from storage.tables import failure_row
@@ -61,6 +66,8 @@ class GeometryImageConfig(BaseModel):
     domain: Literal["square", "sphere"] = Field(
         "square", description="square: cut to a disk, OT onto [0,1]^2; sphere: closed genus-0 meshes only, "
         "spherical OT (HOTS3D) + seamless octahedral geometry image")
+    sphere_ot_steps: int = Field(100, ge=1, description="domain=sphere: HOTS3D min-max steps")
+    sphere_polish_iterations: int = Field(1000, ge=0, description="domain=sphere: L-BFGS iterations of the polish")
 
     def fingerprint(self, source_sha256: str) -> str:
         """Identity of an item's outputs: input bytes, config and pipeline version."""
@@ -96,10 +103,12 @@ def _sphere_stats(p: SphericalParameterization) -> dict[str, Any]:
 
 
 def _parameterize_sphere(record: dict[str, Any], item: MeshItem, vertices: np.ndarray, faces: np.ndarray,
-                         item_store: ItemStore, run_id: str) -> dict[str, Any]:
+                         item_store: ItemStore, run_id: str, config: GeometryImageConfig) -> dict[str, Any]:
     """``domain="sphere"``: initial spherical map and spherical OT (:mod:`otcore.spherical_parameterization`)."""
     try:
-        parameterizations = spherical_parameterizations(vertices, faces, device=resolve_device("auto"))
+        parameterizations = spherical_parameterizations(
+            vertices, faces, replace(SPHERE_OT_CONFIG, steps=config.sphere_ot_steps, seed=config.seed),
+            config.sphere_polish_iterations, device=resolve_device("auto"))
     except GeometryError as error:
         record["failures"].append(_failure(run_id, item, "spherical_parameterization", error))
         return record
@@ -147,7 +156,7 @@ def parameterize_mesh(item: MeshItem, store: str, run_id: str, config: GeometryI
     item_store.write_array("source/vertices", vertices.astype(np.float32))
     item_store.write_array("source/faces", mesh.faces.astype(np.int32))
     if config.domain == "sphere":
-        return _parameterize_sphere(record, item, vertices, mesh.faces, item_store, run_id)
+        return _parameterize_sphere(record, item, vertices, mesh.faces, item_store, run_id, config)
     try:
         disk = cut_to_disk(vertices, mesh.faces)
         harmonic = harmonic_parameterization(disk)
