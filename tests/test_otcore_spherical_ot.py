@@ -19,6 +19,15 @@ from otcore.spherical_ot import (
 from otcore.von_mises_fisher import sample_vmf, sample_vmf_mixture
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Small networks: one intra-op thread is faster than two on a shared 2-core machine (no oversubscription)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_icnn_is_convex_even_with_negative_raw_parameters():
     torch.manual_seed(0)
     net = ICNN(5, hidden=16, layers=3).double()

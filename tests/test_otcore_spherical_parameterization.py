@@ -6,6 +6,7 @@ from __future__ import annotations
 import igl
 import numpy as np
 import pytest
+import torch
 
 from otcore.errors import UnsupportedTopologyError
 from otcore.geometry_image import geometry_image_to_mesh, mipmap_pyramid, restore_level
@@ -22,6 +23,15 @@ from otcore.spherical_parameterization import (
 )
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One intra-op thread: faster than two on a shared 2-core machine for these small problems."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def small_spot(spot):
     vertices, faces = igl.decimate(np.asarray(spot.vertices), np.asarray(spot.faces, dtype=np.int64), 800)[:2]
@@ -32,7 +42,7 @@ def small_spot(spot):
 def spot_parameterizations(small_spot):
     vertices, faces = small_spot
     config = SphericalOTConfig(hidden=32, layers=2, steps=20, inner_steps=2, batch_size=256, seed=0)
-    return spherical_parameterizations(vertices, faces, config, polish_steps=300)
+    return spherical_parameterizations(vertices, faces, config, polish_steps=150)
 
 
 def test_initial_map_is_a_flip_free_covering(small_spot):
@@ -44,7 +54,7 @@ def test_initial_map_is_a_flip_free_covering(small_spot):
 
 
 def test_spherical_ot_reduces_area_distortion_5x_without_flips(spot_parameterizations, small_spot):
-    """Measured on this 800-face spot: initial 1.89, after OT + polish 0.016 (x116), no flips."""
+    """Measured on this 800-face spot: initial 2.01, after OT 2.02, after the polish 0.025 (x79), no flips."""
     vertices, faces = small_spot
     initial, ot = spot_parameterizations
     assert initial.flipped_triangles == 0 and ot.flipped_triangles == 0
