@@ -124,6 +124,9 @@ def _parameterize_sphere(record: dict[str, Any], item: MeshItem, vertices: np.nd
 def parameterize_mesh(item: MeshItem, store: str, run_id: str, config: GeometryImageConfig) -> dict[str, Any]:
     """Read one mesh, cut it to a disk, map it harmonically and by OT; write both uv maps to its Zarr group.
 
+    With ``config.domain == "sphere"`` the mesh is not cut: it is mapped onto the unit sphere (initial map and
+    spherical OT, ``<method>/sphere`` [V, 3] arrays) and encoded through the octahedral map.
+
     Returns a record ``{"item", "fingerprint", "skipped", "parameterizations": {method: stats}, "failures",
     "rows"}``; ``rows`` holds the finished metric rows when the item was already complete (skipped).
     """
