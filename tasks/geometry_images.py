@@ -108,7 +108,8 @@ def _parameterize_sphere(record: dict[str, Any], item: MeshItem, vertices: np.nd
     try:
         parameterizations = spherical_parameterizations(
             vertices, faces, replace(SPHERE_OT_CONFIG, steps=config.sphere_ot_steps, seed=config.seed),
-            config.sphere_polish_iterations, device=resolve_device("auto"))
+            config.sphere_polish_iterations, device=resolve_device("auto"),
+            feature_weight=config.feature_weight)
     except GeometryError as error:
         record["failures"].append(_failure(run_id, item, "spherical_parameterization", error))
         return record

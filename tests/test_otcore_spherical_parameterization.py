@@ -13,8 +13,10 @@ from otcore.geometry_image import geometry_image_to_mesh, mipmap_pyramid, restor
 from otcore.metrics import surface_distances
 from otcore.octahedral import octahedral_decode, octahedral_encode, resample_spherical_geometry_image
 from otcore.spherical_ot import SphericalOTConfig
+from otcore.parameterization import mean_curvature
 from otcore.spherical_parameterization import (
     check_closed_genus0,
+    face_masses,
     initial_spherical_map,
     spherical_area_distortion,
     spherical_flips,
@@ -105,3 +107,19 @@ def test_rejects_surfaces_that_are_not_closed_genus_0(sample_mesh, spot):
     doubled = np.concatenate([faces, faces + len(spot.vertices)])
     with pytest.raises(UnsupportedTopologyError, match="2 components"):
         check_closed_genus0(np.concatenate([spot.vertices, spot.vertices + 2.0]), doubled)
+
+
+def test_feature_weight_gives_curved_triangles_more_of_the_sphere(small_spot):
+    vertices, faces = small_spot
+    masses = face_masses(vertices, faces, feature_weight=2.0)
+    area = face_masses(vertices, faces)
+    curvature = mean_curvature(vertices, faces)[faces].mean(1)
+    config = SphericalOTConfig(hidden=16, layers=1, steps=5, inner_steps=1, batch_size=128, seed=0)
+    _, ot = spherical_parameterizations(vertices, faces, config, polish_steps=150, feature_weight=2.0)
+    shares = spherical_triangle_areas(ot.sphere, faces) / (4 * np.pi)
+    ratio = shares / (area / area.sum())
+    high = curvature > np.quantile(curvature, 0.8)
+    low = curvature < np.quantile(curvature, 0.2)
+    assert ot.flipped_triangles == 0
+    assert np.median(ratio[high]) > 1.5 * np.median(ratio[low])
+    assert not np.allclose(masses / area, masses[0] / area[0])  # the weights do vary
