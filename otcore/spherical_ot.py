@@ -212,8 +212,7 @@ def train_spherical_ot(
     source = _check_unit("source", source)
     dim = source.shape[1]
     device = torch.device(device)
-    generator = torch.Generator().manual_seed(config.seed)
-    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)  # batches; the weights are seeded below
     if callable(target):
         sample_target = target
     else:

@@ -109,6 +109,19 @@ def test_vmf_mixture_alignment(d, min_reduction):
     assert np.isfinite(result.loss_history).all() and len(result.loss_history) == config.steps
 
 
+def test_training_is_reproducible_and_leaves_the_global_rng_alone():
+    source, _, target, _ = _mixtures(3, shift=0.5, count=100)
+    config = SphericalOTConfig(hidden=8, layers=2, steps=5, inner_steps=2, batch_size=32, seed=3)
+    torch.manual_seed(123)
+    expected = torch.rand(1)
+    torch.manual_seed(123)
+    first = train_spherical_ot(source, target, config)
+    assert torch.equal(torch.rand(1), expected)
+    second = train_spherical_ot(source, target, config)
+    assert np.array_equal(first.loss_history, second.loss_history)
+    assert np.array_equal(first.map.transport(source), second.map.transport(source))
+
+
 def test_train_rejects_bad_input():
     with pytest.raises(ValueError, match="zero vectors"):
         train_spherical_ot(np.zeros((4, 3)), np.eye(3), SphericalOTConfig(steps=1))
