@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from flows.align_embeddings import align_embeddings
 from flows.autodecoder import autodecoder, encode_shapes
 from flows.gaussian_reduction import DEFAULT_RATIOS, gaussian_reduction, summary_frame
 from flows.geometry_image_sequence import geometry_image_sequence, summarize_sequence
@@ -21,6 +22,7 @@ from flows.prefect_server import prefect_api
 from flows.server_cli import server_app
 from flows.task_runner import make_task_runner
 from storage.tables import read_table
+from tasks.align_embeddings import AlignmentConfig
 from tasks.autodecoder import VARIANTS, AutodecoderConfig
 from tasks.gaussian_reduction import METHODS, GaussianReductionConfig
 from tasks.geometry_image_sequence import SequenceConfig
@@ -71,6 +73,9 @@ def _summary_table(summary: pd.DataFrame) -> Table:
         ("chamfer_l2_ot", "CD OT", "{:.2e}"),
         ("hausdorff_harmonic", "HD harm", "{:.2e}"),
         ("hausdorff_ot", "HD OT", "{:.2e}"),
+        ("area_distortion_sphere_initial", "distortion sph init", "{:.3f}"),
+        ("area_distortion_sphere_ot", "distortion sph OT", "{:.3f}"),
+        ("hausdorff_sphere_ot", "HD sph OT", "{:.2e}"),
         ("compression_ratio_finest", "CR 257", "{:.1f}"),
         ("compression_ratio_coarsest", "CR coarsest", "{:.0f}"),
     ]
@@ -93,6 +98,8 @@ def geometry_images_command(
     samples: Annotated[int, typer.Option(help="samples per surface for chamfer_l2/hausdorff")] = 50_000,
     seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
     ot_solver: Annotated[str, typer.Option(help="semi-discrete OT solver: newton | neural (OT-Net)")] = "newton",
+    domain: Annotated[str, typer.Option(help="square (cut + OT to [0,1]^2) | sphere (closed genus 0: spherical "
+                                             "OT + seamless octahedral image)")] = "square",
     workers: Annotated[int | None, typer.Option(help="LocalCluster workers (default: one per core)")] = None,
     dask_address: Annotated[str | None, typer.Option(help="tcp://host:port of an existing Dask scheduler")] = None,
     run_id: Annotated[str | None, typer.Option(help="default: derived from the config (re-runs skip done meshes)")] = None,
@@ -103,6 +110,7 @@ def geometry_images_command(
     config = GeometryImageConfig(
         resolution=resolution, levels=levels, feature_weight=feature_weight, samples=samples, seed=seed,
         ot_solver=ot_solver,
+        domain=domain,
     )
     runner = make_task_runner(workers, dask_address)
     result = geometry_images.with_options(task_runner=runner)(path, store, config, run_id)
@@ -309,3 +317,41 @@ def geometry_image_sequence_command(
 
 if __name__ == "__main__":
     app()
+
+
+@app.command("align-embeddings")
+def align_embeddings_command(
+    source: Annotated[str, typer.Argument(help=".npy / .parquet / .zarr of [N, d] vectors to move")],
+    target: Annotated[list[str], typer.Argument(help="one or more sets of [M, d] vectors to align to")],
+    store: Annotated[str, typer.Option(help="root of the Zarr store and Parquet tables")] = "runs",
+    hidden: Annotated[int, typer.Option(help="ICNN width")] = 128,
+    layers: Annotated[int, typer.Option(help="ICNN hidden layers")] = 3,
+    steps: Annotated[int, typer.Option(help="min-max outer steps")] = 300,
+    batch_size: Annotated[int, typer.Option(help="samples per measure per step")] = 512,
+    lr: Annotated[float, typer.Option(help="Adam learning rate")] = 3e-3,
+    seed: Annotated[int, typer.Option(help="seed of weights and batches")] = 0,
+    device: Annotated[str, typer.Option(help="'auto' uses CUDA where the worker has it")] = "auto",
+    workers: Annotated[int | None, typer.Option(help="LocalCluster workers (default: one per core)")] = None,
+    dask_address: Annotated[str | None, typer.Option(help="tcp://host:port of an existing Dask scheduler")] = None,
+    run_id: Annotated[str | None, typer.Option(help="default: derived from the config (re-runs skip)")] = None,
+) -> None:
+    """HOTS3D spherical OT between embedding distributions: trained map + mapped vectors (Zarr), distances (Parquet)."""
+    config = AlignmentConfig(hidden=hidden, layers=layers, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                             device=device)
+    store = _local(store)
+    runner = make_task_runner(workers, dask_address)
+    result = align_embeddings.with_options(task_runner=runner)(source, target, store, config, run_id)
+    rows = read_table(result["tables"]["embedding_alignment"])
+    table = Table(title="embedding alignment: energy distance between the distributions (unit sphere, chordal)")
+    columns = ("item_id", "dim", "n_source", "n_target", "energy_distance_before", "energy_distance_after",
+               "reduction", "mean_angle_deg", "train_seconds", "device")
+    for name in columns:
+        table.add_column(name, justify="right")
+    for _, row in rows.iterrows():
+        table.add_row(*(f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c]) for c in columns))
+    console.print(table)
+    _print_failures(read_table(result["tables"]["failures"]))
+    console.print(f"run [bold]{result['run_id']}[/]: mapped vectors and the map in "
+                  f"{result['store']}/{result['run_id']}/<source>__<target>/{{mapped,potential,dual}}")
+    for name, uri in result["tables"].items():
+        console.print(f"table {name}: {uri}")

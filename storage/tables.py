@@ -22,6 +22,7 @@ __all__ = [
     "AUTODECODER_EPOCHS_SCHEMA",
     "AUTODECODER_MODELS_SCHEMA",
     "AUTODECODER_SHAPES_SCHEMA",
+    "EMBEDDING_ALIGNMENT_SCHEMA",
     "FAILURES_SCHEMA",
     "GEOMETRY_IMAGES_SCHEMA",
     "SEQUENCE_FRAMES_SCHEMA",
@@ -215,7 +216,35 @@ SEQUENCE_GEOMETRY_IMAGES_SCHEMA: pa.Schema = pa.schema(
 )
 """One row per frame x pyramid level of the geometry-image sequence flow."""
 
+EMBEDDING_ALIGNMENT_SCHEMA: pa.Schema = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("item_id", pa.string()),  # "<source_id>__<target_id>"
+        ("source_id", pa.string()),
+        ("target_id", pa.string()),
+        ("source_uri", pa.string()),
+        ("target_uri", pa.string()),
+        ("source_sha256", pa.string()),
+        ("target_sha256", pa.string()),
+        ("n_source", pa.int64()),
+        ("n_target", pa.int64()),
+        ("dim", pa.int32()),
+        ("energy_distance_before", pa.float64()),  # source vs target, chordal distance on the unit sphere
+        ("energy_distance_after", pa.float64()),  # mapped source vs target
+        ("reduction", pa.float64()),  # before / after
+        ("mean_cost", pa.float64()),  # mean c(x, T x) = -log((1 + <x, T x>) / 2)
+        ("mean_angle_deg", pa.float64()),  # mean angle each vector moved, degrees
+        ("steps", pa.int32()),
+        ("hidden", pa.int32()),
+        ("layers", pa.int32()),
+        ("train_seconds", pa.float64()),
+        ("device", pa.string()),
+    ]
+)
+"""One row per aligned pair of embedding sets (HOTS3D spherical OT): distances before/after."""
+
 TABLE_SCHEMAS: dict[str, pa.Schema] = {
+    "embedding_alignment": EMBEDDING_ALIGNMENT_SCHEMA,
     "geometry_images": GEOMETRY_IMAGES_SCHEMA,
     "autodecoder_epochs": AUTODECODER_EPOCHS_SCHEMA,
     "autodecoder_shapes": AUTODECODER_SHAPES_SCHEMA,

@@ -11,12 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from dataclasses import replace
 from typing import Any, Literal
 
 import numpy as np
 from prefect import task
 from pydantic import BaseModel, Field
 
+from otcore.device import resolve_device
 from otcore.disk_cut import cut_to_disk
 from otcore.errors import GeometryError, OTConvergenceError
 from otcore.geometry_image import (
@@ -27,14 +29,19 @@ from otcore.geometry_image import (
     resample_geometry_image,
     restore_level,
 )
+from otcore.octahedral import resample_spherical_geometry_image
 from otcore.metrics import compression_ratio, normalize_to_unit_diagonal, raw_mesh_bytes, surface_distances
-from otcore.device import resolve_device
 from otcore.ot_net import OTNetConfig, OTNetResult
 from otcore.parameterization import (
     Parameterization,
     feature_masses,
     harmonic_parameterization,
     ot_parameterization,
+)
+from otcore.spherical_parameterization import (
+    SPHERE_OT_CONFIG,
+    SphericalParameterization,
+    spherical_parameterizations,
 )
 from storage.errors import InputError
 from storage.meshes import MeshItem, read_mesh
@@ -61,6 +68,11 @@ class GeometryImageConfig(BaseModel):
     max_newton_iterations: int = Field(60, ge=1)
     ot_solver: Literal["newton", "neural"] = Field(
         "newton", description="semi-discrete OT solver: damped Newton or OT-Net (otcore.ot_net)")
+    domain: Literal["square", "sphere"] = Field(
+        "square", description="square: cut to a disk, OT onto [0,1]^2; sphere: closed genus-0 meshes only, "
+        "spherical OT (HOTS3D) + seamless octahedral geometry image")
+    sphere_ot_steps: int = Field(100, ge=1, description="domain=sphere: HOTS3D min-max steps")
+    sphere_polish_iterations: int = Field(1000, ge=0, description="domain=sphere: L-BFGS iterations of the polish")
 
     def fingerprint(self, source_sha256: str) -> str:
         """Identity of an item's outputs: input bytes, config and pipeline version."""
@@ -87,9 +99,44 @@ def _param_stats(p: Parameterization) -> dict[str, Any]:
     }
 
 
+def _sphere_stats(p: SphericalParameterization) -> dict[str, Any]:
+    return {
+        "area_distortion": p.area_distortion,
+        "flipped_triangles": p.flipped_triangles,
+        "untangled_vertices": None,
+        "ot_solver": None,
+        "fit_steps": None,
+        "newton_iterations": None,
+        "mass_error": None,
+        "solve_seconds": p.seconds,
+    }
+
+
+def _parameterize_sphere(record: dict[str, Any], item: MeshItem, vertices: np.ndarray, faces: np.ndarray,
+                         item_store: ItemStore, run_id: str, config: GeometryImageConfig) -> dict[str, Any]:
+    """``domain="sphere"``: initial spherical map and spherical OT (:mod:`otcore.spherical_parameterization`)."""
+    try:
+        parameterizations = spherical_parameterizations(
+            vertices, faces, replace(SPHERE_OT_CONFIG, steps=config.sphere_ot_steps, seed=config.seed),
+            config.sphere_polish_iterations, device=resolve_device("auto"),
+            feature_weight=config.feature_weight)
+    except GeometryError as error:
+        record["failures"].append(_failure(run_id, item, "spherical_parameterization", error))
+        return record
+    for p in parameterizations:
+        item_store.write_array(f"{p.method}/sphere", p.sphere, attrs={
+            **_sphere_stats(p), "neural_distortion": p.neural_distortion, "neural_step": p.neural_step,
+            "polish_iterations": p.polish_steps})
+        record["parameterizations"][p.method] = _sphere_stats(p)
+    return record
+
+
 @task(name="parameterize-mesh", retries=1, retry_delay_seconds=2, timeout_seconds=TASK_TIMEOUT_SECONDS)
 def parameterize_mesh(item: MeshItem, store: str, run_id: str, config: GeometryImageConfig) -> dict[str, Any]:
     """Read one mesh, cut it to a disk, map it harmonically and by OT; write both uv maps to its Zarr group.
+
+    With ``config.domain == "sphere"`` the mesh is not cut: it is mapped onto the unit sphere (initial map and
+    spherical OT, ``<method>/sphere`` [V, 3] arrays) and encoded through the octahedral map.
 
     Returns a record ``{"item", "fingerprint", "skipped", "parameterizations": {method: stats}, "failures",
     "rows"}``; ``rows`` holds the finished metric rows when the item was already complete (skipped).
@@ -122,6 +169,8 @@ def parameterize_mesh(item: MeshItem, store: str, run_id: str, config: GeometryI
     )
     item_store.write_array("source/vertices", vertices.astype(np.float32))
     item_store.write_array("source/faces", mesh.faces.astype(np.int32))
+    if config.domain == "sphere":
+        return _parameterize_sphere(record, item, vertices, mesh.faces, item_store, run_id, config)
     try:
         disk = cut_to_disk(vertices, mesh.faces)
         harmonic = harmonic_parameterization(disk)
@@ -160,16 +209,21 @@ def encode_geometry_images(record: dict[str, Any], store: str, run_id: str, conf
     attrs = item_store.read_attrs()
     source_vertices = item_store.read_array("source/vertices").astype(np.float64)
     source_faces = item_store.read_array("source/faces").astype(np.int64)
-    disk_vertices = item_store.read_array("disk/vertices")
-    disk_faces = item_store.read_array("disk/faces").astype(np.int64)
+    if config.domain == "square" and record["parameterizations"]:
+        disk_vertices = item_store.read_array("disk/vertices")
+        disk_faces = item_store.read_array("disk/faces").astype(np.int64)
     n_vertices, n_faces = attrs["mesh_vertices"], attrs["mesh_faces"]
     rows: list[dict[str, Any]] = []
     failures = list(record["failures"])
     for method, stats in record["parameterizations"].items():  # empty when the cut failed: finish with failures
         start = time.perf_counter()
         try:
-            uv = item_store.read_array(f"{method}/uv")
-            image = resample_geometry_image(disk_vertices, disk_faces, uv, config.resolution)
+            if config.domain == "sphere":
+                sphere = item_store.read_array(f"{method}/sphere")
+                image = resample_spherical_geometry_image(source_vertices, source_faces, sphere, config.resolution)
+            else:
+                uv = item_store.read_array(f"{method}/uv")
+                image = resample_geometry_image(disk_vertices, disk_faces, uv, config.resolution)
             quantized = quantize(image, config.bits)
             levels = mipmap_pyramid(quantized.codes, config.levels)
         except ValueError as error:
@@ -180,7 +234,8 @@ def encode_geometry_images(record: dict[str, Any], store: str, run_id: str, conf
             levels,
             {"quantization": {"bits": config.bits, "offset": quantized.offset.tolist(),
                               "scale": quantized.scale.tolist()},
-             "filter": "vertex-preserving subsampling", "channels": ["x", "y", "z"]},
+             "filter": "vertex-preserving subsampling", "channels": ["x", "y", "z"],
+             "domain": "octahedral (equal-area), seamless" if config.domain == "sphere" else "square"},
         )
         for level, (codes, stored_bytes) in enumerate(zip(levels, stored)):
             restored = restore_level(dequantize(codes, quantized.offset, quantized.scale), config.resolution)

@@ -17,6 +17,7 @@ from storage.tables import (
     AUTODECODER_EPOCHS_SCHEMA,
     AUTODECODER_MODELS_SCHEMA,
     AUTODECODER_SHAPES_SCHEMA,
+    EMBEDDING_ALIGNMENT_SCHEMA,
     FAILURES_SCHEMA,
     GAUSSIAN_REDUCTION_SCHEMA,
     GEOMETRY_IMAGES_SCHEMA,
@@ -72,6 +73,7 @@ def test_schemas_cover_every_table() -> None:
         "gaussian_reduction": GAUSSIAN_REDUCTION_SCHEMA,
         "sequence_frames": SEQUENCE_FRAMES_SCHEMA,
         "sequence_geometry_images": SEQUENCE_GEOMETRY_IMAGES_SCHEMA,
+        "embedding_alignment": EMBEDDING_ALIGNMENT_SCHEMA,
         "failures": FAILURES_SCHEMA,
     }
     assert GEOMETRY_IMAGES_SCHEMA.metadata[b"distance_normalization"] == b"unit bounding-box diagonal"
