@@ -67,7 +67,8 @@ class OTNetConfig:
         correction_rate: Adam step of the per-target correction, in units of ``1 / N`` (a cell's area: the scale
             of the weight differences between neighbouring cells).
         fit_max_steps: cap on fit steps; reaching it raises :class:`OTConvergenceError`.
-        fit_min_ratio: the fit phase ends when every cell holds at least this fraction of its target mass.
+        fit_min_ratio: the fit phase ends when every cell is non-empty and holds at least this fraction of its
+            target mass (0: fit only where Newton cannot start, an empty cell).
         mass_estimator: ``"exact"`` (power diagram on the unit square) or ``"qmc"`` (scrambled Sobol points).
         qmc_samples: Sobol points per fit step for ``"qmc"``.
         tol: Newton tolerance on the max relative cell-mass error (refine phase).
@@ -82,7 +83,7 @@ class OTNetConfig:
     learning_rate: float = 1e-4
     correction_rate: float = 0.05
     fit_max_steps: int = 3000
-    fit_min_ratio: float = 1e-3
+    fit_min_ratio: float = 0.0
     mass_estimator: str = "exact"
     qmc_samples: int = 1 << 15
     tol: float = 1e-6
@@ -270,11 +271,11 @@ def solve_ot_net(
         weights = current_weights()
         cell_masses = masses_at(weights, fit_steps)
         history.append(float(np.max(np.abs(cell_masses - nu) / nu)))
-        if np.min(cell_masses / nu) >= config.fit_min_ratio:
+        if cell_masses.min() > 0.0 and np.min(cell_masses / nu) >= config.fit_min_ratio:
             break
         if fit_steps == config.fit_max_steps:
             raise OTConvergenceError(
-                f"OT-Net fit left {int((cell_masses < config.fit_min_ratio * nu).sum())} cells below "
+                f"OT-Net fit left {int((cell_masses <= config.fit_min_ratio * nu).sum())} cells at or below "
                 f"{config.fit_min_ratio:g} of their mass after {fit_steps} steps"
             )
         optimizer.zero_grad()
