@@ -31,6 +31,7 @@ test: setup
 bench: setup
 	$(BIN)/python -m pip install -q -e ".[bench]"
 	$(BIN)/python bench/newton_bunny.py
+	$(BIN)/python bench/ot_solvers.py --sizes 1000 10000 100000
 	$(BIN)/python bench/em_kd.py --skip-scipy --skip-exact-65k
 	$(BIN)/python bench/ghap.py
 	$(BIN)/python bench/splatting.py --threads 1

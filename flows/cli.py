@@ -117,17 +117,21 @@ def geometry_images_command(
     rows = read_table(result["tables"]["geometry_images"])
     failures = read_table(result["tables"]["failures"])
     console.print(_summary_table(summarize(rows)))
-    if not failures.empty:
-        table = Table(title="failures")
-        for column in ("item_id", "stage", "error_type", "message"):
-            table.add_column(column)
-        for _, f in failures.iterrows():
-            table.add_row(f["item_id"], f["stage"], f["error_type"], f["message"])
-        console.print(table)
+    _print_failures(failures)
     console.print(f"run [bold]{result['run_id']}[/]: {result['items']} meshes, {result['skipped_items']} skipped as finished")
     console.print(f"Zarr store:  {result['store']}/{result['run_id']}/<mesh>/{{harmonic,ot}}/geometry_image")
     for name, uri in result["tables"].items():
         console.print(f"table {name}: {uri}")
+
+
+def _print_frame(title: str, frame: pd.DataFrame) -> None:
+    """Print ``frame`` as a rich table, floats to 4 significant digits."""
+    table = Table(title=title)
+    for name in frame.columns:
+        table.add_column(str(name), justify="right")
+    for _, row in frame.iterrows():
+        table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
+    console.print(table)
 
 
 def _print_failures(failures: pd.DataFrame) -> None:
@@ -258,12 +262,7 @@ def reduce_gaussians_command(
     runner = make_task_runner(workers, dask_address)
     result = gaussian_reduction.with_options(task_runner=runner)(path, store, ratio, config, run_id)
     summary = summary_frame(read_table(result["tables"]["gaussian_reduction"]).to_dict(orient="records"))
-    table = Table(title="Gaussian reduction: psnr (dB) / ssim of renders against the original scene")
-    for name in summary.columns:
-        table.add_column(str(name), justify="right")
-    for _, row in summary.iterrows():
-        table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
-    console.print(table)
+    _print_frame("Gaussian reduction: psnr (dB) / ssim of renders against the original scene", summary)
     _print_failures(read_table(result["tables"]["failures"]))
     console.print(f"run [bold]{result['run_id']}[/]: {result['items']} items, {result['skipped_items']} finished earlier")
     console.print(f"reduced scenes: {result['store']}/{result['run_id']}/<scene>--r<ratio>/ply/<method>[-finetuned].ply")
@@ -302,12 +301,7 @@ def geometry_image_sequence_command(
     result = geometry_image_sequence.with_options(task_runner=runner)(path, store, config, run_id)
     frames_table = read_table(result["tables"]["sequence_frames"])
     summary = summarize_sequence(frames_table, read_table(result["tables"]["sequence_geometry_images"]))
-    table = Table(title="geometry-image sequence: OT solve per frame")
-    for name in summary.columns:
-        table.add_column(str(name), justify="right")
-    for _, row in summary.iterrows():
-        table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
-    console.print(table)
+    _print_frame("geometry-image sequence: OT solve per frame", summary)
     _print_failures(read_table(result["tables"]["failures"]))
     console.print(f"run [bold]{result['run_id']}[/]: {result['frames']} frames solved"
                   + (" (finished earlier)" if result["skipped"] else ""))
@@ -342,14 +336,10 @@ def align_embeddings_command(
     runner = make_task_runner(workers, dask_address)
     result = align_embeddings.with_options(task_runner=runner)(source, target, store, config, run_id)
     rows = read_table(result["tables"]["embedding_alignment"])
-    table = Table(title="embedding alignment: energy distance between the distributions (unit sphere, chordal)")
-    columns = ("item_id", "dim", "n_source", "n_target", "energy_distance_before", "energy_distance_after",
-               "reduction", "mean_angle_deg", "train_seconds", "device")
-    for name in columns:
-        table.add_column(name, justify="right")
-    for _, row in rows.iterrows():
-        table.add_row(*(f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c]) for c in columns))
-    console.print(table)
+    columns = ["item_id", "dim", "n_source", "n_target", "energy_distance_before", "energy_distance_after",
+               "reduction", "mean_angle_deg", "train_seconds", "device"]
+    _print_frame("embedding alignment: energy distance between the distributions (unit sphere, chordal)",
+                 rows[columns])
     _print_failures(read_table(result["tables"]["failures"]))
     console.print(f"run [bold]{result['run_id']}[/]: mapped vectors and the map in "
                   f"{result['store']}/{result['run_id']}/<source>__<target>/{{mapped,potential,dual}}")
