@@ -81,7 +81,8 @@ def main() -> None:
     parser.add_argument("--grid", type=int, default=64, help="Sinkhorn source grid side")
     parser.add_argument("--reg", type=float, default=1e-3, help="Sinkhorn entropic regularisation")
     parser.add_argument("--sinkhorn-iterations", type=int, default=500)
-    parser.add_argument("--max-matrix-gib", type=float, default=4.0)
+    parser.add_argument("--max-matrix-gib", type=float, default=0.5,
+                        help="skip Sinkhorn above this dense-matrix size (10k Diracs x 64^2: 1 GiB, >10 min)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/bench"))
     args = parser.parse_args()
