@@ -105,7 +105,7 @@ def solve_semi_discrete_ot(
         start_diagram = "Voronoi cells at zero weights" if initial_weights is None else "cells at the initial weights"
         raise OTConvergenceError(
             f"{empty} sites have empty {start_diagram}: the initial map packs sites closer than the power diagram "
-            "resolves in float64 (crowded harmonic map); the neural solver (otcore.ot_net) can start from there"
+            "resolves in float64 (crowded map: otcore.cut_augmentation opens appendages up)"
         )
 
     iteration = 0
