@@ -106,12 +106,11 @@ def geometry_image_sequence(
         failures.append(failure_row(run_id, path.rstrip("/").rsplit("/", 1)[-1], path, "task", record))
     elif record["skipped"]:
         skipped = True
-        finished = record["rows"]
-        frame_rows = [r for r in finished if r.get("table") == "sequence_frames"]
-        image_rows = [r for r in finished if r.get("table") == "sequence_geometry_images"]
         failures = record["failures"]
-        frame_rows = [{k: v for k, v in r.items() if k != "table"} for r in frame_rows]
-        image_rows = [{k: v for k, v in r.items() if k != "table"} for r in image_rows]
+        by_table: dict[str, list[dict[str, Any]]] = {"sequence_frames": [], "sequence_geometry_images": []}
+        for row in record["rows"]:  # stored by finish() below with a "table" tag
+            by_table[row.pop("table")].append(row)
+        frame_rows, image_rows = by_table["sequence_frames"], by_table["sequence_geometry_images"]
     else:
         failures = list(record["failures"])
         frame_rows = record["solve_rows"]

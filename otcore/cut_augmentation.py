@@ -10,6 +10,8 @@ the cut tree at one end only keeps the result a disk.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import igl
 import numpy as np
 import scipy.sparse as sp
@@ -33,6 +35,7 @@ def map_area_ratios(disk: DiskMesh, uv: np.ndarray) -> np.ndarray:
     return shares(flat) / np.maximum(shares(disk.vertices), 1e-300)
 
 
+@dataclass(frozen=True)
 class AugmentedCut:
     """Result of :func:`augment_cut`.
 
@@ -43,8 +46,10 @@ class AugmentedCut:
         min_area_ratios: smallest :func:`map_area_ratios` value before each round and at the end.
     """
 
-    def __init__(self, disk: DiskMesh, uv: np.ndarray, extra_edges: np.ndarray, min_area_ratios: list[float]):
-        self.disk, self.uv, self.extra_edges, self.min_area_ratios = disk, uv, extra_edges, min_area_ratios
+    disk: DiskMesh
+    uv: np.ndarray
+    extra_edges: np.ndarray
+    min_area_ratios: list[float]
 
 
 def augment_cut(

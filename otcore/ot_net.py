@@ -194,11 +194,6 @@ def qmc_cell_masses(
     return counts / samples
 
 
-def _exact_masses(sites: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, PowerCells]:
-    cells = power_cells(sites, weights)
-    return cells.areas, cells
-
-
 def solve_ot_net(
     sites: np.ndarray,
     masses: np.ndarray,
@@ -264,7 +259,7 @@ def solve_ot_net(
 
     def masses_at(weights: torch.Tensor, step: int) -> np.ndarray:
         if config.mass_estimator == "exact":
-            return _exact_masses(sites, weights.detach().cpu().numpy())[0]
+            return power_cells(sites, weights.detach().cpu().numpy()).areas
         estimate = qmc_cell_masses(points, weights.detach(), config.qmc_samples, config.seed * 1_000_003 + step)
         return estimate.cpu().numpy()
 

@@ -24,21 +24,15 @@ from otcore.cut_augmentation import augment_cut
 from otcore.device import resolve_device
 from otcore.disk_cut import DiskMesh
 from otcore.errors import GeometryError, OTConvergenceError
-from otcore.geometry_image import (
-    dequantize,
-    geometry_image_to_mesh,
-    mipmap_pyramid,
-    quantize,
-    resample_geometry_image,
-    restore_level,
-)
-from otcore.metrics import compression_ratio, normalize_to_unit_diagonal, surface_distances
+from otcore.geometry_image import resample_geometry_image
+from otcore.metrics import compression_ratio, normalize_to_unit_diagonal
 from otcore.ot_net import OTNetConfig, OTNetResult, OTNetState
 from otcore.parameterization import area_distortion, ot_parameterization, vertex_areas
 from storage.collections import read_collection
 from storage.errors import InputError
 from storage.tables import failure_row
 from storage.zarr_store import ItemStore
+from tasks.geometry_images import encode_pyramid
 
 __all__ = ["SequenceConfig", "solve_sequence_ot", "encode_sequence_frames", "SEQUENCE_PIPELINE_VERSION"]
 
@@ -238,23 +232,12 @@ def encode_sequence_frames(
         source_vertices = np.zeros((attrs["mesh_vertices"], 3))
         source_vertices[disk_source[copies, 0]] = disk_vertices[copies]
         image = resample_geometry_image(disk_vertices, disk_faces, uv, config.resolution)
-        quantized = quantize(image, config.bits)
-        levels = mipmap_pyramid(quantized.codes, config.levels)
-        stored = item_store.write_pyramid(
-            f"frames/{k}/geometry_image", levels,
-            {"quantization": {"bits": config.bits, "offset": quantized.offset.tolist(),
-                              "scale": quantized.scale.tolist()}, "channels": ["x", "y", "z"]},
-        )
-        for level, (codes, stored_bytes) in enumerate(zip(levels, stored)):
-            restored = restore_level(dequantize(codes, quantized.offset, quantized.scale), config.resolution)
-            restored_vertices, restored_faces = geometry_image_to_mesh(restored)
-            distances = surface_distances(restored_vertices, restored_faces, source_vertices, faces,
-                                          config.samples, config.seed)
+        for level in encode_pyramid(item_store, f"frames/{k}/geometry_image", image, source_vertices, faces, config):
             rows.append({
                 "run_id": run_id, "item_id": record["item_id"], "frame": k, "shape_id": record["frames"][k],
-                "level": level, "resolution": int(codes.shape[-1]),
-                "chamfer_l2": distances.chamfer_l2, "hausdorff": distances.hausdorff,
-                "compression_ratio": compression_ratio(attrs["mesh_vertices"], attrs["mesh_faces"], stored_bytes),
-                "stored_bytes": stored_bytes, "seconds": time.perf_counter() - start,
+                **{key: level[key] for key in ("level", "resolution", "chamfer_l2", "hausdorff", "stored_bytes")},
+                "compression_ratio": compression_ratio(attrs["mesh_vertices"], attrs["mesh_faces"],
+                                                       level["stored_bytes"]),
+                "seconds": time.perf_counter() - start,
             })
     return rows

@@ -48,7 +48,7 @@ from storage.meshes import MeshItem, read_mesh
 from storage.tables import failure_row
 from storage.zarr_store import ItemStore
 
-__all__ = ["GeometryImageConfig", "parameterize_mesh", "encode_geometry_images", "PIPELINE_VERSION"]
+__all__ = ["GeometryImageConfig", "encode_pyramid", "parameterize_mesh", "encode_geometry_images", "PIPELINE_VERSION"]
 
 PIPELINE_VERSION = "1"  # bump when outputs of unchanged inputs would change: invalidates finished items
 
@@ -194,6 +194,50 @@ def parameterize_mesh(item: MeshItem, store: str, run_id: str, config: GeometryI
     return record
 
 
+def encode_pyramid(
+    item_store: ItemStore,
+    path: str,
+    image: np.ndarray,
+    source_vertices: np.ndarray,
+    source_faces: np.ndarray,
+    config: Any,
+    attrs: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Quantise a geometry image, store its mipmap pyramid at ``path`` and measure every restored level.
+
+    Args:
+        item_store: the item's Zarr group.
+        path: group path of the pyramid, e.g. ``"ot/geometry_image"``.
+        image: ``[3, R, R]`` float geometry image (unit bbox diagonal units).
+        source_vertices, source_faces: ``[V, 3]`` float64 / ``[F, 3]`` int64 mesh the levels are measured against.
+        config: any config with ``bits``, ``levels``, ``resolution``, ``samples`` and ``seed``.
+        attrs: extra pyramid attributes.
+
+    Returns:
+        One dict per level: ``level``, ``resolution``, ``chamfer_l2``, ``hausdorff``, ``samples``, ``stored_bytes``.
+
+    Raises:
+        ValueError: if the image cannot be quantised or subsampled into ``config.levels`` levels.
+    """
+    quantized = quantize(image, config.bits)
+    levels = mipmap_pyramid(quantized.codes, config.levels)
+    stored = item_store.write_pyramid(
+        path, levels,
+        {"quantization": {"bits": config.bits, "offset": quantized.offset.tolist(), "scale": quantized.scale.tolist()},
+         "filter": "vertex-preserving subsampling", "channels": ["x", "y", "z"], **(attrs or {})},
+    )
+    measured = []
+    for level, (codes, stored_bytes) in enumerate(zip(levels, stored)):
+        restored = restore_level(dequantize(codes, quantized.offset, quantized.scale), config.resolution)
+        restored_vertices, restored_faces = geometry_image_to_mesh(restored)
+        distances = surface_distances(restored_vertices, restored_faces, source_vertices, source_faces,
+                                      config.samples, config.seed)
+        measured.append({"level": level, "resolution": int(codes.shape[-1]), "chamfer_l2": distances.chamfer_l2,
+                         "hausdorff": distances.hausdorff, "samples": distances.samples,
+                         "stored_bytes": stored_bytes})
+    return measured
+
+
 @task(name="encode-geometry-images", retries=1, retry_delay_seconds=2, timeout_seconds=TASK_TIMEOUT_SECONDS)
 def encode_geometry_images(record: dict[str, Any], store: str, run_id: str, config: GeometryImageConfig) -> dict:
     """Resample, quantise and mipmap each parameterization; restore every level and measure it.
@@ -224,33 +268,21 @@ def encode_geometry_images(record: dict[str, Any], store: str, run_id: str, conf
             else:
                 uv = item_store.read_array(f"{method}/uv")
                 image = resample_geometry_image(disk_vertices, disk_faces, uv, config.resolution)
-            quantized = quantize(image, config.bits)
-            levels = mipmap_pyramid(quantized.codes, config.levels)
+            levels = encode_pyramid(
+                item_store, f"{method}/geometry_image", image, source_vertices, source_faces, config,
+                {"domain": "octahedral (equal-area), seamless" if config.domain == "sphere" else "square"},
+            )
         except ValueError as error:
             failures.append(_failure(run_id, item, f"geometry_image[{method}]", error))
             continue
-        stored = item_store.write_pyramid(
-            f"{method}/geometry_image",
-            levels,
-            {"quantization": {"bits": config.bits, "offset": quantized.offset.tolist(),
-                              "scale": quantized.scale.tolist()},
-             "filter": "vertex-preserving subsampling", "channels": ["x", "y", "z"],
-             "domain": "octahedral (equal-area), seamless" if config.domain == "sphere" else "square"},
-        )
-        for level, (codes, stored_bytes) in enumerate(zip(levels, stored)):
-            restored = restore_level(dequantize(codes, quantized.offset, quantized.scale), config.resolution)
-            restored_vertices, restored_faces = geometry_image_to_mesh(restored)
-            distances = surface_distances(
-                restored_vertices, restored_faces, source_vertices, source_faces, config.samples, config.seed
-            )
+        for level in levels:
+            stored_bytes = level["stored_bytes"]
             rows.append({
                 "run_id": run_id, "item_id": item.item_id, "source_uri": item.uri,
-                "source_sha256": attrs["source_sha256"], "parameterization": method, "level": level,
-                "resolution": int(codes.shape[-1]), "mesh_vertices": n_vertices, "mesh_faces": n_faces,
-                "chamfer_l2": distances.chamfer_l2, "hausdorff": distances.hausdorff,
+                "source_sha256": attrs["source_sha256"], "parameterization": method, **level,
+                "mesh_vertices": n_vertices, "mesh_faces": n_faces,
                 "compression_ratio": compression_ratio(n_vertices, n_faces, stored_bytes),
-                "raw_bytes": raw_mesh_bytes(n_vertices, n_faces), "stored_bytes": stored_bytes,
-                "samples": distances.samples, "distance_normalization": "unit_bbox_diagonal",
+                "raw_bytes": raw_mesh_bytes(n_vertices, n_faces), "distance_normalization": "unit_bbox_diagonal",
                 "feature_weight": config.feature_weight, "seconds": time.perf_counter() - start,
                 **stats,
             })

@@ -14,21 +14,17 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from flows.prefect_server import free_port, prefect_api, stop_process_tree
+
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _executable(name: str) -> str:
@@ -36,18 +32,9 @@ def _executable(name: str) -> str:
     return str(path) if path.exists() else shutil.which(name) or name
 
 
-def stop(process: subprocess.Popen, grace: float = 5.0) -> None:
-    """SIGTERM the process group of ``process`` (started with ``start_new_session``), SIGKILL it after ``grace``."""
-    if process.poll() is None:
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(grace)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
-    try:
-        os.killpg(process.pid, signal.SIGKILL)  # also reaps children that outlived their parent in the group
-    except ProcessLookupError:
-        pass
+def stop(process: subprocess.Popen) -> None:
+    """Stop ``process`` (started with ``start_new_session``), its group and its descendants; reap it."""
+    stop_process_tree(process.pid, timeout=5.0)
     process.wait()
 
 
@@ -62,68 +49,20 @@ def worker_env(api_url: str | None, home: Path) -> dict[str, str]:
 
 
 @contextmanager
-def prefect_server(home: Path, timeout: float = 90.0) -> Iterator[str]:
-    """``prefect server start`` on 127.0.0.1 with its SQLite database under ``home``; yields the API URL.
+def prefect_server(home: Path) -> Iterator[str]:
+    """A ``prefect server start`` on 127.0.0.1 with its SQLite database under ``home``; yields the API URL.
 
-    While it runs, ``PREFECT_API_URL`` is set in ``os.environ`` and in this process's Prefect settings (restored
-    afterwards), so flows run here report to it and process workers given :func:`worker_env` share it.
+    :func:`flows.prefect_server.prefect_api` with ``PREFECT_API_URL`` cleared first, so it starts its own server:
+    while it runs, ``PREFECT_API_URL`` is set in ``os.environ`` and this process's Prefect settings (restored
+    afterwards), queued logs and events are flushed before it stops, and no process outlives it.
     """
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/api"
-    env = worker_env(None, home)
-    env["PREFECT_UI_ENABLED"] = "false"
-    log = open(home / "server.log", "wb")  # noqa: SIM115 - closed below
-    process = subprocess.Popen([_executable("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                               env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    previous = os.environ.get("PREFECT_API_URL")
+    previous = os.environ.pop("PREFECT_API_URL", None)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"prefect server exited: {(home / 'server.log').read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"prefect server not healthy after {timeout} s")
-            time.sleep(0.5)
-        os.environ["PREFECT_API_URL"] = url
-        with temporary_settings(updates={PREFECT_API_URL: url}):
+        with temporary_settings(restore_defaults={PREFECT_API_URL}), prefect_api(home) as url:
             yield url
-            _drain_prefect_workers()  # flush this process's logs and events while the server still listens
     finally:
-        if previous is None:
-            os.environ.pop("PREFECT_API_URL", None)
-        else:
+        if previous is not None:
             os.environ["PREFECT_API_URL"] = previous
-        stop(process)
-        log.close()
-
-
-def _drain_prefect_workers() -> None:
-    import inspect
-
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
-    from prefect.utilities.asyncutils import run_coro_as_sync
-
-    async def drain() -> None:
-        try:
-            result = APILogWorker.instance().drain()
-            if inspect.isawaitable(result):
-                await result
-        except RuntimeError:  # never started
-            pass
-        result = EventsWorker.drain_all()
-        if inspect.isawaitable(result):
-            await result
-
-    run_coro_as_sync(drain())
 
 
 @dataclass
