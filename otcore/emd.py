@@ -1,10 +1,11 @@
 """Earth mover's distance between point clouds: exact EMD, the EM-kD metric, Chamfer-L2, batched auction.
 
 EM-kD follows NeuralQAAD (Wagner & Schwanecke, "An Efficient Differentiable Framework for Compressing High
-Resolution Consistent Point Clouds Datasets", VISAPP 2022, Eq. 14): both clouds are split by the same balanced k-d
-tree (median splits, axis ``k % d`` at depth ``k``) into leaves of at most ``leaf_size`` points, leaf ``s`` of X is
-paired with leaf ``s`` of Y, and the per-leaf EMDs (optimal bijections) are summed. The union of the per-leaf
-bijections is a bijection of the whole clouds, so EM-kD is an upper bound of the exact EMD.
+Resolution Consistent Point Clouds Datasets", VISAPP 2022, Eq. 14): both clouds are split by balanced median k-d
+trees that split node ``s`` of both along the same direction (by default the principal axis of the union of their
+points; the paper's fixed cyclic axis order with ``split="axis"``) into leaves of at most ``leaf_size`` points, leaf
+``s`` of X is paired with leaf ``s`` of Y, and the per-leaf EMDs (optimal bijections) are summed. The union of the
+per-leaf bijections is a bijection of the whole clouds, so EM-kD is an upper bound of the exact EMD.
 
 Conventions (used by every caller):
 
@@ -20,9 +21,9 @@ Bertsekas' auction with epsilon-scaling, Jacobi variant, warm-started by a coars
 certifies by a dual bound that every leaf's cost is within ``AUCTION_REL_TOL`` (1e-3) relative of its optimum.
 
 Measured on the 2-core dev machine (crane frames 0 and 87 each normalised to a unit bbox diagonal,
-``bench/em_kd.py``): 8,192 points, EM-kD 0.33-0.49 s against ~12-13 s for POT's exact ``ot.emd2`` (EM-kD / EMD =
-1.25 there; 1.01 with both frames normalised by their joint box); 65,536 points (64 leaves of 1024), 1.1-1.5 s.
-Near-identical clouds (two samplings of one frame) are harder for the auction: ~5 s at 65,536 points.
+``bench/em_kd.py``, idle): 8,192 points, EM-kD 0.28 s against ~13-14 s for POT's exact ``ot.emd2``, EM-kD / EMD =
+1.04 (1.25 with ``split="axis"``; 1.04-1.14 over seven frame pairs); 65,536 points (64 leaves of 1024), 1.2 s.
+Near-identical clouds (frames 0 and 1) are harder for the auction: ~4 s at 65,536 points.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import scipy.spatial.distance
 import torch
 
 from otcore.errors import OTConvergenceError
-from otcore.kd_tree import as_points, kd_depth, kd_split
+from otcore.kd_tree import KDPartition, as_points, kd_depth, kd_split, kd_split_pair
 
 __all__ = [
     "exact_emd",
@@ -49,6 +50,7 @@ __all__ = [
     "chamfer_l2",
 ]
 
+EM_KD_SPLITS = ("pca", "axis")  # k-d split directions of em_kd (see its docstring)
 # Default accuracy of the auction: every batch's (leaf's) cost is certified within this fraction of its optimum.
 AUCTION_REL_TOL = 1e-3
 _AUCTION_SCALING = 0.1  # epsilon factor between phases
@@ -538,6 +540,7 @@ class EMKDResult:
         n_leaves: number of k-d leaves.
         leaf_size: the requested maximum leaf size.
         solver: ``"exact"`` or ``"auction"``.
+        split: ``"pca"`` or ``"axis"`` (see :func:`em_kd`).
     """
 
     em_kd: float
@@ -545,6 +548,7 @@ class EMKDResult:
     n_leaves: int
     leaf_size: int
     solver: str
+    split: str = "pca"
 
 
 def _initial_prices(
@@ -610,12 +614,15 @@ def em_kd(
     leaf_size: int = 1024,
     solver: str = "auction",
     epsilon: float | None = None,
+    split: str = "pca",
 ) -> EMKDResult:
     """EM-kD of two equal-size clouds (NeuralQAAD, Wagner & Schwanecke, VISAPP 2022, Eq. 14).
 
-    Both clouds are split by :func:`otcore.kd_tree.kd_partition` with the same ``leaf_size`` (so their leaves have equal sizes),
-    leaf ``s`` of ``x`` is matched to leaf ``s`` of ``y`` by an optimal bijection for the Euclidean cost, and the
-    distances are averaged over all ``N`` points.
+    Both clouds are split by a balanced median k-d tree with the same ``leaf_size`` and the same split axis at every
+    node (so their leaves have equal sizes), leaf ``s`` of ``x`` is matched to leaf ``s`` of ``y`` by an optimal
+    bijection for the Euclidean cost, and the distances are averaged over all ``N`` points. Any bijection costs at
+    least the exact EMD, so EM-kD is an upper bound; how tight depends on how well the leaves of the two clouds
+    cover the same parts of the shape, which is what ``split`` chooses.
 
     Args:
         x, y: ``[N, d]`` float arrays or tensors (equal ``N`` and ``d``), e.g. unit-bounding-box-diagonal units.
@@ -629,17 +636,24 @@ def em_kd(
             (``1e-3``) relative of its exact value (measured on crane frames: 1e-4 to 6e-4 per leaf, EM-kD itself
             about 1e-4 to 3e-4 above the exact-per-leaf value). A number: final auction epsilon in length units, each leaf within
             ``n * epsilon`` of its exact value. Ignored by the exact solver.
+        split: ``"pca"`` (default): node ``s`` of both clouds is split along the principal axis of the union of
+            their points (:func:`otcore.kd_tree.kd_split_pair`). ``"axis"``: the fixed cyclic order x, y, z, ...
+            (:func:`otcore.kd_tree.kd_split`), the paper's literal k-d tree. Measured on 8,192-point samples of
+            crane frame pairs (``bench/em_kd.py --pairs``), EM-kD / exact EMD is 1.04-1.14 with ``"pca"`` and
+            1.08-1.93 with ``"axis"``, whose leaf boundaries cut the two poses at different body parts.
 
     Returns:
         :class:`EMKDResult`; ``em_kd`` is evaluated in float64 from the assignment.
 
     Raises:
         ValueError: on clouds of unequal size or dimension (naming both), bad shapes, non-finite coordinates,
-            ``leaf_size < 1`` or an unknown ``solver``.
+            ``leaf_size < 1``, an unknown ``solver`` or an unknown ``split``.
         OTConvergenceError: if the auction hits its round cap.
     """
     if solver not in ("exact", "auction"):
         raise ValueError(f"solver must be 'exact' or 'auction', got {solver!r}")
+    if split not in EM_KD_SPLITS:
+        raise ValueError(f"split must be one of {EM_KD_SPLITS}, got {split!r}")
     if leaf_size < 1:
         raise ValueError(f"leaf_size must be >= 1, got {leaf_size}")
     x, y = _as_pair(x, y)
@@ -649,7 +663,7 @@ def em_kd(
     n_leaves = 1 << depth
 
     if solver == "exact":
-        part_x, part_y = kd_split(x, depth), kd_split(y, depth)
+        part_x, part_y = _paired_partitions(x, y, depth, split)
         xs = x.detach().to("cpu", torch.float64).numpy()
         ys = y.detach().to("cpu", torch.float64).numpy()
         order_x, order_y = part_x.order.cpu().numpy(), part_y.order.cpu().numpy()
@@ -666,7 +680,7 @@ def em_kd(
         n_max = -(-n_points // n_leaves)
         # Split further into sub-leaves of about _CLUSTER_POINTS points: they refine the leaves (same tree).
         extra = max(0, int(math.log2(max(1, n_max // _CLUSTER_POINTS))))
-        part_x, part_y = kd_split(x, depth + extra), kd_split(y, depth + extra)
+        part_x, part_y = _paired_partitions(x, y, depth + extra, split)
         n_clusters = 1 << extra
         fine_sizes = part_x.offsets[1:] - part_x.offsets[:-1]
         leaf_offsets = part_x.offsets[:: n_clusters]
@@ -701,7 +715,13 @@ def em_kd(
     xs64 = x.detach().to(torch.float64)
     ys64 = y.detach().to(torch.float64)
     value = float(torch.linalg.vector_norm(xs64 - ys64[assignment_t], dim=1).mean())
-    return EMKDResult(value, assignment_t, n_leaves, leaf_size, solver)
+    return EMKDResult(value, assignment_t, n_leaves, leaf_size, solver, split)
+
+
+def _paired_partitions(x: torch.Tensor, y: torch.Tensor, depth: int, split: str) -> tuple[KDPartition, KDPartition]:
+    if split == "pca":
+        return kd_split_pair(x, y, depth)
+    return kd_split(x, depth), kd_split(y, depth)
 
 
 # ----------------------------------------------------------------------------------------------------------------

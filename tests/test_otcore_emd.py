@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from otcore.emd import (
     exact_assignment,
     exact_emd,
 )
-from otcore.kd_tree import kd_partition
+from otcore.kd_tree import kd_partition, kd_split_pair
 from otcore.metrics import normalize_to_unit_diagonal
 
 CRANE = Path(__file__).resolve().parent.parent / "data" / "samples" / "consistent" / "crane-16.npz"
@@ -200,10 +201,12 @@ def test_em_kd_with_uneven_leaves_is_a_valid_upper_bound() -> None:
     assert auction.em_kd >= exact_emd(x, y)
     # Five points in leaves of one: eight leaves, three of them empty.
     tiny_x, tiny_y = x[:5], y[:5]
-    for solver in ("auction", "exact"):
-        result = em_kd(tiny_x, tiny_y, leaf_size=1, solver=solver)
+    partitions = {"axis": (kd_partition(tiny_x, 1), kd_partition(tiny_y, 1)),
+                  "pca": kd_split_pair(torch.from_numpy(tiny_x), torch.from_numpy(tiny_y), 3)}
+    for solver, split in itertools.product(("auction", "exact"), ("axis", "pca")):
+        result = em_kd(tiny_x, tiny_y, leaf_size=1, solver=solver, split=split)
         assert result.n_leaves == 8 and sorted(result.assignment.tolist()) == list(range(5))
-        part_x, part_y = kd_partition(tiny_x, 1), kd_partition(tiny_y, 1)
+        part_x, part_y = partitions[split]
         paired = np.empty(5, dtype=np.int64)
         paired[part_x.order.numpy()] = part_y.order.numpy()  # leaf s of x with leaf s of y, one point each
         np.testing.assert_array_equal(result.assignment.numpy(), paired)
@@ -218,6 +221,8 @@ def test_emd_functions_reject_unequal_clouds() -> None:
         exact_assignment(np.zeros((5, 3)), np.zeros((5, 2)))
     with pytest.raises(ValueError, match="solver"):
         em_kd(x, x, solver="sinkhorn")
+    with pytest.raises(ValueError, match="split"):
+        em_kd(x, x, split="median")
     with pytest.raises(ValueError, match="non-finite"):
         em_kd(np.full((4, 3), np.inf), x[:4])
 
