@@ -118,7 +118,8 @@ AUTODECODER_SHAPES_SCHEMA: pa.Schema = pa.schema(
         ("chamfer_l2", pa.float64()),  # unit-bbox-diagonal normalised units (squared distance)
         ("distance_normalization", pa.string()),  # "unit_bbox_diagonal"
     ],
-    metadata={"distance_normalization": "unit bounding-box diagonal of each shape"},
+    metadata={"distance_normalization": "unit bounding-box diagonal of each shape",
+              "em_kd": "otcore.emd.em_kd, split='pca' (autodecoder pipeline 2; pipeline 1 used split='axis')"},
 )
 """One row per item x shape: reconstruction error of the decoded cloud."""
 

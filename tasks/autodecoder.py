@@ -38,7 +38,7 @@ from storage.zarr_store import ItemStore
 
 __all__ = ["AutodecoderConfig", "VARIANTS", "train_autodecoder", "encode_collection", "PIPELINE_VERSION", "load_model"]
 
-PIPELINE_VERSION = "1"
+PIPELINE_VERSION = "2"  # 2: EM-kD scored with the principal-axis k-d split (otcore.emd.em_kd split="pca")
 
 TRAIN_TIMEOUT_SECONDS = 12 * 3600  # one training run; checkpoints make the retry resume, not restart
 ENCODE_TIMEOUT_SECONDS = 2 * 3600
