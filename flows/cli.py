@@ -281,6 +281,7 @@ def geometry_image_sequence_command(
     warm_start: Annotated[bool, typer.Option(help="start each frame from the previous frame's solution")] = True,
     frames: Annotated[int | None, typer.Option(help="only the first N frames")] = None,
     cut_paths: Annotated[int, typer.Option(help="most cut-augmentation paths through appendages")] = 8,
+    tol: Annotated[float, typer.Option(help="max relative cell-mass error of every frame's solve")] = 1e-3,
     resolution: Annotated[int, typer.Option(help="geometry image side (2^n + 1)")] = 257,
     levels: Annotated[int, typer.Option(help="mipmap levels")] = 5,
     samples: Annotated[int, typer.Option(help="samples per surface for chamfer_l2/hausdorff")] = 20_000,
@@ -293,7 +294,7 @@ def geometry_image_sequence_command(
 ) -> None:
     """Geometry images of every frame of a sequence: one cut and map, one warm-started OT solve per frame."""
     config = SequenceConfig(
-        ot_solver=ot_solver, warm_start=warm_start, frames=frames, cut_paths=cut_paths, resolution=resolution,
+        ot_solver=ot_solver, warm_start=warm_start, frames=frames, cut_paths=cut_paths, tol=tol, resolution=resolution,
         levels=levels, samples=samples, frames_per_task=frames_per_task, seed=seed, device=device,
     )
     store = _local(store)
@@ -308,9 +309,6 @@ def geometry_image_sequence_command(
     for name, uri in result["tables"].items():
         console.print(f"table {name}: {uri}")
 
-
-if __name__ == "__main__":
-    app()
 
 
 @app.command("align-embeddings")
@@ -345,3 +343,7 @@ def align_embeddings_command(
                   f"{result['store']}/{result['run_id']}/<source>__<target>/{{mapped,potential,dual}}")
     for name, uri in result["tables"].items():
         console.print(f"table {name}: {uri}")
+
+
+if __name__ == "__main__":
+    app()

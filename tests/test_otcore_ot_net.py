@@ -61,3 +61,18 @@ def test_bad_input_raises() -> None:
         solve_ot_net(sites, np.ones(10))
     with pytest.raises(ValueError, match="masses"):
         solve_ot_net(sites[:, :2], -np.ones(10))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_ot_net_on_gpu_matches_cpu(spot_problem) -> None:
+    from otcore.ot_net import OTNetConfig
+
+    sites, masses, curved = spot_problem
+    cpu = solve_ot_net(sites, masses)
+    gpu = solve_ot_net(sites, masses, config=OTNetConfig(device="cuda"))
+    assert np.abs(gpu.cells.areas - cpu.cells.areas).max() / cpu.cells.areas.min() < 1e-3
+    reused = solve_ot_net(sites, curved, state=gpu.state, config=OTNetConfig(device="cuda"))
+    assert reused.warm and reused.mass_error < 1e-6
+    subset = torch.from_numpy(sites[::20]).cuda()
+    estimate = qmc_cell_masses(subset, torch.zeros(len(subset), dtype=torch.float64, device="cuda"), 1 << 14, 0)
+    assert estimate.device.type == "cuda" and float(estimate.sum()) == pytest.approx(1.0)
