@@ -281,7 +281,7 @@ def geometry_image_sequence_command(
     warm_start: Annotated[bool, typer.Option(help="start each frame from the previous frame's solution")] = True,
     frames: Annotated[int | None, typer.Option(help="only the first N frames")] = None,
     cut_paths: Annotated[int, typer.Option(help="most cut-augmentation paths through appendages")] = 8,
-    tol: Annotated[float, typer.Option(help="max relative cell-mass error of every frame's solve")] = 1e-3,
+    tol: Annotated[float, typer.Option(help="max relative cell-mass error of every frame's solve")] = 1e-6,
     resolution: Annotated[int, typer.Option(help="geometry image side (2^n + 1)")] = 257,
     levels: Annotated[int, typer.Option(help="mipmap levels")] = 5,
     samples: Annotated[int, typer.Option(help="samples per surface for chamfer_l2/hausdorff")] = 20_000,
