@@ -23,21 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from otcore.device import resolve_device  # noqa: E402
 from otcore.spherical_ot import SphericalOTConfig, energy_distance, train_spherical_ot  # noqa: E402
-from otcore.von_mises_fisher import sample_vmf_mixture  # noqa: E402
-
-
-def mixtures(d: int, count: int, shift: float = 0.5):
-    rng = np.random.default_rng(d)
-    means = np.eye(3) if d == 3 else rng.standard_normal((3, d))
-    means = means / np.linalg.norm(means, axis=1, keepdims=True)
-    tangent = rng.standard_normal((3, d))
-    tangent -= (tangent * means).sum(1, keepdims=True) * means
-    tangent /= np.linalg.norm(tangent, axis=1, keepdims=True)
-    target_means = np.cos(shift) * means + np.sin(shift) * tangent
-    kappa = np.full(3, 30.0 if d == 3 else 4.0 * d)
-    source, labels = sample_vmf_mixture(means, kappa, np.ones(3), count, seed=1)
-    target, _ = sample_vmf_mixture(target_means, kappa, np.ones(3), count, seed=2)
-    return source, labels, target, target_means
+from otcore.von_mises_fisher import shifted_vmf_mixtures  # noqa: E402
 
 
 def main() -> None:
@@ -52,7 +38,7 @@ def main() -> None:
     print(f"load average {os.getloadavg()[0]:.1f}, device {device}, torch threads {torch.get_num_threads()}")
     print(f"{'d':>4} {'ED before':>10} {'ED after':>10} {'reduction':>9} {'accuracy':>8} {'seconds':>8}")
     for d in (3, 64, 768):
-        source, labels, target, target_means = mixtures(d, args.count)
+        source, labels, target, target_means = shifted_vmf_mixtures(d, args.count)
         config = SphericalOTConfig(hidden=128, layers=3, steps=args.steps, inner_steps=5, batch_size=512, lr=3e-3)
         start = time.perf_counter()
         result = train_spherical_ot(source, target, config, device=device)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["sample_vmf", "sample_vmf_mixture"]
+__all__ = ["sample_vmf", "sample_vmf_mixture", "shifted_vmf_mixtures"]
 
 
 def sample_vmf(mean: np.ndarray, kappa: float, count: int, rng: np.random.Generator) -> np.ndarray:
@@ -59,3 +59,36 @@ def sample_vmf_mixture(
         sel = labels == k
         points[sel] = sample_vmf(means[k], float(kappas[k]), int(sel.sum()), rng)
     return points, labels
+
+
+def shifted_vmf_mixtures(
+    dim: int, count: int, shift: float = 0.5
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A spherical OT test problem with known structure: a 3-component vMF mixture and the same mixture moved.
+
+    The source means are random unit vectors (the coordinate axes for ``dim = 3``, well separated on S^2); each
+    target mean is its source mean rotated by ``shift`` radians in a random tangent direction. Concentration
+    ``kappa = 30`` (``dim = 3``) or ``4 * dim``, equal weights; the draw is seeded by ``dim``.
+
+    Args:
+        dim: ambient dimension ``d >= 2`` (points on ``S^{d-1}``).
+        count: samples per set.
+        shift: rotation of every component mean, radians.
+
+    Returns:
+        ``source [count, d]``, its component ``labels [count]`` (int64), ``target [count, d]`` (float64) and the
+        target means ``[3, d]``: an OT map should carry each source component onto its own target component.
+    """
+    rng = np.random.default_rng(dim)
+    means = rng.standard_normal((3, dim))
+    means /= np.linalg.norm(means, axis=1, keepdims=True)
+    if dim == 3:
+        means = np.eye(3)
+    tangent = rng.standard_normal((3, dim))
+    tangent -= (tangent * means).sum(1, keepdims=True) * means
+    tangent /= np.linalg.norm(tangent, axis=1, keepdims=True)
+    target_means = np.cos(shift) * means + np.sin(shift) * tangent
+    kappa = np.full(3, 30.0 if dim == 3 else 4.0 * dim)
+    source, labels = sample_vmf_mixture(means, kappa, np.ones(3), count, seed=1)
+    target, _ = sample_vmf_mixture(target_means, kappa, np.ones(3), count, seed=2)
+    return source, labels, target, target_means

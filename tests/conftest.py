@@ -58,6 +58,17 @@ def consistent_dir() -> Path:
     return CONSISTENT_DIR
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch intra-op thread for a module of small networks: faster than two on a shared 2-core machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # --- one real Prefect server per test session (flows/prefect_server.py) -------------------------------------------
 
 

@@ -16,16 +16,9 @@ from otcore.spherical_ot import (
     train_spherical_ot,
     transport_from_gradient,
 )
-from otcore.von_mises_fisher import sample_vmf, sample_vmf_mixture
+from otcore.von_mises_fisher import sample_vmf, shifted_vmf_mixtures
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Small networks: one intra-op thread is faster than two on a shared 2-core machine (no oversubscription)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_icnn_is_convex_even_with_negative_raw_parameters():
@@ -75,28 +68,12 @@ def test_vmf_sampler_mean_resultant_length():
     assert np.allclose(np.linalg.norm(x, axis=1), 1.0)
 
 
-def _mixtures(d: int, shift: float, count: int):
-    rng = np.random.default_rng(d)
-    means = rng.standard_normal((3, d))
-    means /= np.linalg.norm(means, axis=1, keepdims=True)
-    if d == 3:
-        means = np.eye(3)  # well separated on S^2
-    tangent = rng.standard_normal((3, d))
-    tangent -= (tangent * means).sum(1, keepdims=True) * means
-    tangent /= np.linalg.norm(tangent, axis=1, keepdims=True)
-    target_means = np.cos(shift) * means + np.sin(shift) * tangent
-    kappa = np.full(3, 30.0 if d == 3 else 4.0 * d)
-    source, labels = sample_vmf_mixture(means, kappa, np.ones(3), count, seed=1)
-    target, _ = sample_vmf_mixture(target_means, kappa, np.ones(3), count, seed=2)
-    return source, labels, target, target_means
-
-
 @pytest.mark.parametrize(("d", "min_reduction"), [(3, 6.0), (64, 2.0), (768, 1.8)])
 def test_vmf_mixture_alignment(d, min_reduction):
     """Measured with this short training (seed 0): energy distance drops 12.9x (d=3), 2.85x (d=64), 2.38x
     (d=768), and every source component lands on its own target component (accuracy 1.0). Longer training
     does better (bench/spherical_ot.py)."""
-    source, labels, target, target_means = _mixtures(d, shift=0.5, count=600)
+    source, labels, target, target_means = shifted_vmf_mixtures(d, 600)
     config = SphericalOTConfig(hidden=64, layers=2, steps=100, inner_steps=3, batch_size=256, lr=3e-3, seed=0)
     result = train_spherical_ot(source, target, config)
     mapped = result.map.transport(source)
@@ -110,7 +87,7 @@ def test_vmf_mixture_alignment(d, min_reduction):
 
 
 def test_training_is_reproducible_and_leaves_the_global_rng_alone():
-    source, _, target, _ = _mixtures(3, shift=0.5, count=100)
+    source, _, target, _ = shifted_vmf_mixtures(3, 100)
     config = SphericalOTConfig(hidden=8, layers=2, steps=5, inner_steps=2, batch_size=32, seed=3)
     torch.manual_seed(123)
     expected = torch.rand(1)

@@ -6,14 +6,17 @@ from __future__ import annotations
 import igl
 import numpy as np
 import pytest
-import torch
 
 from otcore.errors import UnsupportedTopologyError
 from otcore.geometry_image import geometry_image_to_mesh, mipmap_pyramid, restore_level
 from otcore.metrics import surface_distances
-from otcore.octahedral import octahedral_decode, octahedral_encode, resample_spherical_geometry_image
-from otcore.spherical_ot import SphericalOTConfig
+from otcore.octahedral import (
+    octahedral_decode,
+    octahedral_encode,
+    resample_spherical_geometry_image,
+)
 from otcore.parameterization import mean_curvature
+from otcore.spherical_ot import SphericalOTConfig
 from otcore.spherical_parameterization import (
     check_closed_genus0,
     face_masses,
@@ -24,14 +27,7 @@ from otcore.spherical_parameterization import (
     spherical_triangle_areas,
 )
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread: faster than two on a shared 2-core machine for these small problems."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
