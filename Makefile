@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STORE ?= runs/demo
 
-.PHONY: setup demo demo-autodecoder demo-gaussians test bench clean
+.PHONY: setup demo demo-autodecoder demo-gaussians test bench gpu-check clean
 
 $(BIN)/brenier: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,15 @@ bench: setup
 	$(BIN)/python bench/ghap.py
 	$(BIN)/python bench/splatting.py --threads 1
 	$(BIN)/python bench/overhead.py
+
+# On a machine with a CUDA build of torch: the CUDA-only tests (which skip elsewhere), then the sequence job's OT-Net
+# solves on the GPU, printing the device each frame's solve recorded.
+gpu-check: setup
+	$(BIN)/python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'gpu-check: torch sees no CUDA device')"
+	$(BIN)/python -m pytest -q -rs tests -k "on_gpu or gsplat_backend"
+	rm -rf runs/gpu-check
+	$(BIN)/brenier geometry-image-sequence data/samples/consistent/crane-16.npz --store runs/gpu-check --device cuda --workers 1
+	$(BIN)/python -c "import glob, pandas as pd; t = pd.concat(map(pd.read_parquet, glob.glob('runs/gpu-check/*/tables/sequence_frames.parquet'))); print(t.groupby(['device', 'warm_start']).agg(frames=('frame', 'count'), median_steps=('steps', 'median'), median_solve_seconds=('solve_seconds', 'median'), max_mass_error=('mass_error', 'max')))"
 
 clean:
 	rm -rf $(VENV) runs
