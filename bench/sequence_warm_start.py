@@ -68,29 +68,26 @@ def main() -> None:
 
     sites, masses = frame_masses(args.sequence, args.frames, args.cut_paths)
     print(f"{args.sequence}: {len(masses)} frames, {len(sites)} Diracs", flush=True)
-    rows, maps, weights = [], {}, {}
+    tightest = min(args.tol)
+    rows, maps = [], {}
     for tol in sorted(args.tol):
         config = OTNetConfig(tol=tol)
-        state = None
+        state, weights = None, []
         for k, nu in enumerate(masses):
+            secant = secant_start_error(sites, nu, weights[-1], weights[-2]) if tol == tightest and k >= 2 else np.nan
             warm = solve_ot_net(sites, nu, state=state, config=config)
             state = warm.state
             maps[tol, k] = warm.cells.centroids
-            weights[tol, k] = warm.weights
+            weights.append(warm.weights)
             rows.append({"tol": tol, "frame": k, "start": "warm" if k else "cold", "steps": warm.steps,
-                         "start_error": warm.history[0], "mass_error": warm.mass_error, "seconds": warm.seconds})
+                         "start_error": warm.history[0], "secant_start_error": secant,
+                         "mass_error": warm.mass_error, "seconds": warm.seconds})
             if k and k % args.cold_every == 0:
                 cold = solve_ot_net(sites, nu, config=config)
                 rows.append({"tol": tol, "frame": k, "start": "cold", "steps": cold.steps,
                              "start_error": cold.history[0], "mass_error": cold.mass_error, "seconds": cold.seconds})
         print(f"tol {tol:g}: done", flush=True)
     table = pd.DataFrame(rows)
-    tightest = min(args.tol)
-    table["secant_start_error"] = [
-        secant_start_error(sites, masses[r.frame], weights[r.tol, r.frame - 1], weights[r.tol, r.frame - 2])
-        if r.tol == tightest and r.start == "warm" and r.frame >= 2 else np.nan
-        for r in table.itertuples()
-    ]
     table["map_shift_texels"] = [
         float(np.abs(maps[r.tol, r.frame] - maps[tightest, r.frame]).max() * TEXELS) if r.start == "warm" else np.nan
         for r in table.itertuples()

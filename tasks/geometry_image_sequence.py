@@ -52,8 +52,8 @@ class SequenceConfig(BaseModel):
     samples: int = Field(20_000, ge=1, description="samples per surface for chamfer_l2 / hausdorff")
     seed: int = Field(0, description="sampling and network seed")
     tol: float = Field(1e-6, gt=0.0, description=(
-        "max relative cell-mass error of every solve (1e-3 moves the map by ~1e-3 texel at 257^2 and takes 20-30% "
-        "less time per frame: bench/sequence_warm_start.py)"))
+        "max relative cell-mass error of every solve (1e-3 moves the map by ~1e-3 texel at 257^2 and took 14-27% "
+        "less time per warm frame in two runs of bench/sequence_warm_start.py)"))
     max_newton_iterations: int = Field(60, ge=1)
     frames_per_task: int = Field(16, ge=1, description="frames encoded per Prefect task")
     device: str = Field("auto", description="torch device of OT-Net: auto = the worker's GPU if any")
