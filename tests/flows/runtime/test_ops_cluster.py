@@ -39,7 +39,7 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _brenier(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=REPO, env=env, capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "flows.runtime.cli", *args], cwd=REPO, env=env, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
@@ -135,7 +135,7 @@ def test_worker_killed_mid_run_completes_without_duplicates_and_rerun_does_nothi
     args = ["geometry-images", str(meshes), "--store", str(store), *GI_ARGS]
     seen: dict[str, object] = {}
     with dask_cluster({"worker-a": [], "worker-b": []}, env, tmp_path) as cluster, cluster.client() as client:
-        run = subprocess.Popen([sys.executable, "-m", "flows.cli", *args, "--dask-address", cluster.address],
+        run = subprocess.Popen([sys.executable, "-m", "flows.runtime.cli", *args, "--dask-address", cluster.address],
                                cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
             deadline = time.monotonic() + 240
@@ -173,7 +173,7 @@ def test_worker_killed_mid_run_completes_without_duplicates_and_rerun_does_nothi
 
         # re-run: everything is skipped, no group metadata is rewritten, the same rows come back
         markers = {name: (store / run_id / name / "zarr.json").stat().st_mtime_ns for name in names}
-        again = subprocess.run([sys.executable, "-m", "flows.cli", *args, "--dask-address", cluster.address],
+        again = subprocess.run([sys.executable, "-m", "flows.runtime.cli", *args, "--dask-address", cluster.address],
                                cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
         assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
         assert f"{len(names)} meshes, {len(names)} skipped as finished" in again.stdout
@@ -208,7 +208,7 @@ def test_task_whose_workers_died_is_a_failure_and_crashed_in_prefect(prefect_api
     from prefect.client.orchestration import get_client
     from prefect.states import Running
 
-    from flows.task_runner import task_outcome
+    from flows.runtime.task_runner import task_outcome
 
     @task(name="doomed")
     def doomed() -> None:
@@ -231,7 +231,7 @@ def test_task_whose_workers_died_is_a_failure_and_crashed_in_prefect(prefect_api
 def test_gpu_annotation_only_inside_a_dask_flow(monkeypatch: pytest.MonkeyPatch) -> None:
     import dask
 
-    from flows.task_runner import GPU_ANNOTATION_ENV, gpu_annotation
+    from flows.runtime.task_runner import GPU_ANNOTATION_ENV, gpu_annotation
 
     with gpu_annotation() as annotated:  # no flow run, no Dask cluster: nothing to route
         assert annotated is False and "resources" not in dask.get_annotations()

@@ -11,13 +11,13 @@ import pytest
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.geometry_images import default_run_id, geometry_images
-from flows.task_runner import make_task_runner
+from flows.runtime.task_runner import make_task_runner
 from storage.meshes import MeshItem
 from storage.tables import GEOMETRY_IMAGES_SCHEMA, read_table
 from storage.zarr_store import ItemStore
 from tasks.geometry_images import GeometryImageConfig, encode_geometry_images, parameterize_mesh
 
-SAMPLES = Path(__file__).resolve().parent.parent / "data" / "samples" / "meshes"
+SAMPLES = Path(__file__).resolve().parents[2] / "data" / "samples" / "meshes"
 FAST = GeometryImageConfig(resolution=129, levels=3, samples=5_000)
 
 

@@ -1,5 +1,5 @@
-"""Fast tests of the operations helpers: the UI pictures (flows/artifacts.py) and the server plumbing
-(flows/prefect_server.py) that need no Prefect server."""
+"""Fast tests of the operations helpers: the UI pictures (flows/runtime/artifacts.py) and the server plumbing
+(flows/runtime/prefect_server.py) that need no Prefect server."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import psutil
 import pytest
 from PIL import Image
 
-from flows.artifacts import geometry_image_rgb, image_grid_png, picture_markdown
-from flows.prefect_server import free_port, is_healthy, prefect_api, prefect_home, stop_process_tree
+from flows.runtime.artifacts import geometry_image_rgb, image_grid_png, picture_markdown
+from flows.runtime.prefect_server import free_port, is_healthy, prefect_api, prefect_home, stop_process_tree
 
 
 def test_geometry_image_rgb_maps_each_axis_range_to_a_colour_channel() -> None:

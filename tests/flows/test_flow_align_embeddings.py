@@ -8,7 +8,7 @@ import zarr
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.align_embeddings import align_embeddings
-from flows.task_runner import make_task_runner
+from flows.runtime.task_runner import make_task_runner
 from otcore.von_mises_fisher import sample_vmf_mixture
 from storage.tables import EMBEDDING_ALIGNMENT_SCHEMA, read_table
 from tasks.align_embeddings import AlignmentConfig
@@ -22,6 +22,7 @@ def prefect_api():
         yield
 
 
+@pytest.mark.slow
 def test_flow_aligns_vmf_mixtures_and_records_failures(tmp_path):
     d = 16
     rng = np.random.default_rng(0)

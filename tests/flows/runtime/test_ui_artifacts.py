@@ -3,7 +3,7 @@ a picture), read back through the Prefect API; headless chromium shows the compl
 
 All runs report to the session's server (``PREFECT_API_URL`` set), so this also checks that the CLI uses a
 configured server and that each command leaves no process behind. The geometry-image flow's artifacts are
-checked on its deployed run (tests/test_deployments.py).
+checked on its deployed run (tests/flows/runtime/test_deployments.py).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from PIL import Image
 
 from storage.tables import read_table
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[3]
 SAMPLES = REPO / "data" / "samples"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # Flags this machine needs for headless chromium (root, no GPU, no outbound network).
@@ -35,7 +35,7 @@ pytestmark = pytest.mark.slow
 def run_cli(args: list[str], api_url: str, marker) -> tuple[str, str]:
     """Run ``brenier ARGS`` against the server at ``api_url``; returns (output, flow run id)."""
     script = Path(sys.executable).with_name("brenier")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "flows.cli"]
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "flows.runtime.cli"]
     env = {**os.environ, **marker.env, "PREFECT_API_URL": api_url, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([*command, *args, "--workers", "1"], env=env, cwd=REPO, capture_output=True, text=True,
                           timeout=600)

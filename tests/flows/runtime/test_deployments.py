@@ -17,7 +17,7 @@ from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterName
 from storage.tables import read_table
 from storage.zarr_store import ItemStore
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[3]
 POOL = "brenier-process"
 FLOWS = {  # deployment name -> flow name
     "geometry-images-nightly": "geometry-images",

@@ -1,4 +1,4 @@
-"""The Prefect server brenier manages (flows/prefect_server.py): it starts, answers health, serves the UI, and every
+"""The Prefect server brenier manages (flows/runtime/prefect_server.py): it starts, answers health, serves the UI, and every
 ``brenier`` command leaves no process behind: on success, on an error and on Ctrl-C."""
 
 from __future__ import annotations
@@ -18,17 +18,17 @@ import psutil
 import pytest
 from packaging.requirements import Requirement
 
-from flows.prefect_server import free_port, is_healthy
+from flows.runtime.prefect_server import free_port, is_healthy
 from storage.tables import read_table
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[3]
 MESHES = REPO / "data" / "samples" / "meshes"
 SMALL = ["--resolution", "33", "--levels", "2", "--samples", "2000", "--workers", "1"]
 
 
 def brenier(*args: str) -> list[str]:
     script = Path(sys.executable).with_name("brenier")
-    return [str(script), *args] if script.exists() else [sys.executable, "-m", "flows.cli", *args]
+    return [str(script), *args] if script.exists() else [sys.executable, "-m", "flows.runtime.cli", *args]
 
 
 def cli_env(home: Path, marker) -> dict[str, str]:
@@ -57,7 +57,7 @@ def test_server_answers_health_and_serves_the_ui(prefect_server) -> None:
 
 
 def test_fastapi_is_within_the_working_range() -> None:
-    """fastapi 0.151+ breaks Prefect's API (DESIGN.md); pyproject pins it and the installed one obeys."""
+    """fastapi 0.151+ breaks Prefect's API (docs/architecture.md); pyproject pins it and the installed one obeys."""
     dependencies = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     fastapi = next(Requirement(d) for d in dependencies if Requirement(d).name == "fastapi")
     assert fastapi.specifier.contains("0.150.0") and not fastapi.specifier.contains("0.151.0")
@@ -127,7 +127,7 @@ def test_persistent_server_start_status_stop(migrated_prefect_home: Path, proces
     """``brenier server start|status|stop`` (in-process: the server is a separate process either way)."""
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from flows.runtime.cli import app
 
     runner = CliRunner()
     env = {**process_marker.env, "BRENIER_PREFECT_HOME": str(migrated_prefect_home)}

@@ -33,7 +33,7 @@ from storage.gaussians import (
     write_scene,
 )
 
-SAMPLES = Path(__file__).resolve().parent.parent / "data" / "samples"
+SAMPLES = Path(__file__).resolve().parents[2] / "data" / "samples"
 SAMPLE = SAMPLES / "gaussians" / "donut-8k.ply"
 WOODY = SAMPLES / "meshes" / "woody.obj"
 INRIA_ORDER = [

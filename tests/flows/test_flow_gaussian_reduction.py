@@ -11,13 +11,13 @@ import pytest
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.gaussian_reduction import gaussian_reduction, summary_frame
-from flows.task_runner import make_task_runner
+from flows.runtime.task_runner import make_task_runner
 from storage.gaussians import read_scene
 from storage.tables import GAUSSIAN_REDUCTION_SCHEMA, read_table
 from storage.zarr_store import ItemStore
 from tasks.gaussian_reduction import GaussianReductionConfig
 
-DONUT = Path(__file__).resolve().parent.parent / "data" / "samples" / "gaussians" / "donut-8k.ply"
+DONUT = Path(__file__).resolve().parents[2] / "data" / "samples" / "gaussians" / "donut-8k.ply"
 FAST = GaussianReductionConfig(resolution=48, views=3, train_views=3, finetune_steps=6, device="cpu")
 
 

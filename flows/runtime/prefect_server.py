@@ -18,7 +18,7 @@ set, else ``~/.brenier/prefect``. The chosen API URL is exported to ``os.environ
 and any subprocess) and to Prefect's settings of this process, and both are restored afterwards.
 
 Without a real server every Dask worker *process* would start its own temporary API server (4-5x slower, SQLite
-locks, stray processes; DESIGN.md), which is why this module exists.
+locks, stray processes; docs/architecture.md), which is why this module exists.
 """
 
 from __future__ import annotations

@@ -21,13 +21,13 @@ from bad_inputs import DONUT, HORSE_FRAMES, MARKER_ENV, WOODY, build, collection
 from flows.autodecoder import autodecoder
 from flows.gaussian_reduction import gaussian_reduction
 from flows.geometry_images import geometry_images
-from flows.task_runner import make_task_runner
+from flows.runtime.task_runner import make_task_runner
 from storage.tables import read_table
 from tasks.autodecoder import AutodecoderConfig
 from tasks.gaussian_reduction import GaussianReductionConfig
 from tasks.geometry_images import GeometryImageConfig
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module", autouse=True)

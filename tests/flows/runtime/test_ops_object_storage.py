@@ -16,7 +16,7 @@ from prefect.testing.utilities import prefect_test_harness
 
 from flows.gaussian_reduction import gaussian_reduction
 from flows.geometry_images import geometry_images
-from flows.task_runner import make_task_runner
+from flows.runtime.task_runner import make_task_runner
 from storage.tables import GAUSSIAN_REDUCTION_SCHEMA, GEOMETRY_IMAGES_SCHEMA, read_table
 from storage.zarr_store import ItemStore
 from tasks.gaussian_reduction import GaussianReductionConfig

@@ -10,7 +10,7 @@ import pytest
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.geometry_image_sequence import geometry_image_sequence
-from flows.task_runner import make_task_runner
+from flows.runtime.task_runner import make_task_runner
 from otcore.cut_augmentation import augment_cut, map_area_ratios
 from otcore.disk_cut import cut_to_disk
 from otcore.harmonic import flipped_triangles, harmonic_map
@@ -18,7 +18,7 @@ from otcore.metrics import normalize_to_unit_diagonal
 from storage.tables import SEQUENCE_FRAMES_SCHEMA, read_table
 from tasks.geometry_image_sequence import SequenceConfig
 
-CRANE = Path(__file__).resolve().parent.parent / "data" / "samples" / "consistent" / "crane-16.npz"
+CRANE = Path(__file__).resolve().parents[2] / "data" / "samples" / "consistent" / "crane-16.npz"
 
 
 @pytest.fixture(scope="module")

@@ -433,7 +433,7 @@ def test_no_reader_can_unpickle() -> None:
 
     offenders = []
     for package in ("storage", "tasks", "flows"):
-        for source in sorted((Path(__file__).resolve().parent.parent / package).glob("*.py")):
+        for source in sorted((Path(__file__).resolve().parents[2] / package).rglob("*.py")):
             for node in ast.walk(ast.parse(source.read_text())):
                 if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
                     continue

@@ -18,9 +18,9 @@ from flows.autodecoder import autodecoder, encode_shapes
 from flows.gaussian_reduction import DEFAULT_RATIOS, gaussian_reduction, summary_frame
 from flows.geometry_image_sequence import geometry_image_sequence, summarize_sequence
 from flows.geometry_images import geometry_images, summarize
-from flows.prefect_server import prefect_api
-from flows.server_cli import server_app
-from flows.task_runner import make_task_runner
+from flows.runtime.prefect_server import prefect_api
+from flows.runtime.server_cli import server_app
+from flows.runtime.task_runner import make_task_runner
 from storage.tables import read_table
 from tasks.align_embeddings import AlignmentConfig
 from tasks.autodecoder import VARIANTS, AutodecoderConfig
@@ -43,14 +43,14 @@ def main(
     """brenier: Prefect flows of OT geometry processing on Dask.
 
     Flow commands report to the Prefect server at PREFECT_API_URL, else to a running `brenier server start`,
-    else to a local server started for the command and stopped at its end (flows/prefect_server.py).
+    else to a local server started for the command and stopped at its end (flows/runtime/prefect_server.py).
     """
     if prefect_home is not None:
-        os.environ["BRENIER_PREFECT_HOME"] = str(prefect_home)  # read by flows.prefect_server.prefect_home
+        os.environ["BRENIER_PREFECT_HOME"] = str(prefect_home)  # read by flows.runtime.prefect_server.prefect_home
 
 
 def _reports_to_prefect(command: Callable) -> Callable:
-    """Run ``command`` inside :func:`flows.prefect_server.prefect_api` (the server stops when it returns)."""
+    """Run ``command`` inside :func:`flows.runtime.prefect_server.prefect_api` (the server stops when it returns)."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):

@@ -14,11 +14,11 @@ import zarr
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.geometry_images import geometry_images
-from flows.task_runner import make_task_runner
+from flows.runtime.task_runner import make_task_runner
 from storage.tables import GEOMETRY_IMAGES_SCHEMA, read_table
 from tasks.geometry_images import GeometryImageConfig
 
-SAMPLES = Path(__file__).resolve().parent.parent / "data" / "samples" / "meshes"
+SAMPLES = Path(__file__).resolve().parents[2] / "data" / "samples" / "meshes"
 SPHERE = GeometryImageConfig(resolution=65, levels=2, samples=3_000, domain="sphere", sphere_ot_steps=10,
                              sphere_polish_iterations=200)
 
@@ -29,6 +29,7 @@ def prefect_api():
         yield
 
 
+@pytest.mark.slow
 def test_sphere_domain_flow(tmp_path: Path, spot) -> None:
     folder = tmp_path / "meshes"
     folder.mkdir()

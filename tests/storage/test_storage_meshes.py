@@ -29,7 +29,7 @@ TRIANGLE = b"v 0 0 0\nv 1 0 0\nv 0 1 0\n"
 
 @pytest.fixture
 def sample_meshes_dir() -> Path:
-    return Path(__file__).parent.parent / "data" / "samples" / "meshes"
+    return Path(__file__).resolve().parents[2] / "data" / "samples" / "meshes"
 
 
 @pytest.fixture

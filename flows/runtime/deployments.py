@@ -7,7 +7,7 @@ the task runner is configured here from the run's environment (set per deploymen
 - ``BRENIER_DASK_ADDRESS``: ``tcp://host:port`` of an existing Dask scheduler instead of a LocalCluster.
 
 The worker exports ``PREFECT_API_URL`` to the run, so LocalCluster workers are processes (see
-:func:`flows.task_runner.make_task_runner`). Flow names, parameters and their documentation are those of the
+:func:`flows.runtime.task_runner.make_task_runner`). Flow names, parameters and their documentation are those of the
 flows themselves.
 """
 
@@ -22,7 +22,7 @@ from flows.autodecoder import encode_shapes as _encode_shapes
 from flows.gaussian_reduction import gaussian_reduction as _gaussian_reduction
 from flows.geometry_image_sequence import geometry_image_sequence as _geometry_image_sequence
 from flows.geometry_images import geometry_images as _geometry_images
-from flows.task_runner import make_task_runner
+from flows.runtime.task_runner import make_task_runner
 
 __all__ = ["geometry_images", "geometry_image_sequence", "autodecoder", "encode_shapes", "gaussian_reduction", "task_runner_from_env"]
 

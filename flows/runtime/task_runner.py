@@ -40,7 +40,7 @@ def make_task_runner(workers: int | None = None, dask_address: str | None = None
         dask_address: ``tcp://host:port`` of an existing Dask scheduler (e.g. a SLURM or Kubernetes cluster).
 
     Without ``PREFECT_API_URL`` the workers are threads of the flow's process: process workers would each start
-    their own temporary Prefect API server (measured: 4-5x slower, SQLite locks, stray servers; DESIGN.md).
+    their own temporary Prefect API server (measured: 4-5x slower, SQLite locks, stray servers; docs/architecture.md).
     With a Prefect server configured, workers are processes (one thread each).
 
     Thread workers share one process, so torch's intra-op pool is set to ``cores // workers`` threads: with every
@@ -105,7 +105,7 @@ def gpu_annotation() -> Iterator[bool]:
     annotation ``resources={"GPU": 1}`` if at least one worker of the cluster advertises the ``GPU`` resource
     (``dask worker --resources GPU=1``; dask-cuda workers need the same flag). Such tasks then run only on those
     workers, one per GPU unit at a time. Without GPU workers (a LocalCluster, a CPU-only cluster) nothing is
-    annotated: an annotated task would wait forever for a worker that does not exist (DESIGN.md).
+    annotated: an annotated task would wait forever for a worker that does not exist (docs/architecture.md).
 
     The check happens when the block is entered. ``BRENIER_GPU_ANNOTATION=always`` annotates regardless (an
     adaptive cluster whose GPU workers start later); ``never`` disables it.
