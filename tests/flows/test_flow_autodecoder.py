@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from prefect.testing.utilities import prefect_test_harness
 
-from flows.autodecoder import autodecoder, default_run_id, encode_shapes
+from flows.autodecoder import autodecoder, encode_shapes
 from flows.runtime.task_runner import make_task_runner
 from storage.tables import AUTODECODER_MODELS_SCHEMA, read_table
 from storage.zarr_store import ItemStore
@@ -102,7 +102,7 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     config = AutodecoderConfig(latent_size=16, patches=8, points_per_shape=256, shapes_per_step=2,
                                chamfer_epochs=15, qaad_epochs=15, leaf_size=256, device="cpu",
                                checkpoint_every=4)
-    run_id = default_run_id(config)
+    run_id = config.default_run_id()
     args = [sys.executable, "-m", "flows.runtime.cli", "autodecoder", str(CONSISTENT / "crane-16.npz"), "--store", str(store),
             "--latent-size", "16", "--patches", "8", "--points-per-shape", "256", "--shapes-per-step", "2",
             "--chamfer-epochs", "15", "--qaad-epochs", "15", "--leaf-size", "256", "--device", "cpu",

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from prefect.testing.utilities import prefect_test_harness
 
-from flows.geometry_images import default_run_id, geometry_images
+from flows.geometry_images import geometry_images
 from flows.runtime.task_runner import make_task_runner
 from storage.meshes import MeshItem
 from storage.tables import GEOMETRY_IMAGES_SCHEMA, read_table
@@ -82,7 +82,7 @@ def test_flow_on_real_meshes_with_bad_inputs(dataset: Path, tmp_path: Path) -> N
 
     # Re-running with the same inputs and config skips every finished mesh and yields identical tables.
     again = _run(dataset, store)
-    assert again["skipped_items"] == 2 and again["run_id"] == result["run_id"] == default_run_id(FAST)
+    assert again["skipped_items"] == 2 and again["run_id"] == result["run_id"] == FAST.default_run_id()
     rerun_rows = read_table(again["tables"]["geometry_images"])
     key = ["item_id", "parameterization", "level"]
     np.testing.assert_allclose(

@@ -17,7 +17,6 @@ from types import SimpleNamespace
 
 import pytest
 
-from flows.geometry_images import default_run_id
 from storage.tables import read_table
 from storage.zarr_store import ItemStore
 from tasks.geometry_images import GeometryImageConfig
@@ -131,7 +130,7 @@ def test_worker_killed_mid_run_completes_without_duplicates_and_rerun_does_nothi
     names = ["woody", "cow", "spot", "alligator", "fandisk"]
     meshes = _meshes(tmp_path, names)
     store = tmp_path / "store"
-    run_id = default_run_id(GI_CONFIG)
+    run_id = GI_CONFIG.default_run_id()
     args = ["geometry-images", str(meshes), "--store", str(store), *GI_ARGS]
     seen: dict[str, object] = {}
     with dask_cluster({"worker-a": [], "worker-b": []}, env, tmp_path) as cluster, cluster.client() as client:
