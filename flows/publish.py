@@ -51,6 +51,7 @@ def gather(
     crash_keys: Sequence[tuple[str, str]] | None = None,
     describe: Callable[[ItemResult], str] = _status,
     progress_offset: int = 0,
+    on_crash: Callable[[int, BaseException], ItemResult] | None = None,
 ) -> Gathered:
     """Collect the results of ``futures`` in completion order.
 
@@ -62,16 +63,17 @@ def gather(
         progress: bar set to ``progress_offset + done`` after each item.
         crash_keys: ``(item_id, source_uri)`` of each future's failure row if it crashes (default: its label).
         describe: log text of a finished result.
+        on_crash: the result of the ``i``-th future when it crashes (default: :func:`tasks.dataset.crash_result`).
     """
     logger = get_run_logger()
     keys = list(crash_keys) if crash_keys is not None else [(label, label) for label in labels]
-    key_of = {future: (label, key) for future, label, key in zip(futures, labels, keys, strict=True)}
+    key_of = {future: (i, label, key) for i, (future, label, key) in enumerate(zip(futures, labels, keys, strict=True))}
     gathered = Gathered({name: [] for name in tables})
     for done, future in enumerate(as_completed(list(futures)), start=1):
-        label, (item_id, uri) = key_of[future]
+        i, label, (item_id, uri) = key_of[future]
         outcome: Any = task_outcome(future)
         if isinstance(outcome, BaseException):  # an unexpected crash of a task: record it, keep the others
-            result = crash_result(run_id, item_id, uri, outcome)
+            result = on_crash(i, outcome) if on_crash else crash_result(run_id, item_id, uri, outcome)
             status = f"crashed: {type(outcome).__name__}: {outcome}"
         else:
             result = outcome

@@ -11,18 +11,15 @@ the first view. A failure of one method becomes a failure row; the other methods
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import time
-from typing import Any
+from typing import Any, ClassVar
 
-import fsspec
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from prefect import get_run_logger, task
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from otcore.appearance_finetune import FineTuneConfig, finetune_appearance, render_views
 from otcore.device import resolve_device
@@ -31,8 +28,8 @@ from otcore.ghap import covariances_to_scales_quats, ghap_reduce, merge_appearan
 from otcore.splatting import orbit_cameras, psnr, scene_tensors, ssim
 from storage.errors import InputError
 from storage.gaussians import GaussianScene, read_scene, write_scene
-from storage.tables import failure_row
 from storage.zarr_store import ItemStore
+from tasks.shared.records import ItemResult, PipelineConfig, failure_row
 
 __all__ = ["GaussianReductionConfig", "METHODS", "reduce_scene", "PIPELINE_VERSION", "reduce_with"]
 
@@ -42,8 +39,12 @@ TASK_TIMEOUT_SECONDS = 6 * 3600  # one scene x ratio, every method, rendered and
 METHODS = ("ghap",) + PRUNING_METHODS
 
 
-class GaussianReductionConfig(BaseModel):
+class GaussianReductionConfig(PipelineConfig):
     """Parameters of the Gaussian-reduction pipeline (documented defaults)."""
+
+    RUN_PREFIX: ClassVar[str] = "reduce"
+    PIPELINE_VERSION: ClassVar[str] = PIPELINE_VERSION
+    IDENTITY_EXCLUDE: ClassVar[frozenset[str]] = frozenset({"device"})
 
     methods: list[str] = Field(default_factory=lambda: list(METHODS), description="subset of METHODS")
     pen_size: int = Field(1024, ge=1, description="GHAP: at most this many Gaussians per k-d pen")
@@ -56,12 +57,6 @@ class GaussianReductionConfig(BaseModel):
     finetune_steps: int = Field(200, ge=0, description="appearance fine-tuning steps (0: none)")
     seed: int = Field(0, description="random baseline and fine-tuning view order")
     device: str = Field("auto", description="'auto' (CUDA when the worker has it), 'cpu', 'cuda', ...")
-
-    def fingerprint(self, source_sha256: str, ratio: float) -> str:
-        """Identity of an item's outputs: scene bytes, ratio, config (the device left out) and pipeline version."""
-        payload = json.dumps([source_sha256, ratio, self.model_dump(exclude={"device"}), PIPELINE_VERSION],
-                             sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()
 
 
 def item_id_of(scene_id: str, ratio: float) -> str:
@@ -117,27 +112,27 @@ def side_by_side_png(rows: dict[str, np.ndarray]) -> bytes:
 
 
 @task(name="reduce-gaussians", retries=1, retry_delay_seconds=2, timeout_seconds=TASK_TIMEOUT_SECONDS)
-def reduce_scene(scene_uri: str, ratio: float, store: str, run_id: str, config: GaussianReductionConfig) -> dict[str, Any]:
+def reduce_scene(scene_uri: str, ratio: float, store: str, run_id: str, config: GaussianReductionConfig) -> ItemResult:
     """Reduce one scene to ``ratio`` of its Gaussians by every configured method and measure each result.
 
-    Returns ``{"item_id", "skipped", "rows", "failures", "preview"}``: ``rows`` of the ``gaussian_reduction``
-    table (one per method x fine-tuned False/True), failure rows, and the path of the side-by-side PNG.
+    Returns the item's :class:`ItemResult`: table ``gaussian_reduction`` (one row per method x fine-tuned
+    False/True), failure rows, and ``artifacts["preview"]``, the uri of the side-by-side PNG.
     """
     logger = get_run_logger()
-    result: dict[str, Any] = {"item_id": scene_uri, "skipped": False, "rows": [], "failures": [], "preview": None}
     try:
         scene = read_scene(scene_uri)
     except InputError as error:
-        result["item_id"] = item_id_of(error.item_id, ratio)
-        result["failures"].append(failure_row(run_id, result["item_id"], scene_uri, "read", error))
-        return result
-    item_id = result["item_id"] = item_id_of(scene.scene_id, ratio)
+        item_id = item_id_of(error.item_id, ratio)
+        return ItemResult(item_id, failures=[failure_row(run_id, item_id, scene_uri, "read", error)])
+    item_id = item_id_of(scene.scene_id, ratio)
+    result = ItemResult(item_id, {"gaussian_reduction": []})
+    rows = result.tables["gaussian_reduction"]
     fingerprint = config.fingerprint(scene.sha256, ratio)
     item_store = ItemStore(store, run_id, item_id)
     if item_store.is_complete(fingerprint):
-        result.update(skipped=True, rows=item_store.completed_rows(), failures=item_store.completed_failures(),
-                      preview=f"{item_store.uri}/preview.png")
-        return result
+        return ItemResult(item_id, {"gaussian_reduction": item_store.completed_rows()},
+                          item_store.completed_failures(), skipped=True,
+                          artifacts={"preview": f"{item_store.uri}/preview.png"})
     count = max(1, int(round(ratio * len(scene))))
     item_store.begin(fingerprint, {"scene_id": scene.scene_id, "source_uri": scene.uri, "source_sha256": scene.sha256,
                                    "ratio": ratio, "n_in": len(scene), "n_out": count, "config": config.model_dump(),
@@ -166,7 +161,7 @@ def reduce_scene(scene_uri: str, ratio: float, store: str, run_id: str, config: 
             images = render_views(params, eval_cameras)
             item_store.write_array(f"renders/{method}", _to_uint8(images))
             quality = _quality(images, reference)
-            result["rows"].append({**common, "method": method, "fine_tuned": False, "finetune_steps": 0,
+            rows.append({**common, "method": method, "fine_tuned": False, "finetune_steps": 0,
                                    "psnr": quality[0], "ssim": quality[1], "seconds": seconds})
             line = f"{method}: psnr {quality[0]:.2f} ssim {quality[1]:.4f} ({seconds:.1f} s)"
             previews[method] = _to_uint8(images[:1])[0]
@@ -177,7 +172,7 @@ def reduce_scene(scene_uri: str, ratio: float, store: str, run_id: str, config: 
                 images = render_views(params, eval_cameras)
                 item_store.write_array(f"renders/{method}-finetuned", _to_uint8(images))
                 quality = _quality(images, reference)
-                result["rows"].append({**common, "method": method, "fine_tuned": True,
+                rows.append({**common, "method": method, "fine_tuned": True,
                                        "finetune_steps": config.finetune_steps, "psnr": quality[0],
                                        "ssim": quality[1], "seconds": seconds + tuned.seconds})
                 write_scene(GaussianScene(scene.scene_id, "", reduced.means, reduced.scales, reduced.quats,
@@ -188,11 +183,8 @@ def reduce_scene(scene_uri: str, ratio: float, store: str, run_id: str, config: 
                 previews[f"{method} ft"] = _to_uint8(images[:1])[0]
             logger.info("%s: %s", item_id, line)
         except (ValueError, RuntimeError) as error:
-            result["failures"].append(failure_row(run_id, item_id, scene_uri, method, error))
+            result.failures.append(failure_row(run_id, item_id, scene_uri, method, error))
             logger.warning("%s: %s failed: %s: %s", item_id, method, type(error).__name__, error)
-    preview = side_by_side_png(previews)
-    with fsspec.open(f"{item_store.uri}/preview.png", "wb", auto_mkdir=True) as f:
-        f.write(preview)
-    result["preview"] = f"{item_store.uri}/preview.png"
-    item_store.finish(result["rows"], result["failures"])
+    result.artifacts["preview"] = item_store.write_file("preview.png", side_by_side_png(previews))
+    item_store.finish(rows, result.failures)
     return result
