@@ -10,7 +10,7 @@ from the last checkpoint; a re-run of a finished item returns its stored rows wi
 from __future__ import annotations
 
 import time
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch

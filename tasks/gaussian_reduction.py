@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import io
 import time
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch

@@ -21,9 +21,9 @@ from flows.geometry_images import geometry_images, summarize
 from flows.runtime.prefect_server import prefect_api
 from flows.runtime.server_cli import server_app
 from flows.runtime.task_runner import make_task_runner
-from storage.tables import read_table
 from tasks.align_embeddings import AlignmentConfig
 from tasks.autodecoder import VARIANTS, AutodecoderConfig
+from tasks.dataset import read_run_table as read_table
 from tasks.gaussian_reduction import METHODS, GaussianReductionConfig
 from tasks.geometry_image_sequence import SequenceConfig
 from tasks.geometry_images import GeometryImageConfig

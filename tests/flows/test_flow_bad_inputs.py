@@ -15,9 +15,19 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from bad_inputs import (
+    DONUT,
+    HORSE_FRAMES,
+    MARKER_ENV,
+    WOODY,
+    build,
+    collection_cases,
+    mesh_cases,
+    scene_cases,
+    woody_ply,
+)
 from prefect.testing.utilities import prefect_test_harness
 
-from bad_inputs import DONUT, HORSE_FRAMES, MARKER_ENV, WOODY, build, collection_cases, mesh_cases, scene_cases, woody_ply
 from flows.autodecoder import autodecoder
 from flows.gaussian_reduction import gaussian_reduction
 from flows.geometry_images import geometry_images

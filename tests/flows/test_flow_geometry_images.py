@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 
@@ -12,10 +11,9 @@ from prefect.testing.utilities import prefect_test_harness
 
 from flows.geometry_images import geometry_images
 from flows.runtime.task_runner import make_task_runner
-from storage.meshes import MeshItem
 from storage.tables import GEOMETRY_IMAGES_SCHEMA, read_table
 from storage.zarr_store import ItemStore
-from tasks.geometry_images import GeometryImageConfig, encode_geometry_images, parameterize_mesh
+from tasks.geometry_images import GeometryImageConfig
 
 SAMPLES = Path(__file__).resolve().parents[2] / "data" / "samples" / "meshes"
 FAST = GeometryImageConfig(resolution=129, levels=3, samples=5_000)
@@ -88,34 +86,3 @@ def test_flow_on_real_meshes_with_bad_inputs(dataset: Path, tmp_path: Path) -> N
     np.testing.assert_allclose(
         rerun_rows.sort_values(key)["chamfer_l2"].to_numpy(), rows.sort_values(key)["chamfer_l2"].to_numpy()
     )
-
-
-def test_ot_failure_keeps_the_harmonic_result(tmp_path: Path) -> None:
-    """cow's harmonic map is too crowded for the OT step: the item still gets its harmonic images."""
-    item = MeshItem("cow", str(SAMPLES / "cow.obj"))
-    record = parameterize_mesh.fn(item, str(tmp_path), "run", FAST)
-    assert list(record["parameterizations"]) == ["harmonic"]
-    assert [f["stage"] for f in record["failures"]] == ["ot_parameterization"]
-    assert record["failures"][0]["error_type"] == "OTConvergenceError"
-    encoded = encode_geometry_images.fn(record, str(tmp_path), "run", FAST)
-    assert {r["parameterization"] for r in encoded["rows"]} == {"harmonic"} and len(encoded["rows"]) == 3
-    store = ItemStore(str(tmp_path), "run", "cow")
-    assert store.is_complete(record["fingerprint"])
-    assert store.completed_failures()[0]["error_type"] == "OTConvergenceError"
-
-
-def test_interrupted_item_is_not_complete_and_is_redone(tmp_path: Path) -> None:
-    """A crash between the two tasks leaves a group that never reads as complete; the re-run redoes it."""
-    item = MeshItem("woody", str(SAMPLES / "woody.obj"))
-    record = parameterize_mesh.fn(item, str(tmp_path), "run", FAST)
-    store = ItemStore(str(tmp_path), "run", "woody")
-    assert not store.is_complete(record["fingerprint"])  # crashed before encode
-    redo = parameterize_mesh.fn(item, str(tmp_path), "run", FAST)
-    assert not redo["skipped"]
-    encode_geometry_images.fn(redo, str(tmp_path), "run", FAST)
-    assert store.is_complete(redo["fingerprint"])
-    assert parameterize_mesh.fn(item, str(tmp_path), "run", FAST)["skipped"]
-    # A different config is a different fingerprint: not taken as finished.
-    sha256 = hashlib.sha256((SAMPLES / "woody.obj").read_bytes()).hexdigest()
-    assert store.is_complete(FAST.fingerprint(sha256))
-    assert not store.is_complete(FAST.model_copy(update={"feature_weight": 1.0}).fingerprint(sha256))

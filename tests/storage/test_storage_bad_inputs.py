@@ -18,9 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from bad_inputs import (
     GIB,
     HORSE_FRAMES,
@@ -29,15 +26,18 @@ from bad_inputs import (
     build,
     collection_cases,
     crane,
+    donut_vertex,
     mesh_cases,
     npy_bytes,
     npz_bytes,
-    scene_cases,
     scene_bytes,
-    donut_vertex,
+    scene_cases,
     woody_ply,
     woody_text,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from storage.collections import list_collections, read_collection
 from storage.errors import (
     DatasetNotFoundError,

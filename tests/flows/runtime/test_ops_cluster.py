@@ -16,12 +16,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from ops_helpers import REPO, dask_cluster, prefect_server, worker_env
 
 from storage.tables import read_table
 from storage.zarr_store import ItemStore
 from tasks.geometry_images import GeometryImageConfig
-
-from ops_helpers import REPO, dask_cluster, prefect_server, worker_env
 
 SAMPLES = REPO / "data" / "samples"
 GI_ARGS = ["--resolution", "33", "--levels", "2", "--samples", "1000"]

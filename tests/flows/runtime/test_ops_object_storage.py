@@ -12,6 +12,7 @@ import logging
 import fsspec
 import numpy as np
 import pytest
+from ops_helpers import REPO, free_port
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.gaussian_reduction import gaussian_reduction
@@ -21,8 +22,6 @@ from storage.tables import GAUSSIAN_REDUCTION_SCHEMA, GEOMETRY_IMAGES_SCHEMA, re
 from storage.zarr_store import ItemStore
 from tasks.gaussian_reduction import GaussianReductionConfig
 from tasks.geometry_images import GeometryImageConfig
-
-from ops_helpers import REPO, free_port
 
 moto_server = pytest.importorskip("moto.server")
 pytest.importorskip("s3fs")
