@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import io
 import time
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import numpy as np
 import torch
+from cyclopts import Parameter  # CLI aliases of config fields (flows/runtime/cli.py)
 from PIL import Image, ImageDraw
 from prefect import get_run_logger, task
 from pydantic import Field
@@ -46,9 +47,11 @@ class GaussianReductionConfig(PipelineConfig):
     PIPELINE_VERSION: ClassVar[str] = PIPELINE_VERSION
     IDENTITY_EXCLUDE: ClassVar[frozenset[str]] = frozenset({"device"})
 
-    methods: list[str] = Field(default_factory=lambda: list(METHODS), description="subset of METHODS")
+    methods: Annotated[list[str], Parameter(alias="--method")] = Field(
+        default_factory=lambda: list(METHODS), description=f"repeatable; some of {', '.join(METHODS)}")
     pen_size: int = Field(1024, ge=1, description="GHAP: at most this many Gaussians per k-d pen")
-    max_iterations: int = Field(10, ge=1, description="GHAP: assignment/update rounds")
+    max_iterations: Annotated[int, Parameter(alias="--iterations")] = Field(
+        10, ge=1, description="GHAP: assignment/update rounds")
     appearance: str = Field("weighted", pattern="^(weighted|nearest)$",
                             description="GHAP colour/opacity: opacity-weighted average of members, or nearest member")
     resolution: int = Field(128, ge=16, description="render width = height in pixels")

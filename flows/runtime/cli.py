@@ -1,15 +1,19 @@
-"""The ``brenier`` command line."""
+"""The ``brenier`` command line, built with cyclopts from the pydantic config models.
+
+Every pipeline option is a field of its config model (``tasks/*.py``): its name, default and help text are declared
+there once, and a command takes the model whole (``Parameter(name="*")`` flattens its fields into options). The
+options every flow command shares are the fields of :class:`RunOptions`.
+"""
 
 from __future__ import annotations
 
-import functools
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import pandas as pd
-import typer
+from cyclopts import App, Parameter
+from pydantic import BaseModel, Field
 from rich.console import Console
 from rich.table import Table
 
@@ -24,40 +28,61 @@ from flows.runtime.task_runner import make_task_runner
 from tasks.align_embeddings import AlignmentConfig
 from tasks.autodecoder import VARIANTS, AutodecoderConfig
 from tasks.dataset import read_run_table as read_table
-from tasks.gaussian_reduction import METHODS, GaussianReductionConfig
+from tasks.gaussian_reduction import GaussianReductionConfig
 from tasks.geometry_image_sequence import SequenceConfig
 from tasks.geometry_images import GeometryImageConfig
 
-app = typer.Typer(help="Optimal-transport geometry processing over whole 3D datasets.", no_args_is_help=True)
-app.add_typer(server_app, name="server")
+__all__ = ["app", "main", "RunOptions"]
+
+app = App(name="brenier", help="Optimal-transport geometry processing over whole 3D datasets.")
+app.command(server_app, name="server")
 console = Console(width=None if Console().is_terminal else 200)
 
+Flat = Parameter(name="*")
+"""A config model's fields as top-level options (``--resolution``, not ``--config.resolution``)."""
 
-@app.callback()
-def main(
-    prefect_home: Annotated[Path | None, typer.Option(
-        envvar="BRENIER_PREFECT_HOME",
-        help="PREFECT_HOME (SQLite DB) of the local Prefect server brenier starts (default ~/.brenier/prefect)",
-    )] = None,
+
+class RunOptions(BaseModel):
+    """Where a flow command writes and runs: options shared by every flow command."""
+
+    store: str = Field("runs", description="root of the Zarr store and Parquet tables (local path or fsspec URL)")
+    workers: int | None = Field(None, ge=1, description="LocalCluster workers (default: one per core)")
+    dask_address: str | None = Field(None, description="tcp://host:port of an existing Dask scheduler")
+    run_id: str | None = Field(None, description="default: derived from the config (re-runs resume or skip "
+                               "finished items)")
+
+    def root(self) -> str:
+        """The store as an absolute local path (URLs as given), so the Dask workers resolve it alike."""
+        return self.store if "://" in self.store else str(Path(self.store).resolve())
+
+    def flow(self, flow):
+        """``flow`` on the Dask task runner these options describe."""
+        return flow.with_options(task_runner=make_task_runner(self.workers, self.dask_address))
+
+
+@app.meta.default
+def launcher(
+    *tokens: Annotated[str, Parameter(show=False, allow_leading_hyphen=True)],
+    prefect_home: Annotated[Path | None, Parameter(env_var="BRENIER_PREFECT_HOME")] = None,
 ) -> None:
     """brenier: Prefect flows of OT geometry processing on Dask.
 
     Flow commands report to the Prefect server at PREFECT_API_URL, else to a running `brenier server start`,
     else to a local server started for the command and stopped at its end (flows/runtime/prefect_server.py).
+
+    Parameters
+    ----------
+    prefect_home
+        PREFECT_HOME (SQLite DB) of the local Prefect server brenier starts (default ~/.brenier/prefect).
     """
     if prefect_home is not None:
         os.environ["BRENIER_PREFECT_HOME"] = str(prefect_home)  # read by flows.runtime.prefect_server.prefect_home
+    return app(tokens)
 
 
-def _reports_to_prefect(command: Callable) -> Callable:
-    """Run ``command`` inside :func:`flows.runtime.prefect_server.prefect_api` (the server stops when it returns)."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        with prefect_api(announce=console.print):
-            return command(*args, **kwargs)
-
-    return wrapper
+def main() -> None:
+    """The ``brenier`` console script."""
+    app.meta()
 
 
 def _summary_table(summary: pd.DataFrame) -> Table:
@@ -87,41 +112,24 @@ def _summary_table(summary: pd.DataFrame) -> Table:
     return table
 
 
-@app.command("geometry-images")
-@_reports_to_prefect
+@app.command(name="geometry-images")
 def geometry_images_command(
-    path: Annotated[str, typer.Argument(help="folder, glob or fsspec URL of meshes")],
-    store: Annotated[str, typer.Option(help="root of the Zarr store and Parquet tables")] = "runs",
-    resolution: Annotated[int, typer.Option(help="geometry image side (2^n + 1)")] = 257,
-    levels: Annotated[int, typer.Option(help="mipmap levels")] = 5,
-    feature_weight: Annotated[float, typer.Option(help="lambda: masses * (1 + lambda |H| / mean |H|)")] = 0.0,
-    samples: Annotated[int, typer.Option(help="samples per surface for chamfer_l2/hausdorff")] = 50_000,
-    seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
-    ot_solver: Annotated[str, typer.Option(help="semi-discrete OT solver: newton | neural (OT-Net)")] = "newton",
-    domain: Annotated[str, typer.Option(help="square (cut + OT to [0,1]^2) | sphere (closed genus 0: spherical "
-                                             "OT + seamless octahedral image)")] = "square",
-    workers: Annotated[int | None, typer.Option(help="LocalCluster workers (default: one per core)")] = None,
-    dask_address: Annotated[str | None, typer.Option(help="tcp://host:port of an existing Dask scheduler")] = None,
-    run_id: Annotated[str | None, typer.Option(help="default: derived from the config (re-runs skip done meshes)")] = None,
+    path: Annotated[str, Parameter(help="folder, glob or fsspec URL of meshes")],
+    /,
+    *,
+    config: Annotated[GeometryImageConfig, Flat] = GeometryImageConfig(),
+    run: Annotated[RunOptions, Flat] = RunOptions(),
 ) -> None:
     """OT-parameterize every mesh, store geometry-image mipmaps in Zarr and their fidelity in Parquet."""
-    if "://" not in store:
-        store = str(Path(store).resolve())
-    config = GeometryImageConfig(
-        resolution=resolution, levels=levels, feature_weight=feature_weight, samples=samples, seed=seed,
-        ot_solver=ot_solver,
-        domain=domain,
-    )
-    runner = make_task_runner(workers, dask_address)
-    result = geometry_images.with_options(task_runner=runner)(path, store, config, run_id)
+    with prefect_api(announce=console.print):
+        result = run.flow(geometry_images)(path, run.root(), config, run.run_id)
     rows = read_table(result["tables"]["geometry_images"])
     failures = read_table(result["tables"]["failures"])
     console.print(_summary_table(summarize(rows)))
     _print_failures(failures)
     console.print(f"run [bold]{result['run_id']}[/]: {result['items']} meshes, {result['skipped_items']} skipped as finished")
     console.print(f"Zarr store:  {result['store']}/{result['run_id']}/<mesh>/{{harmonic,ot}}/geometry_image")
-    for name, uri in result["tables"].items():
-        console.print(f"table {name}: {uri}")
+    _print_tables(result)
 
 
 def _print_frame(title: str, frame: pd.DataFrame) -> None:
@@ -145,43 +153,23 @@ def _print_failures(failures: pd.DataFrame) -> None:
     console.print(table)
 
 
-def _local(store: str) -> str:
-    return store if "://" in store else str(Path(store).resolve())
+def _print_tables(result: dict) -> None:
+    for name, uri in result["tables"].items():
+        console.print(f"table {name}: {uri}")
 
 
-@app.command("autodecoder")
-@_reports_to_prefect
+@app.command(name="autodecoder")
 def autodecoder_command(
-    path: Annotated[str, typer.Argument(help="collection (.npz/.npy or folder of equal-count shapes) or folder of them")],
-    store: Annotated[str, typer.Option(help="root of the Zarr store and Parquet tables")] = "runs",
-    variant: Annotated[list[str], typer.Option(help=f"repeatable; one of {', '.join(VARIANTS)}")] = ["neuralqaad"],
-    point_source: Annotated[str, typer.Option(help="'vertices' or 'surface' (area-uniform samples)")] = "vertices",
-    samples: Annotated[int, typer.Option(help="surface samples per shape")] = 65_536,
-    latent_size: Annotated[int, typer.Option(help="latent code length")] = 64,
-    patches: Annotated[int, typer.Option(help="patches K (power of two)")] = 64,
-    points_per_shape: Annotated[int, typer.Option(help="points per shape per step")] = 2048,
-    shapes_per_step: Annotated[int, typer.Option(help="shapes per step")] = 8,
-    chamfer_epochs: Annotated[int, typer.Option(help="augmented-Chamfer warm-up epochs")] = 20,
-    qaad_epochs: Annotated[int, typer.Option(help="QAAD epochs after the warm-up")] = 80,
-    learning_rate: Annotated[float, typer.Option(help="Adam step of the network")] = 1e-3,
-    leaf_size: Annotated[int, typer.Option(help="k-d leaf size of QAAD_GREEDY and EM-kD")] = 1024,
-    seed: Annotated[int, typer.Option(help="seed of initialisation and sampling")] = 0,
-    device: Annotated[str, typer.Option(help="'auto' uses CUDA where the worker has it")] = "auto",
-    checkpoint_every: Annotated[int, typer.Option(help="steps between checkpoints")] = 50,
-    workers: Annotated[int | None, typer.Option(help="LocalCluster workers (default: one per core)")] = None,
-    dask_address: Annotated[str | None, typer.Option(help="tcp://host:port of an existing Dask scheduler")] = None,
-    run_id: Annotated[str | None, typer.Option(help="default: derived from the config (re-runs resume or skip)")] = None,
+    path: Annotated[str, Parameter(help="collection (.npz/.npy or folder of equal-count shapes) or folder of them")],
+    /,
+    *,
+    variant: Annotated[list[str], Parameter(help=f"repeatable; one of {', '.join(VARIANTS)}")] = ["neuralqaad"],
+    config: Annotated[AutodecoderConfig, Flat] = AutodecoderConfig(),
+    run: Annotated[RunOptions, Flat] = RunOptions(),
 ) -> None:
     """Train NeuralQAAD autodecoders on shape collections: one network + one code per shape, EM-kD per shape."""
-    config = AutodecoderConfig(
-        point_source=point_source, samples=samples, latent_size=latent_size, patches=patches,
-        points_per_shape=points_per_shape, shapes_per_step=shapes_per_step, chamfer_epochs=chamfer_epochs,
-        qaad_epochs=qaad_epochs, learning_rate=learning_rate, leaf_size=leaf_size, seed=seed, device=device,
-        checkpoint_every=checkpoint_every,
-    )
-    store = _local(store)
-    runner = make_task_runner(workers, dask_address)
-    result = autodecoder.with_options(task_runner=runner)(path, store, config, variant, run_id)
+    with prefect_api(announce=console.print):
+        result = run.flow(autodecoder)(path, run.root(), config, variant, run.run_id)
     models = read_table(result["tables"]["autodecoder_models"])
     table = Table(title="autodecoder models (distances in unit-bbox-diagonal units)")
     columns = [("item_id", "{}"), ("shapes", "{}"), ("points", "{}"), ("mean_em_kd", "{:.3e}"),
@@ -195,72 +183,52 @@ def autodecoder_command(
     _print_failures(read_table(result["tables"]["failures"]))
     console.print(f"run [bold]{result['run_id']}[/]: {result['items']} items, {result['skipped_items']} finished earlier")
     console.print(f"Zarr store:  {result['store']}/{result['run_id']}/<collection>--<variant>/{{latents,decoded,model}}")
-    for name, uri in result["tables"].items():
-        console.print(f"table {name}: {uri}")
+    _print_tables(result)
 
 
-@app.command("encode")
-@_reports_to_prefect
+@app.command(name="encode")
 def encode_command(
-    path: Annotated[str, typer.Argument(help="new shapes: a collection or a folder of collections")],
-    model: Annotated[str, typer.Option(help="trained item as RUN_ID/ITEM_ID (e.g. autodecoder-1a2b/crane--neuralqaad)")],
-    store: Annotated[str, typer.Option(help="root of the store to write to")] = "runs",
-    model_store: Annotated[str | None, typer.Option(help="store holding the model (default: --store)")] = None,
-    point_source: Annotated[str, typer.Option(help="as the model was trained: 'vertices' or 'surface'")] = "vertices",
-    samples: Annotated[int, typer.Option(help="surface samples per shape")] = 65_536,
-    chamfer_steps: Annotated[int, typer.Option(help="Chamfer steps of the code fit")] = 100,
-    qaad_steps: Annotated[int, typer.Option(help="QAAD steps of the code fit")] = 300,
-    device: Annotated[str, typer.Option(help="'auto' uses CUDA where the worker has it")] = "auto",
-    workers: Annotated[int | None, typer.Option(help="LocalCluster workers")] = None,
-    dask_address: Annotated[str | None, typer.Option(help="tcp://host:port of an existing Dask scheduler")] = None,
+    path: Annotated[str, Parameter(help="new shapes: a collection or a folder of collections")],
+    /,
+    *,
+    model: Annotated[str, Parameter(help="trained item as RUN_ID/ITEM_ID (e.g. autodecoder-1a2b/crane--neuralqaad)")],
+    model_store: Annotated[str | None, Parameter(help="store holding the model (default: --store)")] = None,
+    chamfer_steps: Annotated[int, Parameter(help="Chamfer steps of the code fit")] = 100,
+    qaad_steps: Annotated[int, Parameter(help="QAAD steps of the code fit")] = 300,
+    config: Annotated[AutodecoderConfig, Flat] = AutodecoderConfig(),
+    run: Annotated[RunOptions, Flat] = RunOptions(),
 ) -> None:
-    """Fit latent codes of new shapes with a trained decoder (frozen) and measure their reconstruction."""
+    """Fit latent codes of new shapes with a trained decoder (frozen) and measure their reconstruction.
+
+    The config must match the model's point source and sampling.
+    """
     model_run_id, _, model_item_id = model.partition("/")
     if not model_item_id:
-        raise typer.BadParameter("expected RUN_ID/ITEM_ID", param_hint="--model")
-    config = AutodecoderConfig(point_source=point_source, samples=samples, device=device)
-    store = _local(store)
-    runner = make_task_runner(workers, dask_address)
-    result = encode_shapes.with_options(task_runner=runner)(
-        path, store, model_run_id, model_item_id, _local(model_store) if model_store else None, config,
-        chamfer_steps, qaad_steps,
-    )
+        raise ValueError(f"--model: expected RUN_ID/ITEM_ID, got {model!r}")
+    model_root = RunOptions(store=model_store).root() if model_store else None
+    with prefect_api(announce=console.print):
+        result = run.flow(encode_shapes)(path, run.root(), model_run_id, model_item_id, model_root, config,
+                                         chamfer_steps, qaad_steps, run.run_id)
     shapes = read_table(result["tables"]["autodecoder_shapes"])
     if not shapes.empty:
         console.print(shapes[["item_id", "shape_id", "em_kd", "chamfer_l2"]].to_string(index=False))
     _print_failures(read_table(result["tables"]["failures"]))
-    for name, uri in result["tables"].items():
-        console.print(f"table {name}: {uri}")
+    _print_tables(result)
 
 
-@app.command("reduce-gaussians")
-@_reports_to_prefect
+@app.command(name="reduce-gaussians")
 def reduce_gaussians_command(
-    path: Annotated[str, typer.Argument(help="a 3DGS .ply scene or a folder of them")],
-    store: Annotated[str, typer.Option(help="root of the Zarr store, reduced PLYs and Parquet tables")] = "runs",
-    ratio: Annotated[list[float], typer.Option(help="repeatable target fraction of the Gaussians")] = list(DEFAULT_RATIOS),
-    method: Annotated[list[str], typer.Option(help=f"repeatable; some of {', '.join(METHODS)}")] = list(METHODS),
-    pen_size: Annotated[int, typer.Option(help="GHAP: Gaussians per k-d pen (at most)")] = 1024,
-    iterations: Annotated[int, typer.Option(help="GHAP: assignment/update rounds")] = 10,
-    appearance: Annotated[str, typer.Option(help="GHAP colours: 'weighted' average of members or 'nearest'")] = "weighted",
-    resolution: Annotated[int, typer.Option(help="render width = height (pixels)")] = 128,
-    views: Annotated[int, typer.Option(help="held-out orbit views for psnr/ssim")] = 8,
-    train_views: Annotated[int, typer.Option(help="orbit views of the fine-tuning targets")] = 16,
-    finetune_steps: Annotated[int, typer.Option(help="appearance fine-tuning steps (0: none)")] = 200,
-    seed: Annotated[int, typer.Option(help="seed of the random baseline and fine-tuning")] = 0,
-    device: Annotated[str, typer.Option(help="'auto' uses CUDA where the worker has it")] = "auto",
-    workers: Annotated[int | None, typer.Option(help="LocalCluster workers (default: one per core)")] = None,
-    dask_address: Annotated[str | None, typer.Option(help="tcp://host:port of an existing Dask scheduler")] = None,
-    run_id: Annotated[str | None, typer.Option(help="default: derived from the config (re-runs skip)")] = None,
+    path: Annotated[str, Parameter(help="a 3DGS .ply scene or a folder of them")],
+    /,
+    *,
+    ratio: Annotated[list[float], Parameter(help="repeatable target fraction of the Gaussians")] = list(
+        DEFAULT_RATIOS),
+    config: Annotated[GaussianReductionConfig, Flat] = GaussianReductionConfig(),
+    run: Annotated[RunOptions, Flat] = RunOptions(),
 ) -> None:
     """Reduce 3DGS scenes with GHAP and pruning baselines; psnr/ssim of renders against the original."""
-    config = GaussianReductionConfig(
-        methods=method, pen_size=pen_size, max_iterations=iterations, appearance=appearance, resolution=resolution,
-        views=views, train_views=train_views, finetune_steps=finetune_steps, seed=seed, device=device,
-    )
-    store = _local(store)
-    runner = make_task_runner(workers, dask_address)
-    result = gaussian_reduction.with_options(task_runner=runner)(path, store, ratio, config, run_id)
+    with prefect_api(announce=console.print):
+        result = run.flow(gaussian_reduction)(path, run.root(), ratio, config, run.run_id)
     summary = summary_frame(read_table(result["tables"]["gaussian_reduction"]).to_dict(orient="records"))
     _print_frame("Gaussian reduction: psnr (dB) / ssim of renders against the original scene", summary)
     _print_failures(read_table(result["tables"]["failures"]))
@@ -268,71 +236,41 @@ def reduce_gaussians_command(
     console.print(f"reduced scenes: {result['store']}/{result['run_id']}/<scene>--r<ratio>/ply/<method>[-finetuned].ply")
     for item_id, uri in sorted(result["previews"].items()):
         console.print(f"side by side {item_id}: {uri}")
-    for name, uri in result["tables"].items():
-        console.print(f"table {name}: {uri}")
+    _print_tables(result)
 
 
-@app.command("geometry-image-sequence")
-@_reports_to_prefect
+@app.command(name="geometry-image-sequence")
 def geometry_image_sequence_command(
-    path: Annotated[str, typer.Argument(help=".npz/.npy sequence or folder of meshes in correspondence")],
-    store: Annotated[str, typer.Option(help="root of the Zarr store and Parquet tables")] = "runs",
-    ot_solver: Annotated[str, typer.Option(help="neural (OT-Net, reused frame to frame) | newton")] = "neural",
-    warm_start: Annotated[bool, typer.Option(help="start each frame from the previous frame's solution")] = True,
-    frames: Annotated[int | None, typer.Option(help="only the first N frames")] = None,
-    cut_paths: Annotated[int, typer.Option(help="most cut-augmentation paths through appendages")] = 8,
-    tol: Annotated[float, typer.Option(help="max relative cell-mass error of every frame's solve")] = 1e-6,
-    resolution: Annotated[int, typer.Option(help="geometry image side (2^n + 1)")] = 257,
-    levels: Annotated[int, typer.Option(help="mipmap levels")] = 5,
-    samples: Annotated[int, typer.Option(help="samples per surface for chamfer_l2/hausdorff")] = 20_000,
-    frames_per_task: Annotated[int, typer.Option(help="frames encoded per Prefect task")] = 16,
-    seed: Annotated[int, typer.Option(help="sampling and network seed")] = 0,
-    device: Annotated[str, typer.Option(help="'auto' uses CUDA where the worker has it")] = "auto",
-    workers: Annotated[int | None, typer.Option(help="LocalCluster workers (default: one per core)")] = None,
-    dask_address: Annotated[str | None, typer.Option(help="tcp://host:port of an existing Dask scheduler")] = None,
-    run_id: Annotated[str | None, typer.Option(help="default: derived from the config (re-runs resume)")] = None,
+    path: Annotated[str, Parameter(help=".npz/.npy sequence or folder of meshes in correspondence")],
+    /,
+    *,
+    config: Annotated[SequenceConfig, Flat] = SequenceConfig(),
+    run: Annotated[RunOptions, Flat] = RunOptions(),
 ) -> None:
     """Geometry images of every frame of a sequence: one cut and map, one warm-started OT solve per frame."""
-    config = SequenceConfig(
-        ot_solver=ot_solver, warm_start=warm_start, frames=frames, cut_paths=cut_paths, tol=tol, resolution=resolution,
-        levels=levels, samples=samples, frames_per_task=frames_per_task, seed=seed, device=device,
-    )
-    store = _local(store)
-    runner = make_task_runner(workers, dask_address)
-    result = geometry_image_sequence.with_options(task_runner=runner)(path, store, config, run_id)
+    with prefect_api(announce=console.print):
+        result = run.flow(geometry_image_sequence)(path, run.root(), config, run.run_id)
     frames_table = read_table(result["tables"]["sequence_frames"])
     summary = summarize_sequence(frames_table, read_table(result["tables"]["sequence_geometry_images"]))
     _print_frame("geometry-image sequence: OT solve per frame", summary)
     _print_failures(read_table(result["tables"]["failures"]))
     console.print(f"run [bold]{result['run_id']}[/]: {result['frames']} frames solved"
                   + (" (finished earlier)" if result["skipped"] else ""))
-    for name, uri in result["tables"].items():
-        console.print(f"table {name}: {uri}")
+    _print_tables(result)
 
 
-
-@app.command("align-embeddings")
+@app.command(name="align-embeddings")
 def align_embeddings_command(
-    source: Annotated[str, typer.Argument(help=".npy / .parquet / .zarr of [N, d] vectors to move")],
-    target: Annotated[list[str], typer.Argument(help="one or more sets of [M, d] vectors to align to")],
-    store: Annotated[str, typer.Option(help="root of the Zarr store and Parquet tables")] = "runs",
-    hidden: Annotated[int, typer.Option(help="ICNN width")] = 128,
-    layers: Annotated[int, typer.Option(help="ICNN hidden layers")] = 3,
-    steps: Annotated[int, typer.Option(help="min-max outer steps")] = 300,
-    batch_size: Annotated[int, typer.Option(help="samples per measure per step")] = 512,
-    lr: Annotated[float, typer.Option(help="Adam learning rate")] = 3e-3,
-    seed: Annotated[int, typer.Option(help="seed of weights and batches")] = 0,
-    device: Annotated[str, typer.Option(help="'auto' uses CUDA where the worker has it")] = "auto",
-    workers: Annotated[int | None, typer.Option(help="LocalCluster workers (default: one per core)")] = None,
-    dask_address: Annotated[str | None, typer.Option(help="tcp://host:port of an existing Dask scheduler")] = None,
-    run_id: Annotated[str | None, typer.Option(help="default: derived from the config (re-runs skip)")] = None,
+    source: Annotated[str, Parameter(help=".npy / .parquet / .zarr of [N, d] vectors to move")],
+    /,
+    *target: Annotated[str, Parameter(help="one or more sets of [M, d] vectors to align to")],
+    config: Annotated[AlignmentConfig, Flat] = AlignmentConfig(),
+    run: Annotated[RunOptions, Flat] = RunOptions(),
 ) -> None:
     """HOTS3D spherical OT between embedding distributions: trained map + mapped vectors (Zarr), distances (Parquet)."""
-    config = AlignmentConfig(hidden=hidden, layers=layers, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-                             device=device)
-    store = _local(store)
-    runner = make_task_runner(workers, dask_address)
-    result = align_embeddings.with_options(task_runner=runner)(source, target, store, config, run_id)
+    if not target:
+        raise ValueError("align-embeddings needs at least one TARGET")
+    result = run.flow(align_embeddings)(source, list(target), run.root(), config, run.run_id)
     rows = read_table(result["tables"]["embedding_alignment"])
     columns = ["item_id", "dim", "n_source", "n_target", "energy_distance_before", "energy_distance_after",
                "reduction", "mean_angle_deg", "train_seconds", "device"]
@@ -341,9 +279,8 @@ def align_embeddings_command(
     _print_failures(read_table(result["tables"]["failures"]))
     console.print(f"run [bold]{result['run_id']}[/]: mapped vectors and the map in "
                   f"{result['store']}/{result['run_id']}/<source>__<target>/{{mapped,potential,dual}}")
-    for name, uri in result["tables"].items():
-        console.print(f"table {name}: {uri}")
+    _print_tables(result)
 
 
 if __name__ == "__main__":
-    app()
+    main()

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
-import typer
+from cyclopts import App, Parameter
 
 from flows.runtime.prefect_server import (
     DEFAULT_PERSISTENT_PORT,
@@ -19,47 +20,48 @@ from flows.runtime.prefect_server import (
 
 __all__ = ["server_app"]
 
-server_app = typer.Typer(
+server_app = App(
+    name="server",
     help="A persistent local Prefect server (UI + API, SQLite under PREFECT_HOME) that brenier commands report to.",
-    no_args_is_help=True,
 )
 
 HomeOption = Annotated[
     Path | None,
-    typer.Option("--prefect-home", envvar="BRENIER_PREFECT_HOME",
-                 help="PREFECT_HOME of the server (default ~/.brenier/prefect)"),
+    Parameter(name="--prefect-home", env_var="BRENIER_PREFECT_HOME",
+              help="PREFECT_HOME of the server (default ~/.brenier/prefect)"),
 ]
 
 
-@server_app.command("start")
+@server_app.command
 def start(
-    prefect_home_: HomeOption = None,
-    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port of the UI and API")] = DEFAULT_PERSISTENT_PORT,
+    *,
+    home: HomeOption = None,
+    host: Annotated[str, Parameter(help="interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, Parameter(help="TCP port of the UI and API")] = DEFAULT_PERSISTENT_PORT,
 ) -> None:
     """Start the server in the background; later brenier commands (without PREFECT_API_URL) report to it."""
     try:
-        state = start_persistent_server(prefect_home_, host, port)
+        state = start_persistent_server(home, host, port)
     except PrefectServerError as error:
-        typer.echo(str(error), err=True)
-        raise typer.Exit(1) from error
-    typer.echo(f"Prefect UI: {state['url']}  (pid {state['pid']}, PREFECT_HOME {prefect_home(prefect_home_)})")
-    typer.echo(f"other programs: export PREFECT_API_URL={state['api_url']}")
+        print(str(error), file=sys.stderr)
+        sys.exit(1)
+    print(f"Prefect UI: {state['url']}  (pid {state['pid']}, PREFECT_HOME {prefect_home(home)})")
+    print(f"other programs: export PREFECT_API_URL={state['api_url']}")
 
 
-@server_app.command("stop")
-def stop(prefect_home_: HomeOption = None) -> None:
+@server_app.command
+def stop(*, home: HomeOption = None) -> None:
     """Stop the background server and all its processes."""
-    state = stop_persistent_server(prefect_home_)
-    typer.echo(f"stopped the server at {state['url']} (pid {state['pid']})" if state else "no brenier server running")
+    state = stop_persistent_server(home)
+    print(f"stopped the server at {state['url']} (pid {state['pid']})" if state else "no brenier server running")
 
 
-@server_app.command("status")
-def status(prefect_home_: HomeOption = None) -> None:
+@server_app.command
+def status(*, home: HomeOption = None) -> None:
     """Print the background server's address and health; exit code 1 if none runs."""
-    state = persistent_server(prefect_home_)
+    state = persistent_server(home)
     if state is None:
-        typer.echo(f"no brenier server running for PREFECT_HOME {prefect_home(prefect_home_)}")
-        raise typer.Exit(1)
+        print(f"no brenier server running for PREFECT_HOME {prefect_home(home)}")
+        sys.exit(1)
     health = "healthy" if is_healthy(state["api_url"]) else "NOT answering /api/health"
-    typer.echo(f"Prefect UI: {state['url']}  pid {state['pid']}  {health}")
+    print(f"Prefect UI: {state['url']}  pid {state['pid']}  {health}")

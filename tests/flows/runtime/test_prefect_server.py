@@ -123,25 +123,31 @@ def test_cli_error_and_ctrl_c_stop_the_server(migrated_prefect_home: Path, tmp_p
 
 
 @pytest.mark.slow
-def test_persistent_server_start_status_stop(migrated_prefect_home: Path, process_marker) -> None:
+def test_persistent_server_start_status_stop(migrated_prefect_home: Path, process_marker, monkeypatch, capsys) -> None:
     """``brenier server start|status|stop`` (in-process: the server is a separate process either way)."""
-    from typer.testing import CliRunner
-
     from flows.runtime.cli import app
 
-    runner = CliRunner()
-    env = {**process_marker.env, "BRENIER_PREFECT_HOME": str(migrated_prefect_home)}
+    def brenier_in_process(*args: str) -> tuple[int, str]:
+        try:
+            app.meta(list(args), result_action="return_value")
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code or 0
+        return code, capsys.readouterr().out
+
+    for name, value in {**process_marker.env, "BRENIER_PREFECT_HOME": str(migrated_prefect_home)}.items():
+        monkeypatch.setenv(name, value)
     port = free_port()
     try:
-        started = runner.invoke(app, ["server", "start", "--port", str(port)], env=env)
-        assert started.exit_code == 0, started.output
+        code, output = brenier_in_process("server", "start", "--port", str(port))
+        assert code == 0, output
         # It outlives the command that started it, and `status` finds it.
         assert is_healthy(f"http://127.0.0.1:{port}/api")
-        status = runner.invoke(app, ["server", "status"], env=env)
-        assert status.exit_code == 0 and f"127.0.0.1:{port}" in status.output and "healthy" in status.output
+        code, output = brenier_in_process("server", "status")
+        assert code == 0 and f"127.0.0.1:{port}" in output and "healthy" in output
     finally:
-        stopped = runner.invoke(app, ["server", "stop"], env=env)
-    assert stopped.exit_code == 0 and "stopped" in stopped.output
+        stopped, output = brenier_in_process("server", "stop")
+    assert stopped == 0 and "stopped" in output
     assert process_marker.leftovers() == []
     assert not is_healthy(f"http://127.0.0.1:{port}/api")
-    assert runner.invoke(app, ["server", "status"], env=env).exit_code == 1
+    assert brenier_in_process("server", "status")[0] == 1
