@@ -97,7 +97,8 @@ def summary_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     return wide.join(seconds.rename("reduce seconds")).reset_index().sort_values(["scene_id", "ratio", "method"])
 
 
-def _publish(run_id: str, rows: list[dict], failures: list[dict], uris: dict[str, str], previews: dict[str, str]) -> None:
+def _publish(run_id: str, rows: list[dict], failures: list[dict], uris: dict[str, str],
+             previews: dict[str, str]) -> None:
     summary = summary_frame(rows)
     create_table_artifact(
         key="gaussian-reduction-summary",
@@ -118,6 +119,7 @@ def _publish(run_id: str, rows: list[dict], failures: list[dict], uris: dict[str
         description="Gaussian reduction report",
     )
     publish_pictures(
-        "gaussian-reduction-renders", f"Gaussian reduction, run `{run_id}`: first held-out view, original and every method",
+        "gaussian-reduction-renders",
+        f"Gaussian reduction, run `{run_id}`: first held-out view, original and every method",
         pictures, description="Before/after renders side by side", locations=previews,
     )

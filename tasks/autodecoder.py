@@ -240,7 +240,8 @@ def _write_model(item_store: ItemStore, model: Autodecoder, decoded: np.ndarray,
     })
 
 
-def load_model(store: str, run_id: str, item_id: str, device: torch.device | str = "cpu") -> tuple[Autodecoder, np.ndarray, float]:
+def load_model(store: str, run_id: str, item_id: str,
+               device: torch.device | str = "cpu") -> tuple[Autodecoder, np.ndarray, float]:
     """A trained model from a finished item of the store, with its normalisation (centre ``[3]``, scale).
 
     Raises:

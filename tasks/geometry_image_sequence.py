@@ -31,7 +31,8 @@ from storage.zarr_store import ItemStore
 from tasks.shared.pyramid import encode_pyramid
 from tasks.shared.records import ItemResult, PipelineConfig, failure_row
 
-__all__ = ["SequenceConfig", "solve_sequence_ot", "encode_sequence_frames", "finish_sequence", "SEQUENCE_PIPELINE_VERSION"]
+__all__ = ["SequenceConfig", "solve_sequence_ot", "encode_sequence_frames", "finish_sequence",
+           "SEQUENCE_PIPELINE_VERSION"]
 
 SEQUENCE_PIPELINE_VERSION = "1"
 

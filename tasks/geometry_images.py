@@ -40,7 +40,8 @@ from storage.zarr_store import ItemStore
 from tasks.shared.pyramid import encode_pyramid
 from tasks.shared.records import ItemResult, PipelineConfig, failure_row
 
-__all__ = ["GeometryImageConfig", "ParameterizedMesh", "parameterize_mesh", "encode_geometry_images", "PIPELINE_VERSION"]
+__all__ = ["GeometryImageConfig", "ParameterizedMesh", "parameterize_mesh", "encode_geometry_images",
+           "PIPELINE_VERSION"]
 
 PIPELINE_VERSION = "1"  # bump when outputs of unchanged inputs would change: invalidates finished items
 

@@ -69,7 +69,7 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-# --- one real Prefect server per test session (flows/runtime/prefect_server.py) -------------------------------------------
+# --- one real Prefect server per test session (flows/runtime/prefect_server.py) ----------------------------------
 
 
 @pytest.fixture(scope="session")
@@ -171,7 +171,8 @@ def check_ui_artifacts():
         table = artifacts[f"{prefix}-summary"]
         rows = json.loads(table.data) if isinstance(table.data, str) else table.data
         assert table.type == "table" and len(rows) >= 1
-        assert artifacts[f"{prefix}-report"].type == "markdown" and prefix.split("-")[0] in artifacts[f"{prefix}-report"].data.lower()
+        report = artifacts[f"{prefix}-report"]
+        assert report.type == "markdown" and prefix.split("-")[0] in report.data.lower()
         picture = artifacts[picture_key]
         pngs = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", picture.data)
         assert picture.type == "markdown" and pngs

@@ -52,7 +52,8 @@ def worker_env(api_url: str | None, home: Path) -> dict[str, str]:
 def prefect_server(home: Path) -> Iterator[str]:
     """A ``prefect server start`` on 127.0.0.1 with its SQLite database under ``home``; yields the API URL.
 
-    :func:`flows.runtime.prefect_server.prefect_api` with ``PREFECT_API_URL`` cleared first, so it starts its own server:
+    :func:`flows.runtime.prefect_server.prefect_api` with ``PREFECT_API_URL`` cleared first, so it starts its own
+    server:
     while it runs, ``PREFECT_API_URL`` is set in ``os.environ`` and this process's Prefect settings (restored
     afterwards), queued logs and events are flushed before it stops, and no process outlives it.
     """

@@ -53,7 +53,8 @@ class Progress:
     def update(self, done: int) -> None:
         """Set the bar to ``100 * done / total`` percent."""
         percent = 100.0 * done / self.total if self.total else 100.0
-        update_progress_artifact(self.artifact_id, percent, description=f"{self.description}: {done}/{self.total} items")
+        update_progress_artifact(self.artifact_id, percent,
+                                 description=f"{self.description}: {done}/{self.total} items")
 
 
 def table_records(frame: pd.DataFrame) -> list[dict[str, Any]]:

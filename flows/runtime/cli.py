@@ -127,7 +127,8 @@ def geometry_images_command(
     failures = read_table(result["tables"]["failures"])
     console.print(_summary_table(summarize(rows)))
     _print_failures(failures)
-    console.print(f"run [bold]{result['run_id']}[/]: {result['items']} meshes, {result['skipped_items']} skipped as finished")
+    console.print(f"run [bold]{result['run_id']}[/]: {result['items']} meshes, "
+                  f"{result['skipped_items']} skipped as finished")
     console.print(f"Zarr store:  {result['store']}/{result['run_id']}/<mesh>/{{harmonic,ot}}/geometry_image")
     _print_tables(result)
 
@@ -181,8 +182,10 @@ def autodecoder_command(
         table.add_row(*(fmt.format(row[name]) for name, fmt in columns))
     console.print(table)
     _print_failures(read_table(result["tables"]["failures"]))
-    console.print(f"run [bold]{result['run_id']}[/]: {result['items']} items, {result['skipped_items']} finished earlier")
-    console.print(f"Zarr store:  {result['store']}/{result['run_id']}/<collection>--<variant>/{{latents,decoded,model}}")
+    console.print(f"run [bold]{result['run_id']}[/]: {result['items']} items, "
+                  f"{result['skipped_items']} finished earlier")
+    console.print(f"Zarr store:  {result['store']}/{result['run_id']}/<collection>--<variant>/"
+                  "{latents,decoded,model}")
     _print_tables(result)
 
 
@@ -232,8 +235,10 @@ def reduce_gaussians_command(
     summary = summary_frame(read_table(result["tables"]["gaussian_reduction"]).to_dict(orient="records"))
     _print_frame("Gaussian reduction: psnr (dB) / ssim of renders against the original scene", summary)
     _print_failures(read_table(result["tables"]["failures"]))
-    console.print(f"run [bold]{result['run_id']}[/]: {result['items']} items, {result['skipped_items']} finished earlier")
-    console.print(f"reduced scenes: {result['store']}/{result['run_id']}/<scene>--r<ratio>/ply/<method>[-finetuned].ply")
+    console.print(f"run [bold]{result['run_id']}[/]: {result['items']} items, "
+                  f"{result['skipped_items']} finished earlier")
+    console.print(f"reduced scenes: {result['store']}/{result['run_id']}/<scene>--r<ratio>/ply/"
+                  "<method>[-finetuned].ply")
     for item_id, uri in sorted(result["previews"].items()):
         console.print(f"side by side {item_id}: {uri}")
     _print_tables(result)

@@ -24,7 +24,8 @@ from flows.geometry_image_sequence import geometry_image_sequence as _geometry_i
 from flows.geometry_images import geometry_images as _geometry_images
 from flows.runtime.task_runner import make_task_runner
 
-__all__ = ["geometry_images", "geometry_image_sequence", "autodecoder", "encode_shapes", "gaussian_reduction", "task_runner_from_env"]
+__all__ = ["geometry_images", "geometry_image_sequence", "autodecoder", "encode_shapes", "gaussian_reduction",
+           "task_runner_from_env"]
 
 
 def task_runner_from_env() -> DaskTaskRunner:

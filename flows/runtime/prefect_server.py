@@ -247,7 +247,8 @@ def persistent_server(home: str | os.PathLike | None = None) -> dict | None:
 def start_persistent_server(
     home: str | os.PathLike | None = None, host: str = "127.0.0.1", port: int = DEFAULT_PERSISTENT_PORT
 ) -> dict:
-    """Start a server that outlives this process (``brenier server start``) and record it in ``<home>/brenier-server.json``.
+    """Start a server that outlives this process (``brenier server start``); record it in
+    ``<home>/brenier-server.json``.
 
     Returns its state (see :func:`persistent_server`); an already running one is returned as it is.
 

@@ -58,7 +58,8 @@ def test_flow_trains_variants_and_records_bad_shapes(horses: Path, tmp_path: Pat
     for _, row in models.iterrows():
         assert row["shapes"] == 3 and row["points"] == 8431
         assert row["dataset_floats"] == 3 * 8431 * 3
-        assert row["compression_ratio"] == pytest.approx(row["dataset_floats"] / (row["network_floats"] + row["latent_floats"]))
+        assert row["compression_ratio"] == pytest.approx(
+            row["dataset_floats"] / (row["network_floats"] + row["latent_floats"]))
         assert row["latent_floats"] == 3 * 16
     # both networks have the same size, so the comparison between them is fair
     assert abs(models.loc["atlasnetv2", "network_floats"] / models.loc["neuralqaad", "network_floats"] - 1) < 0.02
@@ -103,7 +104,8 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path: Path) -> None:
                                chamfer_epochs=15, qaad_epochs=15, leaf_size=256, device="cpu",
                                checkpoint_every=4)
     run_id = config.default_run_id()
-    args = [sys.executable, "-m", "flows.runtime.cli", "autodecoder", str(CONSISTENT / "crane-16.npz"), "--store", str(store),
+    args = [sys.executable, "-m", "flows.runtime.cli", "autodecoder", str(CONSISTENT / "crane-16.npz"),
+            "--store", str(store),
             "--latent-size", "16", "--patches", "8", "--points-per-shape", "256", "--shapes-per-step", "2",
             "--chamfer-epochs", "15", "--qaad-epochs", "15", "--leaf-size", "256", "--device", "cpu",
             "--checkpoint-every", "4",

@@ -62,6 +62,7 @@ def test_flow_reduces_measures_and_skips(tmp_path: Path) -> None:
     assert Path(result["previews"]["donut-8k--r0.1"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(summary_frame(table.to_dict(orient="records"))) == 4
 
-    again = gaussian_reduction.with_options(task_runner=make_task_runner(workers=1))(str(scenes), str(store), [0.1], FAST)
+    again = gaussian_reduction.with_options(task_runner=make_task_runner(workers=1))(
+        str(scenes), str(store), [0.1], FAST)
     assert again["skipped_items"] == 1
     assert len(read_table(again["tables"]["gaussian_reduction"])) == 8

@@ -50,7 +50,8 @@ def test_sphere_domain_flow(tmp_path: Path, spot) -> None:
     assert list(failures["item_id"]) == ["woody"] and failures["stage"].iloc[0] == "spherical_parameterization"
     assert failures["error_type"].iloc[0] == "UnsupportedTopologyError"
     # seamless: mirrored border samples of the stored uint16 image agree (to one quantisation step)
-    codes = zarr.open_group(str(store / result["run_id"] / "spot600" / "sphere_ot" / "geometry_image"), mode="r")["0"][:]
+    pyramid = store / result["run_id"] / "spot600" / "sphere_ot" / "geometry_image"
+    codes = zarr.open_group(str(pyramid), mode="r")["0"][:]
     codes = codes.astype(np.int64)
     for border in (codes[:, 0, :], codes[:, -1, :], codes[:, :, 0], codes[:, :, -1]):
         assert np.abs(border - border[:, ::-1]).max() <= 1

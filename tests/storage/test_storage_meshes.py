@@ -174,7 +174,8 @@ def _box_ply() -> bytes:
         ("empty.obj", b"", EmptyMeshError),
         ("blank.stl", b"", EmptyMeshError),
         ("points.obj", TRIANGLE, NotAMeshError),  # vertices without faces are a point cloud
-        ("no_faces.obj", TRIANGLE + b"f 1 2\n", UnreadableMeshError),  # a face line with 2 vertices: refused (trimesh drops every face)
+        # a face line with 2 vertices: refused (trimesh drops every face)
+        ("no_faces.obj", TRIANGLE + b"f 1 2\n", UnreadableMeshError),
         ("nan.obj", b"v 0 0 0\nv nan 0 0\nv 0 1 0\nf 1 2 3\n", NonFiniteVerticesError),
         ("inf.obj", b"v 0 0 0\nv inf 0 0\nv 0 1 0\nv 1 1 1\nf 1 2 3\nf 1 3 4\n", NonFiniteVerticesError),
     ],

@@ -50,7 +50,8 @@ def deployed(prefect_server) -> dict[str, str]:
 
 async def _deployments(api_url: str) -> list:
     async with PrefectClient(api_url) as client:
-        deployments = await client.read_deployments(work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[POOL])))
+        deployments = await client.read_deployments(
+            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[POOL])))
         flows = {d.flow_id: (await client.read_flow(d.flow_id)).name for d in deployments}
         return [(d, flows[d.flow_id]) for d in deployments]
 

@@ -1,5 +1,5 @@
-"""The Prefect server brenier manages (flows/runtime/prefect_server.py): it starts, answers health, serves the UI, and every
-``brenier`` command leaves no process behind: on success, on an error and on Ctrl-C."""
+"""The Prefect server brenier manages (flows/runtime/prefect_server.py): it starts, answers health, serves the UI,
+and every ``brenier`` command leaves no process behind: on success, on an error and on Ctrl-C."""
 
 from __future__ import annotations
 
