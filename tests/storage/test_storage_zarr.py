@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import zarr
 
-from storage.zarr_store import ItemStore, open_root
+from storage.zarr_store import ItemStore, open_root, read_file
 
 RUN = "run-1"
 
@@ -241,3 +241,22 @@ def test_invalid_ids_are_rejected(tmp_path: Path, item_id: str) -> None:
 def test_write_before_begin_raises(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         ItemStore(str(tmp_path), RUN, "spot").write_array("uv", np.zeros(3))
+
+
+def test_open_array_writes_one_frame_at_a_time_and_files_sit_beside_the_arrays(tmp_path: Path) -> None:
+    """Tasks that stream per-frame arrays or write a picture go through the item store, never around it."""
+    store = ItemStore(str(tmp_path), "run", "item")
+    store.begin("f" * 64, {})
+    store.write_array("frames/uv", np.full((3, 4, 2), np.nan), chunks=(1, 4, 2))
+    frames = store.open_array("frames/uv", mode="r+")
+    frames[1] = np.ones((4, 2))
+    stored = store.read_array("frames/uv")
+    assert np.isnan(stored[[0, 2]]).all() and (stored[1] == 1).all()
+    with pytest.raises(ValueError):  # read-only by default
+        store.open_array("frames/uv")[0] = np.zeros((4, 2))
+    with pytest.raises(FileNotFoundError):
+        store.open_array("frames/missing")
+    uri = store.write_file("preview.png", b"\x89PNG")
+    assert uri == f"{store.uri}/preview.png" and read_file(uri) == b"\x89PNG"
+    with pytest.raises(FileNotFoundError):
+        read_file(f"{store.uri}/none.png")
