@@ -31,13 +31,15 @@ def test_sequence_solve_encode_finish_and_skip(tmp_path: Path) -> None:
     assert again["skipped"] and len(again["rows"]) == len(record["solve_rows"]) + len(images)
 
 
-def test_alignment_moves_one_frame_towards_another(tmp_path: Path) -> None:
-    """Unit directions of crane's first and last frames (real data, d=3): the map reduces their energy distance."""
-    vertices = np.load(CRANE, allow_pickle=False)["vertices"]
-    directions = [v - v.mean(0) for v in (vertices[0], vertices[-1])]
+def test_alignment_moves_one_shape_towards_another(tmp_path: Path) -> None:
+    """Unit directions of the crane's and a horse's vertices (real data, d=3): the map reduces their energy distance."""
+    import trimesh
+
+    horse = trimesh.load(str(CRANE.parent / "horse-gallop" / "0001.obj"), process=False).vertices
+    directions = [v - v.mean(0) for v in (np.load(CRANE, allow_pickle=False)["vertices"][0], np.asarray(horse))]
     for name, d in zip(("first", "last"), directions):
         np.save(tmp_path / f"{name}.npy", d / np.linalg.norm(d, axis=1, keepdims=True))
-    config = AlignmentConfig(hidden=16, layers=2, steps=30, batch_size=256, distance_points=1000, device="cpu")
+    config = AlignmentConfig(hidden=32, layers=2, steps=100, batch_size=256, distance_points=1000, device="cpu")
     result = align_embedding_sets.fn(str(tmp_path / "first.npy"), str(tmp_path / "last.npy"), str(tmp_path / "s"),
                                      "run", config)
     [row] = result.rows("embedding_alignment")
