@@ -25,8 +25,9 @@ import numpy as np
 import torch
 import trimesh
 
-from otcore.emd import em_kd, exact_emd
-from otcore.metrics import normalize_to_unit_diagonal
+from otcore.mesh.metrics import normalize_to_unit_diagonal
+from otcore.ot.assignment import exact_emd
+from otcore.points.em_kd import em_kd
 
 DEFAULT_SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -25,13 +25,13 @@ import pandas as pd
 import torch
 from scipy.spatial import cKDTree
 
-from otcore.disk_cut import cut_to_disk
-from otcore.harmonic import harmonic_map
-from otcore.metrics import normalize_to_unit_diagonal
 from otcore.errors import OTConvergenceError
-from otcore.ot_net import OTNetConfig, solve_ot_net
-from otcore.parameterization import square_sites
-from otcore.semi_discrete import solve_semi_discrete_ot
+from otcore.mesh.disk_cut import cut_to_disk
+from otcore.mesh.harmonic import harmonic_map
+from otcore.mesh.metrics import normalize_to_unit_diagonal
+from otcore.mesh.parameterization import square_sites
+from otcore.ot.ot_net import OTNetConfig, solve_ot_net
+from otcore.ot.semi_discrete import solve_semi_discrete_ot
 from storage.meshes import MeshItem, read_mesh
 
 DEFAULT_MESH = Path(__file__).resolve().parents[2] / "shared" / "data" / "meshes" / "stanford-bunny.obj"

@@ -20,14 +20,14 @@ import zarr
 from prefect import get_run_logger, task
 from pydantic import BaseModel, Field
 
-from otcore.cut_augmentation import augment_cut
 from otcore.device import resolve_device
-from otcore.disk_cut import DiskMesh
 from otcore.errors import GeometryError, OTConvergenceError
-from otcore.geometry_image import resample_geometry_image
-from otcore.metrics import compression_ratio, normalize_to_unit_diagonal
-from otcore.ot_net import OTNetConfig, OTNetResult, OTNetState
-from otcore.parameterization import area_distortion, ot_parameterization, vertex_areas
+from otcore.mesh.cut_augmentation import augment_cut
+from otcore.mesh.disk_cut import DiskMesh
+from otcore.mesh.geometry_image import resample_geometry_image
+from otcore.mesh.metrics import compression_ratio, normalize_to_unit_diagonal
+from otcore.mesh.parameterization import area_distortion, ot_parameterization, vertex_areas
+from otcore.ot.ot_net import OTNetConfig, OTNetResult, OTNetState
 from storage.collections import read_collection
 from storage.errors import InputError
 from storage.tables import failure_row

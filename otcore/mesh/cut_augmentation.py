@@ -17,8 +17,8 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import dijkstra
 
-from otcore.disk_cut import DiskMesh, cut_to_disk
-from otcore.harmonic import harmonic_map
+from otcore.mesh.disk_cut import DiskMesh, cut_to_disk
+from otcore.mesh.harmonic import harmonic_map
 
 __all__ = ["AugmentedCut", "augment_cut", "map_area_ratios"]
 
@@ -40,7 +40,7 @@ class AugmentedCut:
     """Result of :func:`augment_cut`.
 
     Attributes:
-        disk: the final :class:`~otcore.disk_cut.DiskMesh`.
+        disk: the final :class:`~otcore.mesh.disk_cut.DiskMesh`.
         uv: ``[Vd, 2]`` float64 harmonic map of ``disk`` onto the unit square.
         extra_edges: ``[E, 2]`` int64 source-mesh edges added to the topological cut.
         min_area_ratios: smallest :func:`map_area_ratios` value before each round and at the end.
@@ -67,7 +67,7 @@ def augment_cut(
         :class:`AugmentedCut` (``extra_edges`` is empty when the plain cut already meets ``target_ratio``).
 
     Raises:
-        NonManifoldMeshError, UnsupportedTopologyError: from :func:`otcore.disk_cut.cut_to_disk`.
+        NonManifoldMeshError, UnsupportedTopologyError: from :func:`otcore.mesh.disk_cut.cut_to_disk`.
     """
     vertices = np.asarray(vertices, dtype=np.float64)
     faces = np.asarray(faces, dtype=np.int64)

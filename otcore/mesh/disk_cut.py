@@ -135,7 +135,7 @@ def cut_to_disk(vertices: np.ndarray, faces: np.ndarray, extra_edges: np.ndarray
         faces: ``[F, 3]`` int triangles, consistently oriented.
         extra_edges: ``[E, 2]`` int source-vertex edges cut in addition to the topological cut: paths that start
             on the cut or the boundary and form no cycle with it keep the result a disk (see
-            :func:`otcore.cut_augmentation.augment_cut`).
+            :func:`otcore.mesh.cut_augmentation.augment_cut`).
 
     Returns:
         :class:`DiskMesh` with one boundary loop and no interior edge between two boundary vertices.

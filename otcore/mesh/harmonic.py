@@ -4,7 +4,7 @@ The boundary loop goes to the square's perimeter by arc length, with its four co
 closest to arc-length quarters; the interior solves the discrete Laplace equation with cotangent weights
 (Pinkall–Polthier 1993; Eck et al. 1995). Cotangent weights can be negative on obtuse triangles, which voids
 Tutte's embedding theorem, so negative or tiny weights are raised to a small positive floor: with all weights
-positive, a convex boundary and no chord edges (see :mod:`otcore.disk_cut`), the map is a bijection
+positive, a convex boundary and no chord edges (see :mod:`otcore.mesh.disk_cut`), the map is a bijection
 (Tutte 1963; Floater, "One-to-one piecewise linear mappings over triangulations", Math. Comp. 2003).
 The same Laplacian repairs maps that came out with flipped triangles (:func:`untangle`).
 """

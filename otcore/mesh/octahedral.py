@@ -9,7 +9,7 @@ an area-preserving spherical parameterization gives an area-uniform geometry ima
 radially, which over-samples the octahedron's vertices by up to ~3x).
 
 Square coordinates are ``(u, v)`` in ``[0, 1]^2`` (``x``/column = ``u``, ``y``/row = ``v``), as in
-:mod:`otcore.geometry_image`; the upper hemisphere (``z >= 0``) is the diamond ``|2u-1| + |2v-1| <= 1``.
+:mod:`otcore.mesh.geometry_image`; the upper hemisphere (``z >= 0``) is the diamond ``|2u-1| + |2v-1| <= 1``.
 """
 
 from __future__ import annotations

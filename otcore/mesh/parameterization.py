@@ -2,15 +2,15 @@
 
 Neural Geometry Images with OT (Gao et al. 2025, arXiv 2511.18679), parameterization stage:
 
-1. cut the surface to a disk (:func:`otcore.disk_cut.cut_to_disk`) and map it harmonically onto the square
-   (:func:`otcore.harmonic.harmonic_map`), which fixes the layout but distorts areas;
+1. cut the surface to a disk (:func:`otcore.mesh.disk_cut.cut_to_disk`) and map it harmonically onto the square
+   (:func:`otcore.mesh.harmonic.harmonic_map`), which fixes the layout but distorts areas;
 2. solve semi-discrete OT from the uniform measure on the square to Diracs at the vertices' harmonic positions
    with masses equal to their 3D one-ring areas (optionally multiplied by ``1 + lambda |H|``, the paper's fix for
-   undersampled feature-rich regions), by damped Newton (:func:`otcore.semi_discrete.solve_semi_discrete_ot`);
+   undersampled feature-rich regions), by damped Newton (:func:`otcore.ot.semi_discrete.solve_semi_discrete_ot`);
 3. move every vertex to the centroid of its power cell. Boundary vertices keep the coordinate that puts them on
    the square's side (corners stay corners), so the map still covers the whole square;
 4. where the harmonic map crowded vertices (appendages, ears), neighbouring centroids can swap order and flip
-   triangles: :func:`otcore.harmonic.untangle` re-solves those small regions harmonically so the final map is
+   triangles: :func:`otcore.mesh.harmonic.untangle` re-solves those small regions harmonically so the final map is
    bijective. The number of re-placed vertices is reported (``untangled_vertices``).
 """
 
@@ -21,10 +21,11 @@ from dataclasses import dataclass, replace
 import igl
 import numpy as np
 
-from otcore.disk_cut import DiskMesh, cut_to_disk
-from otcore.harmonic import flipped_triangles, harmonic_map, untangle
-from otcore.ot_net import OTNetConfig, OTNetResult, OTNetState, solve_ot_net
-from otcore.semi_discrete import SemiDiscreteOTResult, solve_semi_discrete_ot
+from otcore.errors import GeometryError, OTConvergenceError
+from otcore.mesh.disk_cut import DiskMesh, cut_to_disk
+from otcore.mesh.harmonic import flipped_triangles, harmonic_map, untangle
+from otcore.ot.ot_net import OTNetConfig, OTNetResult, OTNetState, solve_ot_net
+from otcore.ot.semi_discrete import SemiDiscreteOTResult, solve_semi_discrete_ot
 
 __all__ = [
     "Parameterization",
@@ -44,7 +45,7 @@ __all__ = [
 _SITE_INSET = 1e-4
 
 OT_SOLVERS = ("newton", "neural")
-"""Semi-discrete OT solvers: damped Newton (:mod:`otcore.semi_discrete`) and OT-Net (:mod:`otcore.ot_net`)."""
+"""Semi-discrete OT solvers: damped Newton (:mod:`otcore.ot.semi_discrete`) and OT-Net (:mod:`otcore.ot.ot_net`)."""
 
 
 @dataclass(frozen=True)
@@ -57,8 +58,8 @@ class Parameterization:
         area_distortion: std over triangles of ``log(uv area share / 3D area share)`` (0 = area-preserving).
         flipped_triangles: triangles with non-positive uv area (0 for a bijective map).
         ot: the OT solve (``None`` for the harmonic map): a Newton
-            :class:`~otcore.semi_discrete.SemiDiscreteOTResult` or an OT-Net :class:`~otcore.ot_net.OTNetResult`.
-        untangled_vertices: vertices re-placed by :func:`otcore.harmonic.untangle` after the OT step.
+            :class:`~otcore.ot.semi_discrete.SemiDiscreteOTResult` or an OT-Net :class:`~otcore.ot.ot_net.OTNetResult`.
+        untangled_vertices: vertices re-placed by :func:`otcore.mesh.harmonic.untangle` after the OT step.
     """
 
     method: str
@@ -78,11 +79,19 @@ class Parameterization:
 
 @dataclass(frozen=True)
 class SquareParameterizations:
-    """Both parameterizations of one surface: the harmonic baseline and its OT area correction."""
+    """Both parameterizations of one surface: the harmonic baseline and its OT area correction.
+
+    Attributes:
+        disk: the cut mesh both maps are of.
+        harmonic: the harmonic baseline.
+        ot: the OT map, ``None`` when its step failed.
+        ot_error: why the OT step failed (``None`` when it succeeded).
+    """
 
     disk: DiskMesh
     harmonic: Parameterization
-    ot: Parameterization
+    ot: Parameterization | None
+    ot_error: GeometryError | OTConvergenceError | None = None
 
 
 def vertex_areas(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
@@ -109,7 +118,7 @@ def area_distortion(vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray) -> 
     """Std over triangles of ``log((A_uv / sum A_uv) / (A_3d / sum A_3d))`` (dimensionless; 0 = area-preserving).
 
     Triangles with zero 3D area are ignored; non-positive uv areas are floored at 1e-300 (they also count as
-    flipped, see :func:`otcore.harmonic.flipped_triangles`).
+    flipped, see :func:`otcore.mesh.harmonic.flipped_triangles`).
     """
     a, b, c = (np.asarray(vertices, dtype=np.float64)[faces[:, k]] for k in range(3))
     area3 = 0.5 * np.linalg.norm(np.cross(b - a, c - a), axis=1)
@@ -144,7 +153,7 @@ def feature_masses(vertices: np.ndarray, faces: np.ndarray, disk: DiskMesh, feat
 
 
 def harmonic_parameterization(disk: DiskMesh) -> Parameterization:
-    """Harmonic baseline map of a disk mesh onto the square (:func:`otcore.harmonic.harmonic_map`) with its metrics.
+    """Harmonic baseline map of a disk mesh onto the square (:func:`otcore.mesh.harmonic.harmonic_map`) with its metrics.
 
     Raises:
         UnsupportedTopologyError: if the boundary loop is shorter than 4 vertices.
@@ -179,7 +188,7 @@ def ot_parameterization(
         masses: ``[V]`` positive target masses (e.g. vertex areas times a feature weight).
         tol: tolerance on the max relative cell-mass error.
         max_iterations: Newton iteration cap.
-        solver: ``"newton"`` or ``"neural"`` (OT-Net, :func:`otcore.ot_net.solve_ot_net`).
+        solver: ``"newton"`` or ``"neural"`` (OT-Net, :func:`otcore.ot.ot_net.solve_ot_net`).
         initial_weights: ``[V]`` Newton warm start (e.g. the previous frame's weights); Newton only.
         ot_net_state: OT-Net warm start (the previous solve's ``state``); neural only.
         ot_net_config: OT-Net settings (``tol`` and ``max_iterations`` above override its own).
@@ -214,7 +223,13 @@ def ot_parameterization(
 
 
 def parameterize_to_square(
-    vertices: np.ndarray, faces: np.ndarray, feature_weight: float = 0.0, tol: float = 1e-6, max_iterations: int = 60
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    feature_weight: float = 0.0,
+    tol: float = 1e-6,
+    max_iterations: int = 60,
+    solver: str = "newton",
+    ot_net_config: OTNetConfig | None = None,
 ) -> SquareParameterizations:
     """Cut, harmonic map and OT area correction of a surface (the full parameterization stage).
 
@@ -223,18 +238,26 @@ def parameterize_to_square(
         faces: ``[F, 3]`` int triangles.
         feature_weight: ``lambda >= 0``; masses are vertex areas times ``1 + lambda |H| / mean|H|`` (``|H|`` mean
             curvature, normalised by its area-weighted mean so ``lambda`` is scale-free). 0 = pure area.
-        tol: Newton tolerance on the max relative cell-mass error.
+        tol: tolerance on the max relative cell-mass error.
         max_iterations: Newton iteration cap.
+        solver: ``"newton"`` or ``"neural"`` (see :func:`ot_parameterization`).
+        ot_net_config: OT-Net settings (neural solver only).
 
     Returns:
-        :class:`SquareParameterizations` (disk mesh, harmonic baseline, OT map).
+        :class:`SquareParameterizations`: the disk mesh, the harmonic baseline and the OT map. When the OT step
+        fails with a :class:`~otcore.errors.GeometryError` (e.g. flips that cannot be untangled) or an :class:`~otcore.errors.OTConvergenceError`, ``ot`` is ``None`` and ``ot_error`` holds
+        the error: the harmonic map is still a result.
 
     Raises:
-        NonManifoldMeshError, UnsupportedTopologyError: from the cut.
-        OTConvergenceError: from the Newton solve.
-        ValueError: if ``feature_weight < 0``.
+        NonManifoldMeshError, UnsupportedTopologyError: from the cut or the harmonic map.
+        ValueError: if ``feature_weight < 0`` or ``solver`` is unknown.
     """
     disk = cut_to_disk(vertices, faces)
     harmonic = harmonic_parameterization(disk)
-    masses = feature_masses(vertices, faces, disk, feature_weight)
-    return SquareParameterizations(disk, harmonic, ot_parameterization(disk, harmonic.uv, masses, tol, max_iterations))
+    try:
+        masses = feature_masses(vertices, faces, disk, feature_weight)
+        ot = ot_parameterization(disk, harmonic.uv, masses, tol, max_iterations, solver=solver,
+                                 ot_net_config=ot_net_config)
+    except (GeometryError, OTConvergenceError) as error:
+        return SquareParameterizations(disk, harmonic, None, error)
+    return SquareParameterizations(disk, harmonic, ot)

@@ -9,7 +9,7 @@ Stages (each reported separately, so the contribution of each is visible):
    the cap around the north pole) and centred by Möbius transformations until the area-weighted centroid of
    the vertices is at the origin (the normalisation of Gu, Wang, Chan, Thompson, Yau, "Genus zero surface
    conformal mapping", IEEE TMI 2004). Like conformal maps, it shrinks protrusions strongly.
-2. **Spherical OT** (:func:`otcore.spherical_ot.train_spherical_ot`, HOTS3D): the ICNN map from the vertices'
+2. **Spherical OT** (:func:`otcore.ot.spherical_ot.train_spherical_ot`, HOTS3D): the ICNN map from the vertices'
    spherical positions, weighted by their 3D vertex areas, to the uniform measure on ``S^2``; every vertex is
    moved by it. The smooth neural map redistributes area globally but cannot resolve per-triangle ratios of
    1e-4 (ears, limbs): measured with the default settings (:data:`SPHERE_OT_CONFIG`) it lowers the distortion
@@ -42,9 +42,9 @@ import scipy.sparse.linalg as spla
 import torch
 
 from otcore.errors import FlippedMapError, UnsupportedTopologyError
-from otcore.harmonic import positive_cotangent_laplacian
-from otcore.parameterization import mean_curvature, vertex_areas
-from otcore.spherical_ot import SphericalOTConfig, train_spherical_ot, uniform_sphere
+from otcore.mesh.harmonic import positive_cotangent_laplacian
+from otcore.mesh.parameterization import mean_curvature, vertex_areas
+from otcore.ot.spherical_ot import SphericalOTConfig, train_spherical_ot, uniform_sphere
 
 __all__ = [
     "SPHERE_OT_CONFIG",
@@ -120,11 +120,6 @@ def spherical_triangle_areas(sphere: np.ndarray, faces: np.ndarray) -> np.ndarra
     det = np.einsum("ij,ij->i", a, np.cross(b, c))
     den = 1.0 + np.einsum("ij,ij->i", a, b) + np.einsum("ij,ij->i", b, c) + np.einsum("ij,ij->i", c, a)
     return 2.0 * np.arctan2(det, den)
-
-
-def _flipped_mask(sphere: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    a, b, c = (sphere[faces[:, k]] for k in range(3))
-    return np.einsum("ij,ij->i", a, np.cross(b, c)) <= 0.0
 
 
 def spherical_flips(sphere: np.ndarray, faces: np.ndarray) -> int:
@@ -221,7 +216,7 @@ def initial_spherical_map(vertices: np.ndarray, faces: np.ndarray, weights: str 
 def face_masses(vertices: np.ndarray, faces: np.ndarray, feature_weight: float = 0.0) -> np.ndarray:
     """Target masses ``[F]`` float64 of the triangles: 3D area times ``1 + lambda |H| / mean |H|``.
 
-    ``|H|`` is the unsigned mean curvature (:func:`otcore.parameterization.mean_curvature`) averaged over the
+    ``|H|`` is the unsigned mean curvature (:func:`otcore.mesh.parameterization.mean_curvature`) averaged over the
     triangle's corners, the feature weighting of Neural Geometry Images with OT (more samples on creases);
     ``feature_weight = 0`` gives plain areas.
     """

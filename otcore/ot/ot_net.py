@@ -10,7 +10,7 @@ mass), with (quasi-)Monte-Carlo estimates of the cell masses. A new target (move
 the trained network instead of from zero: that is the reuse.
 
 We work with power weights ``w_i = 2 h_i + |y_i|^2`` (cells ``argmin_i |x - y_i|^2 - w_i``, as in
-:mod:`otcore.power_diagram`), so the gradient in ``w`` is ``(mu(W_i) - nu_i) / 2``. Where we had to choose:
+:mod:`otcore.ot.power_diagram`), so the gradient in ``w`` is ``(mu(W_i) - nu_i) / 2``. Where we had to choose:
 
 * **Per-target correction.** ``w_i = f_theta(y_i) + r_i``: a smooth network cannot separate sites that a harmonic
   map packs 1e-9 apart (crane: min distance 2.3e-9), nor represent the heights to the 1e-3 relative mass accuracy
@@ -23,11 +23,11 @@ We work with power weights ``w_i = 2 h_i + |y_i|^2`` (cells ``argmin_i |x - y_i|
   where Newton cannot start (empty or nearly empty cells). First-order steps do not reach 1e-3 on ``10^4``
   cells: measured on spot's 2,975 cells, Adam with exact gradients still had max relative error 5-10 after
   1,000 steps, and with a network step of 1e-3 it emptied cells that were not empty at the start. *Refine*
-  then takes damped Newton steps (:func:`otcore.semi_discrete.solve_semi_discrete_ot`, exact power diagrams,
+  then takes damped Newton steps (:func:`otcore.ot.semi_discrete.solve_semi_discrete_ot`, exact power diagrams,
   2-D only) from ``f_theta(y) + r`` to ``tol``.
 * **The fit does not yet rescue crowded starts.** Measured: on the unaugmented crane map (220 empty cells) the max
   relative error grew from 15 to 176 in 140 fit steps; on 100k bunny samples (64 empty cells) 60 fit steps left
-  60,176 cells empty. Newton fails on both too; :mod:`otcore.cut_augmentation` is what makes the crane solvable.
+  60,176 cells empty. Newton fails on both too; :mod:`otcore.mesh.cut_augmentation` is what makes the crane solvable.
 * **What the network transfers.** Regressing the network onto the refined weights and evaluating it on moved
   targets was measured *worse* than ``h = 0`` (spot, sites moved by 1e-4: total variation 0.62 vs 0.38), so the
   reuse this module offers is the state of a solve in correspondence with the next one.
@@ -48,8 +48,8 @@ import torch
 from torch import nn
 
 from otcore.errors import OTConvergenceError
-from otcore.power_diagram import PowerCells, power_cells
-from otcore.semi_discrete import solve_semi_discrete_ot
+from otcore.ot.power_diagram import PowerCells, power_cells
+from otcore.ot.semi_discrete import solve_semi_discrete_ot
 
 __all__ = [
     "OTNetConfig",

@@ -22,7 +22,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 from otcore.errors import OTConvergenceError
-from otcore.power_diagram import PowerCells, power_cells
+from otcore.ot.power_diagram import PowerCells, power_cells
 
 __all__ = ["SemiDiscreteOTResult", "solve_semi_discrete_ot"]
 
@@ -105,7 +105,7 @@ def solve_semi_discrete_ot(
         start_diagram = "Voronoi cells at zero weights" if initial_weights is None else "cells at the initial weights"
         raise OTConvergenceError(
             f"{empty} sites have empty {start_diagram}: the initial map packs sites closer than the power diagram "
-            "resolves in float64 (crowded map: otcore.cut_augmentation opens appendages up)"
+            "resolves in float64 (crowded map: otcore.mesh.cut_augmentation opens appendages up)"
         )
 
     iteration = 0

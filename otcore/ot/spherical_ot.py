@@ -35,7 +35,7 @@ which is on the sphere by construction (``|T(x)| = 1``) and moves ``x`` by the a
 Brenier map ``grad g(y)`` (not on the sphere); we use the closed form above in both.
 
 **Training (min-max, Makkuva et al. 2020, Eq. 6; as in HOTS3D's training loop).** With ``u`` (the map's
-potential, an :class:`~otcore.icnn.ICNN`) and ``psi`` (the dual potential, also an ICNN),
+potential, an :class:`~otcore.ot.icnn.ICNN`) and ``psi`` (the dual potential, also an ICNN),
 
 .. math::
 
@@ -57,7 +57,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from otcore.icnn import ICNN, potential_gradient
+from otcore.ot.icnn import ICNN, potential_gradient
 
 __all__ = [
     "spherical_cost",

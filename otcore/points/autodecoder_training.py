@@ -23,9 +23,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from otcore.autodecoder import Autodecoder
-from otcore.emd import chamfer_l2, em_kd
-from otcore.qaad import augmented_chamfer, qaad_greedy, qaad_reassignment
+from otcore.points.autodecoder import Autodecoder
+from otcore.points.chamfer import chamfer_l2
+from otcore.points.em_kd import em_kd
+from otcore.points.qaad import augmented_chamfer, qaad_greedy, qaad_reassignment
 
 __all__ = [
     "TrainingConfig",
@@ -319,7 +320,7 @@ def evaluate(
         targets: float32 ``[N, M, 3]`` (normalised units).
         latents: ``[N, l]`` codes; defaults to the model's table.
         leaf_size: EM-kD leaf size.
-        solver: per-leaf EMD solver of :func:`otcore.emd.em_kd` (``"exact"`` or ``"auction"``).
+        solver: per-leaf EMD solver of :func:`otcore.points.em_kd.em_kd` (``"exact"`` or ``"auction"``).
 
     Returns:
         dict of float64 ``[N]`` arrays ``em_kd`` (Euclidean, input units) and ``chamfer_l2`` (squared units), and the

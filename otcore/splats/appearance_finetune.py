@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from otcore.splatting import Camera, render_scene, ssim
+from otcore.splats.cameras import Camera
+from otcore.splats.image_metrics import ssim
+from otcore.splats.scene import render_scene
 
 __all__ = ["FineTuneConfig", "FineTuneResult", "finetune_appearance", "render_views"]
 
@@ -61,13 +63,13 @@ def finetune_appearance(
     """Optimise the colours and opacities of ``params`` so its renders match ``targets`` from ``cameras``.
 
     Args:
-        params: scene tensors (:func:`otcore.splatting.scene_tensors` keys: ``means``, ``quats``, ``scales``,
+        params: scene tensors (:func:`otcore.splats.scene.scene_tensors` keys: ``means``, ``quats``, ``scales``,
             ``opacities`` (activated, in (0, 1)), ``sh_dc``, ``sh_rest``); not modified.
         cameras: ``V`` cameras.
         targets: float32 ``[V, H, W, 3]`` target images (e.g. :func:`render_views` of the original scene).
         config: schedule and seed.
         on_step: called with ``(step, loss)`` after every step (progress reporting).
-        render_kwargs: passed to :func:`otcore.splatting.render_scene` (e.g. ``background``).
+        render_kwargs: passed to :func:`otcore.splats.scene.render_scene` (e.g. ``background``).
 
     Returns:
         :class:`FineTuneResult`.
@@ -101,7 +103,8 @@ def finetune_appearance(
                              cameras[view], **render_kwargs)
         target = targets[view]
         l1 = (image - target).abs().mean()
-        loss = (1.0 - config.ssim_weight) * l1 + config.ssim_weight * (1.0 - ssim(image.clamp(0, 1), target.clamp(0, 1)))
+        dssim = 1.0 - ssim(image.clamp(0, 1), target.clamp(0, 1))
+        loss = (1.0 - config.ssim_weight) * l1 + config.ssim_weight * dssim
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -1,4 +1,4 @@
-"""Tests of otcore.geometry_image: resampling, quantisation, grid meshes, mipmaps and the spot round trip."""
+"""Tests of otcore.mesh.geometry_image: resampling, quantisation, grid meshes, mipmaps and the spot round trip."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import igl
 import numpy as np
 import pytest
 
-from otcore.geometry_image import (
+from otcore.mesh.geometry_image import (
     dequantize,
     geometry_image_to_mesh,
     grid_faces,
@@ -15,9 +15,9 @@ from otcore.geometry_image import (
     resample_geometry_image,
     restore_level,
 )
-from otcore.harmonic import signed_areas
-from otcore.metrics import surface_distances
-from otcore.parameterization import parameterize_to_square
+from otcore.mesh.harmonic import signed_areas
+from otcore.mesh.metrics import surface_distances
+from otcore.mesh.parameterization import parameterize_to_square
 
 
 def _jittered_square_mesh(n: int = 9, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -1,12 +1,12 @@
-"""Tests of otcore.metrics: normalisation, surface sampling, point-to-surface distances and size arithmetic."""
+"""Tests of otcore.mesh.metrics: normalisation, surface sampling, point-to-surface distances and size arithmetic."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from otcore.geometry_image import grid_faces
-from otcore.metrics import (
+from otcore.mesh.geometry_image import grid_faces
+from otcore.mesh.metrics import (
     compression_ratio,
     normalize_to_unit_diagonal,
     point_to_surface_distances,

@@ -1,5 +1,5 @@
-"""Spherical parameterization (otcore.spherical_parameterization) and octahedral geometry images
-(otcore.octahedral) on a real closed genus-0 mesh (spot, decimated so the test stays quick)."""
+"""Spherical parameterization (otcore.mesh.spherical_parameterization) and octahedral geometry images
+(otcore.mesh.octahedral) on a real closed genus-0 mesh (spot, decimated so the test stays quick)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,15 @@ import numpy as np
 import pytest
 
 from otcore.errors import UnsupportedTopologyError
-from otcore.geometry_image import geometry_image_to_mesh, mipmap_pyramid, restore_level
-from otcore.metrics import surface_distances
-from otcore.octahedral import (
+from otcore.mesh.geometry_image import geometry_image_to_mesh, mipmap_pyramid, restore_level
+from otcore.mesh.metrics import surface_distances
+from otcore.mesh.octahedral import (
     octahedral_decode,
     octahedral_encode,
     resample_spherical_geometry_image,
 )
-from otcore.parameterization import mean_curvature
-from otcore.spherical_ot import SphericalOTConfig
-from otcore.spherical_parameterization import (
+from otcore.mesh.parameterization import mean_curvature
+from otcore.mesh.spherical_parameterization import (
     check_closed_genus0,
     face_masses,
     initial_spherical_map,
@@ -26,6 +25,7 @@ from otcore.spherical_parameterization import (
     spherical_parameterizations,
     spherical_triangle_areas,
 )
+from otcore.ot.spherical_ot import SphericalOTConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -1,4 +1,4 @@
-"""OT-Net (otcore.ot_net) against the damped Newton solver on real meshes, its reuse, and its QMC cell masses."""
+"""OT-Net (otcore.ot.ot_net) against the damped Newton solver on real meshes, its reuse, and its QMC cell masses."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from otcore.disk_cut import cut_to_disk
-from otcore.ot_net import qmc_cell_masses, solve_ot_net
-from otcore.parameterization import feature_masses, harmonic_parameterization, square_sites
-from otcore.power_diagram import power_cells
-from otcore.semi_discrete import solve_semi_discrete_ot
+from otcore.mesh.disk_cut import cut_to_disk
+from otcore.mesh.parameterization import feature_masses, harmonic_parameterization, square_sites
+from otcore.ot.ot_net import qmc_cell_masses, solve_ot_net
+from otcore.ot.power_diagram import power_cells
+from otcore.ot.semi_discrete import solve_semi_discrete_ot
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_bad_input_raises() -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_ot_net_on_gpu_matches_cpu(spot_problem) -> None:
-    from otcore.ot_net import OTNetConfig
+    from otcore.ot.ot_net import OTNetConfig
 
     sites, masses, curved = spot_problem
     cpu = solve_ot_net(sites, masses)

@@ -1,11 +1,11 @@
-"""Tests of otcore.power_diagram: power cells of weighted sites clipped to the unit square."""
+"""Tests of otcore.ot.power_diagram: power cells of weighted sites clipped to the unit square."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from otcore.power_diagram import power_cells
+from otcore.ot.power_diagram import power_cells
 
 
 def _grid_sites(k: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Tests of otcore.semi_discrete: damped Newton semi-discrete OT from the uniform square to weighted Diracs."""
+"""Tests of otcore.ot.semi_discrete: damped Newton semi-discrete OT from the uniform square to weighted Diracs."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from otcore.errors import OTConvergenceError
-from otcore.power_diagram import power_cells
-from otcore.semi_discrete import solve_semi_discrete_ot
+from otcore.ot.power_diagram import power_cells
+from otcore.ot.semi_discrete import solve_semi_discrete_ot
 
 
 def _grid_sites(k: int) -> np.ndarray:

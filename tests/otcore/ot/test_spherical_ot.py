@@ -1,4 +1,4 @@
-"""HOTS3D spherical OT (otcore.icnn, otcore.spherical_ot, otcore.von_mises_fisher): convexity, the closed-form
+"""HOTS3D spherical OT (otcore.ot.icnn, otcore.ot.spherical_ot, tests/von_mises_fisher.py): convexity, the closed-form
 map's optimality condition, and alignment of von Mises–Fisher mixtures with known structure at d = 3, 64, 768."""
 
 from __future__ import annotations
@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from von_mises_fisher import sample_vmf, shifted_vmf_mixtures
 
-from otcore.icnn import ICNN, potential_gradient
-from otcore.spherical_ot import (
+from otcore.ot.icnn import ICNN, potential_gradient
+from otcore.ot.spherical_ot import (
     SphericalOTConfig,
     energy_distance,
     spherical_cost,
@@ -16,7 +17,6 @@ from otcore.spherical_ot import (
     train_spherical_ot,
     transport_from_gradient,
 )
-from otcore.von_mises_fisher import sample_vmf, shifted_vmf_mixtures
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

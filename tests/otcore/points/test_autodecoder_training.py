@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from otcore.autodecoder import (
+from otcore.points.autodecoder import (
     AtlasNetV2Decoder,
     Autodecoder,
     NeuralQAADDecoder,
@@ -14,7 +14,7 @@ from otcore.autodecoder import (
     matched_baseline_width,
     patch_layout,
 )
-from otcore.autodecoder_training import (
+from otcore.points.autodecoder_training import (
     TrainingConfig,
     encode,
     evaluate,
@@ -22,8 +22,8 @@ from otcore.autodecoder_training import (
     normalization,
     train,
 )
-from otcore.emd import em_kd
-from otcore.qaad import augmented_chamfer, qaad_greedy, qaad_reassignment
+from otcore.points.em_kd import em_kd
+from otcore.points.qaad import augmented_chamfer, qaad_greedy, qaad_reassignment
 
 
 @pytest.fixture(scope="module")

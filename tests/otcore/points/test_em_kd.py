@@ -1,4 +1,5 @@
-"""Tests of otcore.emd: balanced k-d partition, exact EMD, batched auction, EM-kD and Chamfer-L2."""
+"""Tests of otcore.ot.assignment, otcore.ot.auction, otcore.points.em_kd and otcore.points.chamfer:
+ balanced k-d partition, exact EMD, batched auction, EM-kD and Chamfer-L2."""
 
 from __future__ import annotations
 
@@ -11,19 +12,16 @@ import scipy.optimize
 import torch
 import trimesh
 
-import otcore.emd as emd
-from otcore.emd import (
-    AUCTION_REL_TOL,
-    auction_assignment,
-    chamfer_l2,
-    em_kd,
-    exact_assignment,
-    exact_emd,
-)
+import otcore.ot.auction as auction
+import otcore.points.chamfer as chamfer
 from otcore.kd_tree import kd_partition, kd_split_pair
-from otcore.metrics import normalize_to_unit_diagonal
+from otcore.mesh.metrics import normalize_to_unit_diagonal
+from otcore.ot.assignment import exact_assignment, exact_emd
+from otcore.ot.auction import AUCTION_REL_TOL, auction_assignment
+from otcore.points.chamfer import chamfer_l2
+from otcore.points.em_kd import em_kd
 
-CRANE = Path(__file__).resolve().parent.parent / "data" / "samples" / "consistent" / "crane-16.npz"
+CRANE = Path(__file__).resolve().parents[3] / "data" / "samples" / "consistent" / "crane-16.npz"
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +100,7 @@ def test_auction_is_within_its_bound_of_the_optimum(
     dtype: torch.dtype, size: int, numpy_end_game: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if not numpy_end_game:
-        monkeypatch.setattr(emd, "_SMALL_ROWS", 0)
+        monkeypatch.setattr(auction, "_SMALL_ROWS", 0)
     generator = torch.Generator().manual_seed(size)
     cost = torch.rand(3, size, size, generator=generator, dtype=dtype) * 2.0
     for epsilon in (None, 1e-3):
@@ -280,8 +278,8 @@ def test_brute_force_neighbours_match_the_kd_tree() -> None:
     # The chunked brute-force search serves non-CPU devices; on CPU chamfer_l2 queries a k-d tree.
     rng = np.random.default_rng(6)
     a, b = torch.from_numpy(rng.random((2, 700, 3))), torch.from_numpy(rng.random((2, 500, 3)))
-    brute = emd._nearest_both(a, b, chunk=128)
-    tree = emd._nearest_kdtree(a, b)
+    brute = chamfer._nearest_both(a, b, chunk=128)
+    tree = chamfer._nearest_kdtree(a, b)
     for found, expected in zip(brute, tree):
         torch.testing.assert_close(found, expected)
 

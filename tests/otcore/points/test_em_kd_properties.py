@@ -9,15 +9,12 @@ import scipy.spatial.transform
 import torch
 import trimesh
 
-from otcore.emd import (
-    auction_assignment,
-    chamfer_l2,
-    em_kd,
-    exact_assignment,
-    exact_emd,
-)
 from otcore.kd_tree import kd_depth, kd_partition, kd_split, kd_split_pair
-from otcore.metrics import normalize_to_unit_diagonal
+from otcore.mesh.metrics import normalize_to_unit_diagonal
+from otcore.ot.assignment import exact_assignment, exact_emd
+from otcore.ot.auction import auction_assignment
+from otcore.points.chamfer import chamfer_l2
+from otcore.points.em_kd import em_kd
 
 
 @pytest.fixture(scope="module")

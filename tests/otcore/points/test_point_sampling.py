@@ -1,4 +1,4 @@
-"""Tests of otcore.point_sampling on the bundled real collections: on-surface, correspondence, area uniformity."""
+"""Tests of otcore.points.point_sampling on the bundled real collections: on-surface, correspondence, area uniformity."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from otcore.point_sampling import (
+from otcore.points.point_sampling import (
     face_area_weights,
     interpolate_barycentric,
     sample_correspondent_surface,

@@ -1,4 +1,4 @@
-"""GHAP reduction (otcore.ghap) and the pruning baselines on the bundled real 3DGS sample (donut, 8,192 Gaussians)."""
+"""GHAP reduction (otcore.splats.ghap) and the pruning baselines on the bundled real 3DGS sample (donut, 8,192 Gaussians)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from otcore.gaussian_pruning import importance_scores, select_subset
-from otcore.ghap import allocate_counts, covariances_to_scales_quats, ghap_reduce, merge_appearance
+from otcore.splats.gaussian_pruning import importance_scores, select_subset
+from otcore.splats.ghap import allocate_counts, covariances_to_scales_quats, ghap_reduce, merge_appearance
 from storage.gaussians import quats_to_rotations, read_scene
 
-DONUT = Path(__file__).resolve().parent.parent / "data" / "samples" / "gaussians" / "donut-8k.ply"
+DONUT = Path(__file__).resolve().parents[3] / "data" / "samples" / "gaussians" / "donut-8k.ply"
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""otcore.splatting: the torch 3DGS renderer against analytic images and a plain per-pixel reference, its
+"""otcore.splats (rasterizer, cameras, spherical_harmonics, image_metrics, scene): the torch 3DGS renderer
+against analytic images and a plain per-pixel reference, its
 gradients, orbit cameras and image metrics on the bundled donut-8k scene."""
 
 from __future__ import annotations
@@ -11,23 +12,18 @@ import numpy as np
 import pytest
 import torch
 
-from otcore.splatting import (
-    SH_C0,
-    Camera,
-    _sh_basis,
-    eval_sh,
-    look_at,
-    orbit_cameras,
-    psnr,
-    render,
-    render_scene,
-    scene_tensors,
-    sh0_to_rgb,
-    ssim,
-)
+from otcore.splats.cameras import Camera, look_at, orbit_cameras
+from otcore.splats.image_metrics import psnr, ssim
+from otcore.splats.rasterizer import render
+from otcore.splats.scene import render_scene, scene_tensors
+from otcore.splats.spherical_harmonics import SH_C0, _sh_basis, eval_sh, sh0_to_rgb
 from storage.gaussians import GaussianScene, read_scene
 
-DONUT = Path(__file__).resolve().parents[1] / "data" / "samples" / "gaussians" / "donut-8k.ply"
+DONUT = Path(__file__).resolve().parents[3] / "data" / "samples" / "gaussians" / "donut-8k.ply"
+
+
+def _tensors(scene: GaussianScene) -> dict[str, torch.Tensor]:
+    return scene_tensors(scene.means, scene.scales, scene.quats, scene.opacities, scene.sh_dc, scene.sh_rest)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -47,7 +43,7 @@ def donut() -> GaussianScene:
 
 @pytest.fixture(scope="module")
 def donut_params(donut: GaussianScene) -> dict[str, torch.Tensor]:
-    return scene_tensors(donut)
+    return _tensors(donut)
 
 
 def head_on_camera(width: int, height: int, focal: float, cx: float, cy: float) -> Camera:
@@ -422,7 +418,7 @@ def test_orbit_cameras_ignore_floaters(donut: GaussianScene) -> None:
 
 
 def test_scene_tensors_and_bad_inputs(donut: GaussianScene) -> None:
-    params = scene_tensors(donut)
+    params = _tensors(donut)
     assert set(params) == {"means", "quats", "scales", "opacities", "sh_dc", "sh_rest"}
     assert all(v.dtype == torch.float32 for v in params.values())
     assert params["sh_rest"].shape == (len(donut), 0, 3)

@@ -1,0 +1,117 @@
+"""Surface parameterization: disk cuts, harmonic maps, OT area correction onto the square, spherical
+parameterization, geometry images, octahedral maps and surface metrics.
+"""
+
+from __future__ import annotations
+
+from otcore.mesh.cut_augmentation import AugmentedCut, augment_cut, map_area_ratios
+from otcore.mesh.disk_cut import DiskMesh, cut_to_disk, topological_cut
+from otcore.mesh.geometry_image import (
+    QuantizedImage,
+    dequantize,
+    geometry_image_to_mesh,
+    grid_faces,
+    mipmap_pyramid,
+    quantize,
+    resample_geometry_image,
+    restore_level,
+)
+from otcore.mesh.harmonic import (
+    flipped_triangles,
+    harmonic_map,
+    positive_cotangent_laplacian,
+    signed_areas,
+    square_boundary,
+    untangle,
+)
+from otcore.mesh.metrics import (
+    SurfaceDistances,
+    compression_ratio,
+    normalize_to_unit_diagonal,
+    point_to_surface_distances,
+    raw_mesh_bytes,
+    sample_surface,
+    surface_distances,
+)
+from otcore.mesh.octahedral import octahedral_decode, octahedral_encode, resample_spherical_geometry_image
+from otcore.mesh.parameterization import (
+    OT_SOLVERS,
+    Parameterization,
+    SquareParameterizations,
+    area_distortion,
+    feature_masses,
+    harmonic_parameterization,
+    mean_curvature,
+    ot_parameterization,
+    parameterize_to_square,
+    square_sites,
+    vertex_areas,
+)
+from otcore.mesh.spherical_parameterization import (
+    SPHERE_OT_CONFIG,
+    SphericalParameterization,
+    area_barrier_polish,
+    check_closed_genus0,
+    face_masses,
+    initial_spherical_map,
+    neural_spherical_ot_map,
+    spherical_area_distortion,
+    spherical_flips,
+    spherical_parameterizations,
+    spherical_triangle_areas,
+)
+
+__all__ = [
+    "AugmentedCut",
+    "DiskMesh",
+    "OT_SOLVERS",
+    "Parameterization",
+    "QuantizedImage",
+    "SPHERE_OT_CONFIG",
+    "SphericalParameterization",
+    "SquareParameterizations",
+    "SurfaceDistances",
+    "area_barrier_polish",
+    "area_distortion",
+    "augment_cut",
+    "check_closed_genus0",
+    "compression_ratio",
+    "cut_to_disk",
+    "dequantize",
+    "face_masses",
+    "feature_masses",
+    "flipped_triangles",
+    "geometry_image_to_mesh",
+    "grid_faces",
+    "harmonic_map",
+    "harmonic_parameterization",
+    "initial_spherical_map",
+    "map_area_ratios",
+    "mean_curvature",
+    "mipmap_pyramid",
+    "neural_spherical_ot_map",
+    "normalize_to_unit_diagonal",
+    "octahedral_decode",
+    "octahedral_encode",
+    "ot_parameterization",
+    "parameterize_to_square",
+    "point_to_surface_distances",
+    "positive_cotangent_laplacian",
+    "quantize",
+    "raw_mesh_bytes",
+    "resample_geometry_image",
+    "resample_spherical_geometry_image",
+    "restore_level",
+    "sample_surface",
+    "signed_areas",
+    "spherical_area_distortion",
+    "spherical_flips",
+    "spherical_parameterizations",
+    "spherical_triangle_areas",
+    "square_boundary",
+    "square_sites",
+    "surface_distances",
+    "topological_cut",
+    "untangle",
+    "vertex_areas",
+]
