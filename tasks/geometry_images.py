@@ -20,15 +20,8 @@ from pydantic import BaseModel, Field
 
 from otcore.device import resolve_device
 from otcore.errors import GeometryError
-from otcore.mesh.geometry_image import (
-    dequantize,
-    geometry_image_to_mesh,
-    mipmap_pyramid,
-    quantize,
-    resample_geometry_image,
-    restore_level,
-)
-from otcore.mesh.metrics import compression_ratio, normalize_to_unit_diagonal, raw_mesh_bytes, surface_distances
+from otcore.mesh.geometry_image import quantized_pyramid, resample_geometry_image, restored_level_distances
+from otcore.mesh.metrics import compression_ratio, normalize_to_unit_diagonal, raw_mesh_bytes
 from otcore.mesh.octahedral import resample_spherical_geometry_image
 from otcore.mesh.parameterization import Parameterization, parameterize_to_square
 from otcore.mesh.spherical_parameterization import (
@@ -208,8 +201,7 @@ def encode_pyramid(
     Raises:
         ValueError: if the image cannot be quantised or subsampled into ``config.levels`` levels.
     """
-    quantized = quantize(image, config.bits)
-    levels = mipmap_pyramid(quantized.codes, config.levels)
+    quantized, levels = quantized_pyramid(image, config.bits, config.levels)
     stored = item_store.write_pyramid(
         path, levels,
         {"quantization": {"bits": config.bits, "offset": quantized.offset.tolist(), "scale": quantized.scale.tolist()},
@@ -217,10 +209,8 @@ def encode_pyramid(
     )
     measured = []
     for level, (codes, stored_bytes) in enumerate(zip(levels, stored)):
-        restored = restore_level(dequantize(codes, quantized.offset, quantized.scale), config.resolution)
-        restored_vertices, restored_faces = geometry_image_to_mesh(restored)
-        distances = surface_distances(restored_vertices, restored_faces, source_vertices, source_faces,
-                                      config.samples, config.seed)
+        distances = restored_level_distances(codes, quantized, config.resolution, source_vertices, source_faces,
+                                             config.samples, config.seed)
         measured.append({"level": level, "resolution": int(codes.shape[-1]), "chamfer_l2": distances.chamfer_l2,
                          "hausdorff": distances.hausdorff, "samples": distances.samples,
                          "stored_bytes": stored_bytes})

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from otcore.mesh.metrics import SurfaceDistances, surface_distances
+
 __all__ = [
     "QuantizedImage",
     "resample_geometry_image",
@@ -27,6 +29,8 @@ __all__ = [
     "geometry_image_to_mesh",
     "mipmap_pyramid",
     "restore_level",
+    "quantized_pyramid",
+    "restored_level_distances",
 ]
 
 
@@ -175,3 +179,44 @@ def restore_level(level_image: np.ndarray, resolution: int) -> np.ndarray:
     tensor = torch.from_numpy(np.asarray(level_image, dtype=np.float32))[None]
     up = torch.nn.functional.interpolate(tensor, size=(resolution, resolution), mode="bilinear", align_corners=True)
     return up[0].numpy()
+
+
+def quantized_pyramid(geometry_image: np.ndarray, bits: int, levels: int) -> tuple[QuantizedImage, list[np.ndarray]]:
+    """The stored form of a geometry image: :func:`quantize` to ``bits``, then :func:`mipmap_pyramid` of the codes.
+
+    Returns:
+        The quantisation (``offset``, ``scale`` dequantise every level) and the ``levels`` uint16 code images
+        ``[3, R_k, R_k]``, finest first.
+
+    Raises:
+        ValueError: from :func:`quantize` or :func:`mipmap_pyramid`.
+    """
+    quantized = quantize(geometry_image, bits)
+    return quantized, mipmap_pyramid(quantized.codes, levels)
+
+
+def restored_level_distances(
+    codes: np.ndarray,
+    quantized: QuantizedImage,
+    resolution: int,
+    source_vertices: np.ndarray,
+    source_faces: np.ndarray,
+    samples: int,
+    seed: int,
+) -> SurfaceDistances:
+    """How far one stored level is from the source surface: dequantise, :func:`restore_level` to ``resolution``,
+    triangulate the grid (:func:`geometry_image_to_mesh`) and measure :func:`otcore.mesh.metrics.surface_distances`.
+
+    Args:
+        codes: ``[3, R_k, R_k]`` uint16 codes of one level of :func:`quantized_pyramid`.
+        quantized: that pyramid's quantisation (``offset``, ``scale``).
+        resolution: side of the finest level (``2^n + 1``).
+        source_vertices, source_faces: ``[V, 3]`` float64 / ``[F, 3]`` int64 surface measured against.
+        samples, seed: area-uniform samples per surface and their seed.
+
+    Returns:
+        :class:`~otcore.mesh.metrics.SurfaceDistances` (Chamfer-L2, Hausdorff, in the units of the vertices).
+    """
+    restored = restore_level(dequantize(codes, quantized.offset, quantized.scale), resolution)
+    restored_vertices, restored_faces = geometry_image_to_mesh(restored)
+    return surface_distances(restored_vertices, restored_faces, source_vertices, source_faces, samples, seed)

@@ -1,9 +1,9 @@
 """Fidelity and size metrics for meshes restored from geometry images.
 
-Distances are point-to-surface (docs/architecture.md): area-uniform samples of one surface against the closest point of the
-other mesh (libigl's AABB tree), in both directions. Sample-to-sample distances have a floor (two 200k-sample sets
-of the same mesh differ by Chamfer-L2 ~2.7e-6) that hides the differences that matter. Inputs are expected in
-unit-bounding-box-diagonal units (:func:`normalize_to_unit_diagonal`).
+Distances are point-to-surface (docs/architecture.md): area-uniform samples of one surface against the closest
+point of the other mesh (libigl's AABB tree), in both directions. Sample-to-sample distances have a floor (two
+200k-sample sets of the same mesh differ by Chamfer-L2 ~2.7e-6) that hides the differences that matter. Inputs are
+expected in unit-bounding-box-diagonal units (:func:`normalize_to_unit_diagonal`).
 """
 
 from __future__ import annotations

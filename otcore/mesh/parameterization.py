@@ -37,6 +37,7 @@ __all__ = [
     "harmonic_parameterization",
     "OT_SOLVERS",
     "ot_parameterization",
+    "parameterize_frame",
     "square_sites",
     "parameterize_to_square",
 ]
@@ -153,7 +154,8 @@ def feature_masses(vertices: np.ndarray, faces: np.ndarray, disk: DiskMesh, feat
 
 
 def harmonic_parameterization(disk: DiskMesh) -> Parameterization:
-    """Harmonic baseline map of a disk mesh onto the square (:func:`otcore.mesh.harmonic.harmonic_map`) with its metrics.
+    """Harmonic baseline map of a disk mesh onto the square (:func:`otcore.mesh.harmonic.harmonic_map`), with
+    its metrics.
 
     Raises:
         UnsupportedTopologyError: if the boundary loop is shorter than 4 vertices.
@@ -222,6 +224,37 @@ def ot_parameterization(
     )
 
 
+def parameterize_frame(
+    disk: DiskMesh,
+    harmonic_uv: np.ndarray,
+    tol: float = 1e-6,
+    max_iterations: int = 60,
+    solver: str = "newton",
+    initial_weights: np.ndarray | None = None,
+    ot_net_state: OTNetState | None = None,
+    ot_net_config: OTNetConfig | None = None,
+) -> Parameterization:
+    """OT map of one frame of a shape sequence that shares one cut and one harmonic map (area masses).
+
+    The frame's masses are its disk's vertex areas (:func:`vertex_areas` of ``disk.vertices``), so every frame gets
+    its own area-preserving map of the shared layout; warm starts carry the previous frame's solve.
+
+    Args:
+        disk: the frame's disk mesh (its ``[Vd, 3]`` vertices; faces and boundary shared by every frame).
+        harmonic_uv: ``[Vd, 2]`` the shared harmonic map (the Diracs' positions).
+        tol, max_iterations, solver, initial_weights, ot_net_state, ot_net_config: as in :func:`ot_parameterization`.
+
+    Returns:
+        :class:`Parameterization` with ``method="ot"``.
+
+    Raises:
+        ValueError, OTConvergenceError, FlippedMapError: as :func:`ot_parameterization`.
+    """
+    masses = vertex_areas(disk.vertices, disk.faces)
+    return ot_parameterization(disk, harmonic_uv, masses, tol, max_iterations, solver=solver,
+                               initial_weights=initial_weights, ot_net_state=ot_net_state, ot_net_config=ot_net_config)
+
+
 def parameterize_to_square(
     vertices: np.ndarray,
     faces: np.ndarray,
@@ -245,8 +278,9 @@ def parameterize_to_square(
 
     Returns:
         :class:`SquareParameterizations`: the disk mesh, the harmonic baseline and the OT map. When the OT step
-        fails with a :class:`~otcore.errors.GeometryError` (e.g. flips that cannot be untangled) or an :class:`~otcore.errors.OTConvergenceError`, ``ot`` is ``None`` and ``ot_error`` holds
-        the error: the harmonic map is still a result.
+        fails with a :class:`~otcore.errors.GeometryError` (e.g. flips that cannot be untangled) or an
+        :class:`~otcore.errors.OTConvergenceError`, ``ot`` is ``None`` and ``ot_error`` holds the error: the
+        harmonic map is still a result.
 
     Raises:
         NonManifoldMeshError, UnsupportedTopologyError: from the cut or the harmonic map.

@@ -161,7 +161,8 @@ class TrainingState:
         if meta["config"] != asdict(self.config):
             raise ValueError("checkpoint was written with a different training config")
         device = self.model.input_points.device
-        model_state = {k[len("model/") :]: torch.from_numpy(np.array(v)) for k, v in arrays.items() if k.startswith("model/")}
+        model_state = {k[len("model/") :]: torch.from_numpy(np.array(v))
+                       for k, v in arrays.items() if k.startswith("model/")}
         self.model.load_state_dict(model_state)
         slots: dict[int, dict[str, torch.Tensor]] = {}
         for name, value in arrays.items():
@@ -172,7 +173,8 @@ class TrainingState:
         self.optimizer.load_state_dict({"state": slots, "param_groups": meta["param_groups"]})
         self.generator.set_state(torch.from_numpy(np.array(arrays["generator"])))
         self.assignment = (
-            torch.from_numpy(np.array(arrays["assignment"]).astype(np.int64)).to(device) if "assignment" in arrays else None
+            torch.from_numpy(np.array(arrays["assignment"]).astype(np.int64)).to(device)
+            if "assignment" in arrays else None
         )
         self.epoch, self.step = int(meta["epoch"]), int(meta["step"])
         self.history = [EpochRecord(**r) for r in meta["history"]]
@@ -205,7 +207,8 @@ def new_training_state(config: TrainingConfig, targets: torch.Tensor) -> Trainin
     ).to(targets.device)
     network = [p for name, p in model.named_parameters() if name != "latents"]
     optimizer = torch.optim.Adam(
-        [{"params": network, "lr": config.learning_rate}, {"params": [model.latents], "lr": config.latent_learning_rate}]
+        [{"params": network, "lr": config.learning_rate},
+         {"params": [model.latents], "lr": config.latent_learning_rate}]
     )
     generator = torch.Generator().manual_seed(config.seed)
     return TrainingState(config, model, optimizer, generator)
@@ -224,7 +227,9 @@ def _epoch_order(config: TrainingConfig, n_shapes: int, epoch: int) -> torch.Ten
 
 
 @torch.no_grad()
-def _greedy_assignment(model: Autodecoder, targets: torch.Tensor, latents: torch.Tensor, leaf_size: int) -> torch.Tensor:
+def _greedy_assignment(
+    model: Autodecoder, targets: torch.Tensor, latents: torch.Tensor, leaf_size: int
+) -> torch.Tensor:
     outputs = model.decode(latents)
     return torch.stack([qaad_greedy(outputs[i], targets[i], leaf_size) for i in range(targets.shape[0])])
 
@@ -274,7 +279,8 @@ def train(
     """
     config, model = state.config, state.model
     if targets.shape[1:] != (model.n_points, 3) or targets.shape[0] != model.latents.shape[0]:
-        raise ValueError(f"targets {tuple(targets.shape)} do not match the model ({model.latents.shape[0]} shapes x {model.n_points} points)")
+        raise ValueError(f"targets {tuple(targets.shape)} do not match the model "
+                         f"({model.latents.shape[0]} shapes x {model.n_points} points)")
     n_shapes = targets.shape[0]
     steps_per_epoch = math.ceil(n_shapes / config.shapes_per_step)
     model.train()
@@ -329,7 +335,8 @@ def evaluate(
     model.eval()
     latents = model.latents if latents is None else latents
     decoded = model.decode(latents)
-    em = np.array([em_kd(decoded[i], targets[i], leaf_size=leaf_size, solver=solver).em_kd for i in range(targets.shape[0])])
+    em = np.array([em_kd(decoded[i], targets[i], leaf_size=leaf_size, solver=solver).em_kd
+                   for i in range(targets.shape[0])])
     cd = np.array([float(chamfer_l2(decoded[i], targets[i])) for i in range(targets.shape[0])])
     return {"em_kd": em, "chamfer_l2": cd, "decoded": decoded.cpu().numpy()}
 

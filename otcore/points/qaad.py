@@ -136,7 +136,8 @@ def qaad_reassignment(predictions: torch.Tensor, assigned_targets: torch.Tensor)
     current = squared.diagonal(dim1=1, dim2=2)
     proposal = squared.argmin(dim=2)
     cross = squared.gather(2, proposal.unsqueeze(2)).squeeze(2)  # |y_i - t_j|^2
-    back = squared[torch.arange(batch, device=device)[:, None], proposal, torch.arange(size, device=device)[None, :]]  # |y_j - t_i|^2
+    batch_index, point_index = torch.arange(batch, device=device)[:, None], torch.arange(size, device=device)[None, :]
+    back = squared[batch_index, proposal, point_index]  # |y_j - t_i|^2
     gain = current + current.gather(1, proposal) - cross - back
     rows = torch.arange(size, device=device).expand(batch, size)
     candidate = (gain >= 0) & (proposal != rows)

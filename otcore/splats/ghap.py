@@ -289,7 +289,8 @@ def _assignment_scores(pen_mu, second, red_mu, red_cov, comp_valid):
     b = (a @ red_mu[..., None])[..., 0]  # [S, M, 3]
     const = torch.where(comp_valid, (red_mu * b).sum(-1) + logdet_j, torch.inf)  # [S, M]
     n_pens, width = pen_mu.shape[:2]
-    scores = torch.baddbmm(const[:, None, :].expand(n_pens, width, -1), second.flatten(-2), a.flatten(-2).transpose(1, 2))
+    scores = torch.baddbmm(const[:, None, :].expand(n_pens, width, -1), second.flatten(-2),
+                           a.flatten(-2).transpose(1, 2))
     return scores.baddbmm_(pen_mu, b.transpose(1, 2), alpha=-2.0)
 
 
