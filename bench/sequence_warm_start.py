@@ -6,8 +6,9 @@ Per tolerance (max relative cell-mass error), the chain solves every frame with 
 previous frame's state (frame 0 cold), and every ``--cold-every``-th frame again from a cold start. Steps are fit
 plus Newton steps (:attr:`otcore.ot.ot_net.OTNetResult.steps`).
 
-Also reported: the max relative mass error each solve starts from, and how far each warm frame's map (cell centroids, the images of the area-preserving map) lies from the
-tightest tolerance's map, in texels of a 257^2 geometry image — what a looser tolerance costs the geometry images.
+Also reported: the max relative mass error each solve starts from, and how far each warm frame's map (cell
+centroids, the images of the area-preserving map) lies from the tightest tolerance's map, in texels of a 257^2
+geometry image — what a looser tolerance costs the geometry images.
 For the tightest tolerance, ``secant_start_error`` is the error a warm start would begin from if the weights were
 extrapolated linearly in time from the two previous frames (``2 w_{k-1} - w_{k-2}``) instead of reused.
 

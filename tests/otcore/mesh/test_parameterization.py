@@ -1,4 +1,5 @@
-"""Tests of otcore.mesh.disk_cut, otcore.mesh.harmonic and otcore.mesh.parameterization on real meshes and closed forms."""
+"""Tests of otcore.mesh.disk_cut, otcore.mesh.harmonic and otcore.mesh.parameterization on real meshes and closed
+forms."""
 
 from __future__ import annotations
 
@@ -168,7 +169,8 @@ def test_cow_cuts_but_ot_step_reports_crowding(sample_mesh) -> None:
     result = parameterize_to_square(cow.vertices, cow.faces)  # the OT failure is reported, the harmonic map kept
     assert result.ot is None and isinstance(result.ot_error, OTConvergenceError)
     assert "empty Voronoi cells" in str(result.ot_error)
-    assert result.harmonic.uv.shape == (len(result.disk.vertices), 2) and len(result.disk.vertices) == len(disk.vertices)
+    assert len(result.disk.vertices) == len(disk.vertices)
+    assert result.harmonic.uv.shape == (len(disk.vertices), 2)
 
 
 def test_two_components_raise_unsupported_topology() -> None:

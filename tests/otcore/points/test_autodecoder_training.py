@@ -97,7 +97,8 @@ def test_greedy_is_a_bijection_no_worse_than_leafwise_order(crane):
 def test_reassignment_never_increases_error():
     generator = torch.Generator().manual_seed(3)
     predictions = torch.rand(4, 300, 3, generator=generator)
-    targets = predictions[:, torch.randperm(300, generator=generator)] + 0.01 * torch.randn(4, 300, 3, generator=generator)
+    shuffled = predictions[:, torch.randperm(300, generator=generator)]
+    targets = shuffled + 0.01 * torch.randn(4, 300, 3, generator=generator)
     before = (predictions - targets).square().sum(dim=2).sum(dim=1)
     partner, swaps = qaad_reassignment(predictions, targets)
     assert swaps > 0

@@ -1,4 +1,5 @@
-"""Tests of otcore.points.point_sampling on the bundled real collections: on-surface, correspondence, area uniformity."""
+"""Tests of otcore.points.point_sampling on the bundled real collections: on-surface, correspondence, area
+uniformity."""
 
 from __future__ import annotations
 

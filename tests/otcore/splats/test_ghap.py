@@ -1,4 +1,5 @@
-"""GHAP reduction (otcore.splats.ghap) and the pruning baselines on the bundled real 3DGS sample (donut, 8,192 Gaussians)."""
+"""GHAP reduction (otcore.splats.ghap) and the pruning baselines on the bundled real 3DGS sample (donut, 8,192
+Gaussians)."""
 
 from __future__ import annotations
 
@@ -61,7 +62,8 @@ def test_moment_matching_conserves_mass_and_moments(donut):
     np.testing.assert_allclose(result.weights, np.bincount(result.assignment, weights=w, minlength=819), rtol=1e-10)
     first = (result.weights[:, None] * result.means).sum(0)
     np.testing.assert_allclose(first, (w[:, None] * mu).sum(0), rtol=1e-9, atol=1e-9)
-    second = np.einsum("j,jab->ab", result.weights, result.covariances + np.einsum("ja,jb->jab", result.means, result.means))
+    outer = np.einsum("ja,jb->jab", result.means, result.means)
+    second = np.einsum("j,jab->ab", result.weights, result.covariances + outer)
     original = np.einsum("i,iab->ab", w, cov + np.einsum("ia,ib->iab", mu, mu))
     np.testing.assert_allclose(second, original, rtol=1e-6)
 
@@ -130,11 +132,13 @@ def test_pruning_baselines(donut):
     scene, _ = donut
     for method in ("random", "top_opacity", "lightgaussian"):
         keep = select_subset(method, scene.opacities, scene.scales, 819, seed=3)
-        assert len(np.unique(keep)) == 819 and np.array_equal(keep, select_subset(method, scene.opacities, scene.scales, 819, seed=3))
+        assert len(np.unique(keep)) == 819
+        assert np.array_equal(keep, select_subset(method, scene.opacities, scene.scales, 819, seed=3))
     top = select_subset("top_opacity", scene.opacities, scene.scales, 819)
     assert scene.opacities[top].min() >= np.sort(scene.opacities)[-819]
     scores = importance_scores("lightgaussian", scene.opacities, scene.scales)
     assert np.all(scores <= scene.opacities + 1e-7) and np.all(scores >= 0)
-    assert not np.array_equal(select_subset("random", scene.opacities, scene.scales, 819, seed=4), select_subset("random", scene.opacities, scene.scales, 819, seed=3))
+    assert not np.array_equal(select_subset("random", scene.opacities, scene.scales, 819, seed=4),
+                              select_subset("random", scene.opacities, scene.scales, 819, seed=3))
     with pytest.raises(ValueError, match="pruning method"):
         select_subset("bogus", scene.opacities, scene.scales, 10)
