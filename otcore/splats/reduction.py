@@ -65,8 +65,8 @@ def reduce(
         seed: the random baseline's seed.
 
     Returns:
-        :class:`ReducedGaussians` of ``count`` Gaussians: GHAP's in float64 (means, scales, quats) as computed,
-        a pruning method's as row subsets of the inputs.
+        :class:`ReducedGaussians` of ``count`` Gaussians: GHAP's means float64, scales, quats, opacities and SH
+        float32; a pruning method's rows of the inputs (their dtypes).
 
     Raises:
         ValueError: an unknown method or a count out of range.
