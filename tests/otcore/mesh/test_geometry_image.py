@@ -6,18 +6,21 @@ import igl
 import numpy as np
 import pytest
 
+from otcore.mesh.disk_cut import cut_to_disk
 from otcore.mesh.geometry_image import (
     dequantize,
     geometry_image_to_mesh,
     grid_faces,
     mipmap_pyramid,
     quantize,
+    quantized_pyramid,
     resample_geometry_image,
     restore_level,
+    restored_level_distances,
 )
 from otcore.mesh.harmonic import signed_areas
 from otcore.mesh.metrics import surface_distances
-from otcore.mesh.parameterization import parameterize_to_square
+from otcore.mesh.parameterization import harmonic_parameterization, parameterize_to_square
 
 
 def _jittered_square_mesh(n: int = 9, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -172,3 +175,20 @@ def test_spot_round_trip_bounds(spot_round_trip: dict) -> None:
     # Level 1 (129x129) is coarser for both maps; OT stays ahead. Measured: OT 4.11e-6, harmonic 1.17e-5.
     assert spot_round_trip["ot", 1].chamfer_l2 < 6.5e-6
     assert ot.chamfer_l2 < spot_round_trip["ot", 1].chamfer_l2 < spot_round_trip["harmonic", 1].chamfer_l2
+
+
+def test_stored_pyramid_and_level_distances_are_the_manual_chain(spot) -> None:
+    """quantized_pyramid and restored_level_distances (the geometry-image task's math) equal the chain they wrap."""
+    disk = cut_to_disk(spot.vertices, spot.faces)
+    image = resample_geometry_image(disk.vertices, disk.faces, harmonic_parameterization(disk).uv, 33)
+    quantized, levels = quantized_pyramid(image, 12, 2)
+    manual = quantize(image, 12)
+    np.testing.assert_array_equal(quantized.codes, manual.codes)
+    assert [lv.shape for lv in levels] == [(3, 33, 33), (3, 17, 17)]
+    for codes, expected in zip(levels, mipmap_pyramid(manual.codes, 2), strict=True):
+        np.testing.assert_array_equal(codes, expected)
+    restored = restore_level(dequantize(levels[1], manual.offset, manual.scale), 33)
+    vertices, faces = geometry_image_to_mesh(restored)
+    want = surface_distances(vertices, faces, spot.vertices, spot.faces, 2000, 0)
+    got = restored_level_distances(levels[1], quantized, 33, spot.vertices, spot.faces, 2000, 0)
+    assert got == want and got.chamfer_l2 > 0

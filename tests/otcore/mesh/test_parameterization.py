@@ -20,7 +20,10 @@ from otcore.mesh.harmonic import flipped_triangles, harmonic_map, signed_areas, 
 from otcore.mesh.parameterization import (
     area_distortion,
     feature_masses,
+    harmonic_parameterization,
     mean_curvature,
+    ot_parameterization,
+    parameterize_frame,
     parameterize_to_square,
     vertex_areas,
 )
@@ -246,3 +249,13 @@ def test_mean_curvature_closed_forms(sample_mesh) -> None:
     boundary = np.unique(np.concatenate(igl.boundary_loop_all(woody.faces)))
     assert len(boundary) > 0 and (h[boundary] == 0.0).all()
     assert (h[np.setdiff1d(np.arange(len(h)), boundary)] > 0).mean() > 0.9
+
+
+def test_parameterize_frame_is_ot_with_area_masses(spot) -> None:
+    """The sequence task's per-frame step: OT onto the square with the frame's own vertex areas as masses."""
+    disk = cut_to_disk(spot.vertices, spot.faces)
+    harmonic = harmonic_parameterization(disk)
+    frame = parameterize_frame(disk, harmonic.uv)
+    manual = ot_parameterization(disk, harmonic.uv, vertex_areas(disk.vertices, disk.faces))
+    np.testing.assert_array_equal(frame.uv, manual.uv)
+    assert frame.method == "ot" and frame.flipped_triangles == 0 and frame.ot.mass_error < 1e-6

@@ -1,5 +1,5 @@
-"""Tests of otcore.ot.assignment, otcore.ot.auction, otcore.points.em_kd and otcore.points.chamfer:
- balanced k-d partition, exact EMD, batched auction, EM-kD and Chamfer-L2."""
+"""Tests of otcore.ot.assignment, otcore.ot.auction, otcore.points.em_kd and otcore.points.chamfer: balanced k-d
+partition, exact EMD, batched auction, EM-kD and Chamfer-L2."""
 
 from __future__ import annotations
 
