@@ -115,9 +115,11 @@ def main() -> None:
     half_a, half_b = len(a) // 2, len(b) // 2
     probe = LogisticRegression(max_iter=2000).fit(np.concatenate([a[:half_a], b[:half_b]]),
                                                   np.r_[np.zeros(half_a), np.ones(half_b)])
-    print(f"style probe, held-out originals: docstrings called docstring {(probe.predict(a[half_a:]) == 0).mean():.3f}, "
+    print("style probe, held-out originals: docstrings called docstring "
+          f"{(probe.predict(a[half_a:]) == 0).mean():.3f}, "
           f"prose called prose {(probe.predict(b[half_b:]) == 1).mean():.3f}")
-    print(f"style probe, mapped held-out docstrings called docstring: {(probe.predict(mapped[half_a:]) == 0).mean():.3f}")
+    print("style probe, mapped held-out docstrings called docstring: "
+          f"{(probe.predict(mapped[half_a:]) == 0).mean():.3f}")
 
 
 if __name__ == "__main__":

@@ -48,7 +48,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def start_prefect_server(home: Path, timeout: float = 120.0) -> tuple[subprocess.Popen, str]:
-    """``prefect server start`` on a free port of 127.0.0.1 with its database under ``home``; returns it and its API URL."""
+    """``prefect server start`` on a free port of 127.0.0.1 with its database under ``home``; returns it and its
+    API URL."""
     import socket
 
     with socket.socket() as s:

@@ -1,6 +1,6 @@
 """Flow ``geometry-image-sequence``: geometry images of every frame of a shape sequence in correspondence.
 
-One cut (augmented through the appendages, :mod:`otcore.cut_augmentation`) and one harmonic map serve the shared
+One cut (augmented through the appendages, :mod:`otcore.mesh.cut_augmentation`) and one harmonic map serve the shared
 connectivity; ``solve-sequence-ot`` solves semi-discrete OT frame after frame, each warm-started from the previous
 frame (OT-Net's reuse, or a Newton warm start), then ``encode-sequence-frames`` tasks encode batches of frames in
 parallel. Tables: ``sequence_frames`` (one row per frame: solver, steps, mass error, seconds, distortion),

@@ -3,7 +3,7 @@ another, map the source, measure the distance between the distributions before a
 
 Arrays go to the item's Zarr group ``<store>/<run_id>/<source_id>__<target_id>``: ``mapped`` [N, d] float32
 (the mapped source vectors), ``potential/*`` and ``dual/*`` (the two ICNNs' parameters, with the architecture in
-the group attributes: ``otcore.icnn.ICNN(dim, hidden, layers).load_state_dict`` restores the map). The task
+the group attributes: ``otcore.ot.icnn.ICNN(dim, hidden, layers).load_state_dict`` restores the map). The task
 returns the metric row and failure rows; bad input becomes a failure row, never an exception.
 """
 
@@ -17,7 +17,7 @@ from prefect import task
 from pydantic import Field
 
 from otcore.device import resolve_device
-from otcore.spherical_ot import SphericalOTConfig, energy_distance, spherical_cost, train_spherical_ot
+from otcore.ot.spherical_ot import SphericalOTConfig, energy_distance, spherical_cost, train_spherical_ot
 from storage.embeddings import read_embeddings
 from storage.errors import InputError
 from storage.zarr_store import ItemStore
@@ -49,7 +49,7 @@ class AlignmentConfig(PipelineConfig):
 @task(name="align-embedding-sets", retries=1, retry_delay_seconds=2)
 def align_embedding_sets(source_uri: str, target_uri: str, store: str, run_id: str,
                          config: AlignmentConfig) -> ItemResult:
-    """Align ``source_uri``'s vectors to ``target_uri``'s (HOTS3D, :mod:`otcore.spherical_ot`).
+    """Align ``source_uri``'s vectors to ``target_uri``'s (HOTS3D, :mod:`otcore.ot.spherical_ot`).
 
     Returns:
         The pair's :class:`ItemResult` (table ``embedding_alignment``: one row, or none when the input is bad).

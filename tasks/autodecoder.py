@@ -17,8 +17,9 @@ import torch
 from prefect import get_run_logger, task
 from pydantic import Field
 
-from otcore.autodecoder import Autodecoder
-from otcore.autodecoder_training import (
+from otcore.device import resolve_device
+from otcore.points.autodecoder import Autodecoder
+from otcore.points.autodecoder_training import (
     TrainingConfig,
     TrainingState,
     encode,
@@ -27,8 +28,7 @@ from otcore.autodecoder_training import (
     normalization,
     train,
 )
-from otcore.device import resolve_device
-from otcore.point_sampling import shape_points
+from otcore.points.point_sampling import shape_points
 from storage.collections import ShapeCollection, read_collection
 from storage.errors import InputError
 from storage.zarr_store import ItemStore
@@ -36,7 +36,7 @@ from tasks.shared.records import ItemResult, PipelineConfig, failure_row
 
 __all__ = ["AutodecoderConfig", "VARIANTS", "train_autodecoder", "encode_collection", "PIPELINE_VERSION", "load_model"]
 
-PIPELINE_VERSION = "2"  # 2: EM-kD scored with the principal-axis k-d split (otcore.emd.em_kd split="pca")
+PIPELINE_VERSION = "2"  # 2: EM-kD scored with the principal-axis k-d split (otcore.points.em_kd.em_kd split="pca")
 
 TRAIN_TIMEOUT_SECONDS = 12 * 3600  # one training run; checkpoints make the retry resume, not restart
 ENCODE_TIMEOUT_SECONDS = 2 * 3600

@@ -22,11 +22,12 @@ from PIL import Image, ImageDraw
 from prefect import get_run_logger, task
 from pydantic import Field
 
-from otcore.appearance_finetune import FineTuneConfig, finetune_appearance, render_views
 from otcore.device import resolve_device
-from otcore.gaussian_pruning import PRUNING_METHODS, select_subset
-from otcore.ghap import covariances_to_scales_quats, ghap_reduce, merge_appearance
-from otcore.splatting import orbit_cameras, psnr, scene_tensors, ssim
+from otcore.splats.appearance_finetune import FineTuneConfig, finetune_appearance, render_views
+from otcore.splats.cameras import orbit_cameras
+from otcore.splats.image_metrics import psnr, ssim
+from otcore.splats.reduction import REDUCTION_METHODS, reduce
+from otcore.splats.scene import scene_tensors
 from storage.errors import InputError
 from storage.gaussians import GaussianScene, read_scene, write_scene
 from storage.zarr_store import ItemStore
@@ -37,7 +38,7 @@ __all__ = ["GaussianReductionConfig", "METHODS", "reduce_scene", "PIPELINE_VERSI
 PIPELINE_VERSION = "1"
 
 TASK_TIMEOUT_SECONDS = 6 * 3600  # one scene x ratio, every method, rendered and fine-tuned
-METHODS = ("ghap",) + PRUNING_METHODS
+METHODS = REDUCTION_METHODS
 
 
 class GaussianReductionConfig(PipelineConfig):
@@ -68,25 +69,22 @@ def item_id_of(scene_id: str, ratio: float) -> str:
 
 
 def reduce_with(method: str, scene: GaussianScene, count: int, config: GaussianReductionConfig) -> GaussianScene:
-    """``scene`` reduced to exactly ``count`` Gaussians by ``method`` (one of :data:`METHODS`).
+    """``scene`` reduced to exactly ``count`` Gaussians by ``method`` (one of :data:`METHODS`,
+    :func:`otcore.splats.reduction.reduce`).
 
     Raises:
         ValueError: unknown method or a count out of range.
     """
-    if method == "ghap":
-        result = ghap_reduce(scene.means, scene.covariances(), scene.opacities, count, pen_size=config.pen_size,
-                             max_iterations=config.max_iterations)
-        scales, quats = covariances_to_scales_quats(result.covariances)
-        sh = np.concatenate([scene.sh_dc[:, None, :], scene.sh_rest], axis=1).reshape(len(scene), -1)
-        opacities, merged = merge_appearance(result.assignment, result.costs, scene.opacities, sh, count,
-                                             config.appearance)
-        merged = merged.reshape(count, -1, 3)
-        return GaussianScene(scene.scene_id, "", result.means, scales, quats, opacities, merged[:, 0], merged[:, 1:],
-                             None)
-    keep = select_subset(method, scene.opacities, scene.scales, count, seed=config.seed)
-    return GaussianScene(scene.scene_id, "", scene.means[keep], scene.scales[keep], scene.quats[keep],
-                         scene.opacities[keep], scene.sh_dc[keep], scene.sh_rest[keep],
-                         None if scene.normals is None else scene.normals[keep])
+    reduced = reduce(method, scene.means, scene.scales, scene.quats, scene.opacities, scene.sh_dc, scene.sh_rest,
+                     count, pen_size=config.pen_size, max_iterations=config.max_iterations,
+                     appearance=config.appearance, seed=config.seed)
+    normals = None if reduced.kept is None or scene.normals is None else scene.normals[reduced.kept]
+    return GaussianScene(scene.scene_id, "", reduced.means, reduced.scales, reduced.quats, reduced.opacities,
+                         reduced.sh_dc, reduced.sh_rest, normals)
+
+
+def _scene_tensors(scene: GaussianScene, device: torch.device) -> dict[str, torch.Tensor]:
+    return scene_tensors(scene.means, scene.scales, scene.quats, scene.opacities, scene.sh_dc, scene.sh_rest, device)
 
 
 def _to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -145,7 +143,7 @@ def reduce_scene(scene_uri: str, ratio: float, store: str, run_id: str, config: 
                                                         height=config.resolution)]
     train_cameras = [c.to(device) for c in orbit_cameras(scene.means, n_views=config.train_views,
                                                          width=config.resolution, height=config.resolution, seed=1)]
-    original = scene_tensors(scene, device)
+    original = _scene_tensors(scene, device)
     reference = render_views(original, eval_cameras)
     targets = render_views(original, train_cameras) if config.finetune_steps else None
     item_store.write_array("renders/original", _to_uint8(reference))
@@ -160,7 +158,7 @@ def reduce_scene(scene_uri: str, ratio: float, store: str, run_id: str, config: 
             reduced = reduce_with(method, scene, count, config)
             seconds = time.perf_counter() - started
             write_scene(reduced, f"{item_store.uri}/ply/{method}.ply")
-            params = scene_tensors(reduced, device)
+            params = _scene_tensors(reduced, device)
             images = render_views(params, eval_cameras)
             item_store.write_array(f"renders/{method}", _to_uint8(images))
             quality = _quality(images, reference)

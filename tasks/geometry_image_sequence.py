@@ -17,14 +17,14 @@ import torch
 from prefect import get_run_logger, task
 from pydantic import Field
 
-from otcore.cut_augmentation import augment_cut
 from otcore.device import resolve_device
-from otcore.disk_cut import DiskMesh
 from otcore.errors import GeometryError, OTConvergenceError
-from otcore.geometry_image import resample_geometry_image
-from otcore.metrics import compression_ratio, normalize_to_unit_diagonal
-from otcore.ot_net import OTNetConfig, OTNetResult, OTNetState
-from otcore.parameterization import area_distortion, ot_parameterization, vertex_areas
+from otcore.mesh.cut_augmentation import augment_cut
+from otcore.mesh.disk_cut import DiskMesh
+from otcore.mesh.geometry_image import resample_geometry_image
+from otcore.mesh.metrics import compression_ratio, normalize_to_unit_diagonal
+from otcore.mesh.parameterization import area_distortion, parameterize_frame
+from otcore.ot.ot_net import OTNetConfig, OTNetResult, OTNetState
 from storage.collections import read_collection
 from storage.errors import InputError
 from storage.zarr_store import ItemStore
@@ -159,12 +159,11 @@ def solve_sequence_ot(path: str, store: str, run_id: str, config: SequenceConfig
     for k in range(done, n_frames):
         vertices_k = frame_vertices[k].astype(np.float64)
         disk = DiskMesh(vertices_k, disk_faces, disk_boundary, disk_source, genus=0, boundary_loops=0)
-        masses = vertex_areas(vertices_k, disk_faces)
         warm = config.warm_start and (state is not None or weights is not None)
         start = time.perf_counter()
         try:
-            param = ot_parameterization(
-                disk, harmonic_uv, masses, config.tol, config.max_newton_iterations,
+            param = parameterize_frame(
+                disk, harmonic_uv, config.tol, config.max_newton_iterations,
                 solver=config.ot_solver,
                 initial_weights=weights if (warm and config.ot_solver == "newton") else None,
                 ot_net_state=state if (warm and config.ot_solver == "neural") else None,
@@ -188,7 +187,7 @@ def solve_sequence_ot(path: str, store: str, run_id: str, config: SequenceConfig
                 "mass_error": ot.mass_error, "solve_seconds": ot.seconds,
                 "area_distortion_harmonic": area_distortion(vertices_k, disk_faces, harmonic_uv),
                 "area_distortion": param.area_distortion, "flipped_triangles": param.flipped_triangles,
-                "untangled_vertices": param.untangled_vertices, "sites": len(masses), "device": device,
+                "untangled_vertices": param.untangled_vertices, "sites": len(vertices_k), "device": device,
                 "seconds": time.perf_counter() - start,
             })
             logger.info("%s frame %d/%d: %s %d steps, mass error %.1e, %.1f s", item_id, k + 1, n_frames,

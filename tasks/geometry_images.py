@@ -17,23 +17,17 @@ from prefect import task
 from pydantic import Field
 
 from otcore.device import resolve_device
-from otcore.disk_cut import cut_to_disk
-from otcore.errors import GeometryError, OTConvergenceError
-from otcore.geometry_image import resample_geometry_image
-from otcore.metrics import compression_ratio, normalize_to_unit_diagonal, raw_mesh_bytes
-from otcore.octahedral import resample_spherical_geometry_image
-from otcore.ot_net import OTNetConfig, OTNetResult
-from otcore.parameterization import (
-    Parameterization,
-    feature_masses,
-    harmonic_parameterization,
-    ot_parameterization,
-)
-from otcore.spherical_parameterization import (
+from otcore.errors import GeometryError
+from otcore.mesh.geometry_image import resample_geometry_image
+from otcore.mesh.metrics import compression_ratio, normalize_to_unit_diagonal, raw_mesh_bytes
+from otcore.mesh.octahedral import resample_spherical_geometry_image
+from otcore.mesh.parameterization import Parameterization, parameterize_to_square
+from otcore.mesh.spherical_parameterization import (
     SPHERE_OT_CONFIG,
     SphericalParameterization,
     spherical_parameterizations,
 )
+from otcore.ot.ot_net import OTNetConfig, OTNetResult
 from storage.errors import InputError
 from storage.meshes import MeshItem, read_mesh
 from storage.zarr_store import ItemStore
@@ -63,7 +57,7 @@ class GeometryImageConfig(PipelineConfig):
     tol: float = Field(1e-6, gt=0.0, description="Newton tolerance on max relative cell-mass error")
     max_newton_iterations: int = Field(60, ge=1)
     ot_solver: Literal["newton", "neural"] = Field(
-        "newton", description="semi-discrete OT solver: damped Newton or OT-Net (otcore.ot_net)")
+        "newton", description="semi-discrete OT solver: damped Newton or OT-Net (otcore.ot.ot_net)")
     domain: Literal["square", "sphere"] = Field(
         "square", description="square: cut to a disk, OT onto [0,1]^2; sphere: closed genus-0 meshes only, "
         "spherical OT (HOTS3D) + seamless octahedral geometry image")
@@ -121,7 +115,7 @@ def _sphere_stats(p: SphericalParameterization) -> dict[str, Any]:
 
 def _parameterize_sphere(record: ParameterizedMesh, item: MeshItem, vertices: np.ndarray, faces: np.ndarray,
                          item_store: ItemStore, run_id: str, config: GeometryImageConfig) -> dict[str, Any]:
-    """``domain="sphere"``: initial spherical map and spherical OT (:mod:`otcore.spherical_parameterization`)."""
+    """``domain="sphere"``: initial spherical map and spherical OT (:mod:`otcore.mesh.spherical_parameterization`)."""
     try:
         parameterizations = spherical_parameterizations(
             vertices, faces, replace(SPHERE_OT_CONFIG, steps=config.sphere_ot_steps, seed=config.seed),
@@ -180,23 +174,18 @@ def parameterize_mesh(item: MeshItem, store: str, run_id: str, config: GeometryI
     if config.domain == "sphere":
         return _parameterize_sphere(record, item, vertices, mesh.faces, item_store, run_id, config)
     try:
-        disk = cut_to_disk(vertices, mesh.faces)
-        harmonic = harmonic_parameterization(disk)
+        square = parameterize_to_square(
+            vertices, mesh.faces, config.feature_weight, config.tol, config.max_newton_iterations,
+            solver=config.ot_solver, ot_net_config=OTNetConfig(seed=config.seed, device=str(resolve_device("auto"))),
+        )
     except GeometryError as error:
         record.result.failures.append(_failure(run_id, item, "cut_and_harmonic_map", error))
         return record
-    item_store.write_array("disk/vertices", disk.vertices.astype(np.float64))
-    item_store.write_array("disk/faces", disk.faces.astype(np.int32))
-    parameterizations = [harmonic]
-    try:
-        masses = feature_masses(vertices, mesh.faces, disk, config.feature_weight)
-        parameterizations.append(ot_parameterization(
-            disk, harmonic.uv, masses, config.tol, config.max_newton_iterations, solver=config.ot_solver,
-            ot_net_config=OTNetConfig(seed=config.seed, device=str(resolve_device("auto"))),
-        ))
-    except (GeometryError, OTConvergenceError) as error:
-        record.result.failures.append(_failure(run_id, item, "ot_parameterization", error))
-    for p in parameterizations:
+    item_store.write_array("disk/vertices", square.disk.vertices.astype(np.float64))
+    item_store.write_array("disk/faces", square.disk.faces.astype(np.int32))
+    if square.ot_error is not None:
+        record.result.failures.append(_failure(run_id, item, "ot_parameterization", square.ot_error))
+    for p in (square.harmonic, square.ot) if square.ot is not None else (square.harmonic,):
         item_store.write_array(f"{p.method}/uv", p.uv, attrs=_param_stats(p))
         record.parameterizations[p.method] = _param_stats(p)
     return record

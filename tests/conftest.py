@@ -10,7 +10,7 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 
-from otcore.metrics import normalize_to_unit_diagonal
+from otcore.mesh.metrics import normalize_to_unit_diagonal
 from storage.meshes import MeshItem, read_mesh
 
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "data" / "samples" / "meshes"

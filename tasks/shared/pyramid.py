@@ -1,5 +1,5 @@
 """The geometry-image pyramid step shared by the geometry-image and sequence tasks: quantise, mipmap, store, restore
-and measure every level (:mod:`otcore.geometry_image`)."""
+and measure every level (:mod:`otcore.mesh.geometry_image`)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from otcore.geometry_image import dequantize, geometry_image_to_mesh, mipmap_pyramid, quantize, restore_level
-from otcore.metrics import surface_distances
+from otcore.mesh.geometry_image import quantized_pyramid, restored_level_distances
 from storage.zarr_store import ItemStore
 
 __all__ = ["encode_pyramid"]
@@ -39,8 +38,7 @@ def encode_pyramid(
     Raises:
         ValueError: if the image cannot be quantised or subsampled into ``config.levels`` levels.
     """
-    quantized = quantize(image, config.bits)
-    levels = mipmap_pyramid(quantized.codes, config.levels)
+    quantized, levels = quantized_pyramid(image, config.bits, config.levels)
     stored = item_store.write_pyramid(
         path, levels,
         {"quantization": {"bits": config.bits, "offset": quantized.offset.tolist(), "scale": quantized.scale.tolist()},
@@ -48,10 +46,8 @@ def encode_pyramid(
     )
     measured = []
     for level, (codes, stored_bytes) in enumerate(zip(levels, stored)):
-        restored = restore_level(dequantize(codes, quantized.offset, quantized.scale), config.resolution)
-        restored_vertices, restored_faces = geometry_image_to_mesh(restored)
-        distances = surface_distances(restored_vertices, restored_faces, source_vertices, source_faces,
-                                      config.samples, config.seed)
+        distances = restored_level_distances(codes, quantized, config.resolution, source_vertices, source_faces,
+                                             config.samples, config.seed)
         measured.append({"level": level, "resolution": int(codes.shape[-1]), "chamfer_l2": distances.chamfer_l2,
                          "hausdorff": distances.hausdorff, "samples": distances.samples,
                          "stored_bytes": stored_bytes})

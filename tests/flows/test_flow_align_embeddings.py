@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import zarr
 from prefect.testing.utilities import prefect_test_harness
+from von_mises_fisher import sample_vmf_mixture
 
 from flows.align_embeddings import align_embeddings
 from flows.runtime.task_runner import make_task_runner
-from otcore.von_mises_fisher import sample_vmf_mixture
 from storage.tables import EMBEDDING_ALIGNMENT_SCHEMA, read_table
 from tasks.align_embeddings import AlignmentConfig
 

@@ -11,10 +11,10 @@ from prefect.testing.utilities import prefect_test_harness
 
 from flows.geometry_image_sequence import geometry_image_sequence
 from flows.runtime.task_runner import make_task_runner
-from otcore.cut_augmentation import augment_cut, map_area_ratios
-from otcore.disk_cut import cut_to_disk
-from otcore.harmonic import flipped_triangles, harmonic_map
-from otcore.metrics import normalize_to_unit_diagonal
+from otcore.mesh.cut_augmentation import augment_cut, map_area_ratios
+from otcore.mesh.disk_cut import cut_to_disk
+from otcore.mesh.harmonic import flipped_triangles, harmonic_map
+from otcore.mesh.metrics import normalize_to_unit_diagonal
 from storage.tables import SEQUENCE_FRAMES_SCHEMA, read_table
 from tasks.geometry_image_sequence import SequenceConfig
 
