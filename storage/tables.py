@@ -119,7 +119,7 @@ AUTODECODER_SHAPES_SCHEMA: pa.Schema = pa.schema(
         ("distance_normalization", pa.string()),  # "unit_bbox_diagonal"
     ],
     metadata={"distance_normalization": "unit bounding-box diagonal of each shape",
-              "em_kd": "otcore.emd.em_kd, split='pca' (autodecoder pipeline 2; pipeline 1 used split='axis')"},
+              "em_kd": "otcore.points.em_kd.em_kd, split='pca' (autodecoder pipeline 2; pipeline 1 used split='axis')"},
 )
 """One row per item x shape: reconstruction error of the decoded cloud."""
 
