@@ -100,6 +100,7 @@ def geometry_images_command(
     ot_solver: Annotated[str, typer.Option(help="semi-discrete OT solver: newton | neural (OT-Net)")] = "newton",
     domain: Annotated[str, typer.Option(help="square (cut + OT to [0,1]^2) | sphere (closed genus 0: spherical "
                                              "OT + seamless octahedral image)")] = "square",
+    cut_paths: Annotated[int, typer.Option(help="most cut-augmentation paths through appendages (0: plain cut)")] = 8,
     workers: Annotated[int | None, typer.Option(help="LocalCluster workers (default: one per core)")] = None,
     dask_address: Annotated[str | None, typer.Option(help="tcp://host:port of an existing Dask scheduler")] = None,
     run_id: Annotated[str | None, typer.Option(help="default: derived from the config (re-runs skip done meshes)")] = None,
@@ -111,6 +112,7 @@ def geometry_images_command(
         resolution=resolution, levels=levels, feature_weight=feature_weight, samples=samples, seed=seed,
         ot_solver=ot_solver,
         domain=domain,
+        cut_paths=cut_paths,
     )
     runner = make_task_runner(workers, dask_address)
     result = geometry_images.with_options(task_runner=runner)(path, store, config, run_id)

@@ -51,6 +51,7 @@ GEOMETRY_IMAGES_SCHEMA: pa.Schema = pa.schema(
         ("area_distortion", pa.float64()),  # std of log area ratio of the parameterization
         ("flipped_triangles", pa.int64()),
         ("untangled_vertices", pa.int64()),  # vertices re-placed to remove OT flips (null for harmonic)
+        ("centroid_flips", pa.int64()),  # flipped triangles of the raw OT centroid map, before repair (null harmonic)
         ("compression_ratio", pa.float64()),  # raw_bytes / stored_bytes
         ("raw_bytes", pa.int64()),
         ("stored_bytes", pa.int64()),

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from dataclasses import replace
 from typing import Any, Literal
 
 import numpy as np
-from prefect import task
+from prefect import get_run_logger, task
+from prefect.exceptions import MissingContextError
 from pydantic import BaseModel, Field
 
 from otcore.device import resolve_device
-from otcore.disk_cut import cut_to_disk
 from otcore.errors import GeometryError, OTConvergenceError
 from otcore.geometry_image import (
     dequantize,
@@ -34,8 +35,8 @@ from otcore.metrics import compression_ratio, normalize_to_unit_diagonal, raw_me
 from otcore.ot_net import OTNetConfig, OTNetResult
 from otcore.parameterization import (
     Parameterization,
+    cut_and_map,
     feature_masses,
-    harmonic_parameterization,
     ot_parameterization,
 )
 from otcore.spherical_parameterization import (
@@ -50,7 +51,10 @@ from storage.zarr_store import ItemStore
 
 __all__ = ["GeometryImageConfig", "encode_pyramid", "parameterize_mesh", "encode_geometry_images", "PIPELINE_VERSION"]
 
-PIPELINE_VERSION = "1"  # bump when outputs of unchanged inputs would change: invalidates finished items
+PIPELINE_VERSION = "2"  # bump when outputs of unchanged inputs would change: invalidates finished items
+# 2: cut augmentation by default, convex-combination repair of centroid flips
+
+PROGRESS_LOG_SECONDS = 30.0  # OT solves running longer than this log every Newton iteration
 
 TASK_TIMEOUT_SECONDS = 3600  # a hung solve fails (then retries once) instead of holding a worker forever
 
@@ -66,6 +70,7 @@ class GeometryImageConfig(BaseModel):
     seed: int = Field(0, description="sampling seed")
     tol: float = Field(1e-6, gt=0.0, description="Newton tolerance on max relative cell-mass error")
     max_newton_iterations: int = Field(60, ge=1)
+    cut_paths: int = Field(8, ge=0, description="most cut-augmentation paths through appendages (0: plain cut)")
     ot_solver: Literal["newton", "neural"] = Field(
         "newton", description="semi-discrete OT solver: damped Newton or OT-Net (otcore.ot_net)")
     domain: Literal["square", "sphere"] = Field(
@@ -91,6 +96,7 @@ def _param_stats(p: Parameterization) -> dict[str, Any]:
         "area_distortion": p.area_distortion,
         "flipped_triangles": p.flipped_triangles,
         "untangled_vertices": p.untangled_vertices if ot is not None else None,
+        "centroid_flips": p.centroid_flips if ot is not None else None,
         "ot_solver": p.solver,
         "fit_steps": (ot.fit_steps if neural else 0) if ot is not None else None,
         "newton_iterations": (ot.newton_steps if neural else ot.iterations) if ot is not None else None,
@@ -104,12 +110,30 @@ def _sphere_stats(p: SphericalParameterization) -> dict[str, Any]:
         "area_distortion": p.area_distortion,
         "flipped_triangles": p.flipped_triangles,
         "untangled_vertices": None,
+        "centroid_flips": None,
         "ot_solver": None,
         "fit_steps": None,
         "newton_iterations": None,
         "mass_error": None,
         "solve_seconds": p.seconds,
     }
+
+
+def _solve_progress(item_id: str):
+    """Newton progress callback that logs ``(iteration, max cell mass error)`` once a solve runs long."""
+    start = time.perf_counter()
+
+    def report(iteration: int, mass_error: float) -> None:
+        seconds = time.perf_counter() - start
+        if seconds < PROGRESS_LOG_SECONDS:
+            return
+        try:
+            logger = get_run_logger()
+        except MissingContextError:  # called as a plain function
+            logger = logging.getLogger(__name__)
+        logger.info("%s: OT iteration %d, max cell mass error %.2e, %.0f s", item_id, iteration, mass_error, seconds)
+
+    return report
 
 
 def _parameterize_sphere(record: dict[str, Any], item: MeshItem, vertices: np.ndarray, faces: np.ndarray,
@@ -172,8 +196,7 @@ def parameterize_mesh(item: MeshItem, store: str, run_id: str, config: GeometryI
     if config.domain == "sphere":
         return _parameterize_sphere(record, item, vertices, mesh.faces, item_store, run_id, config)
     try:
-        disk = cut_to_disk(vertices, mesh.faces)
-        harmonic = harmonic_parameterization(disk)
+        disk, harmonic = cut_and_map(vertices, mesh.faces, config.cut_paths)
     except GeometryError as error:
         record["failures"].append(_failure(run_id, item, "cut_and_harmonic_map", error))
         return record
@@ -185,6 +208,7 @@ def parameterize_mesh(item: MeshItem, store: str, run_id: str, config: GeometryI
         parameterizations.append(ot_parameterization(
             disk, harmonic.uv, masses, config.tol, config.max_newton_iterations, solver=config.ot_solver,
             ot_net_config=OTNetConfig(seed=config.seed, device=str(resolve_device("auto"))),
+            progress=_solve_progress(item.item_id),
         ))
     except (GeometryError, OTConvergenceError) as error:
         record["failures"].append(_failure(run_id, item, "ot_parameterization", error))
