@@ -121,8 +121,10 @@ def convex_combination_map(
     fallback = degenerate & interior
     if fallback.any():
         surface, surface_degenerate = mean_value_weights(vertices, faces)
-        adjacency = (surface != 0) | (surface.T != 0) | (weights != 0) | (weights.T != 0)
-        uniform = sp.csr_matrix(adjacency, dtype=np.float64)
+        edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+        uniform = sp.csr_matrix((np.ones(2 * len(edges)), (np.concatenate([edges[:, 0], edges[:, 1]]),
+                                                           np.concatenate([edges[:, 1], edges[:, 0]]))), shape=(n, n))
+        uniform.data[:] = 1.0  # each edge once, whatever the number of its faces
         pick = sp.diags((fallback & ~surface_degenerate).astype(np.float64))
         last = sp.diags((fallback & surface_degenerate).astype(np.float64))
         keep = sp.diags((~fallback).astype(np.float64))
