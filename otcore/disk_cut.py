@@ -5,6 +5,12 @@ libigl's ``cut_to_disk`` (the triangle-deletion cut graph of Gu, Gortler, Hoppe,
 Closed genus-0 meshes, which that routine leaves whole, are cut along the shortest edge path between two
 extreme vertices. Pinched (non-manifold) vertices are split first, which changes no geometry.
 
+Meshes with several connected components are rejected with :class:`~otcore.errors.UnsupportedTopologyError`
+rather than packed as one chart per component into the image: a packed atlas needs a chart layout, per-chart
+seams and a codec that does not bleed across chart borders, and the scans it would serve (meshes-more/truck, 66
+components, most of them small parts) would spend most of the image on gutters. The rejection is a typed
+failure row in the geometry-image flow.
+
 Interior edges whose two ends both lie on the cut boundary ("chords") are split at their midpoint, because a
 Tutte/harmonic map onto a convex polygon is only guaranteed bijective without them (Floater 2003): a chord whose
 ends land on the same side of the square flattens its triangles.

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import trimesh
 
-from otcore.disk_cut import cut_to_disk
+from otcore.disk_cut import cut_to_disk, split_pinched_vertices
 from otcore.errors import (
     GeometryError,
     NonManifoldMeshError,
@@ -194,6 +194,32 @@ def test_two_components_raise_unsupported_topology() -> None:
     with pytest.raises(GeometryError):
         parameterize_to_square(both_v, both_f)
     assert issubclass(UnsupportedTopologyError, ValueError)
+
+
+def test_pinched_vertex_is_split_and_the_strip_is_cut_to_a_disk() -> None:
+    """A strip whose two end corners are glued into one (pinched) vertex: splitting restores the plain strip."""
+    uv, faces = _plane_grid(6)
+    vertices = np.column_stack([uv, np.zeros(len(uv))])
+    faces = faces[(uv[faces].mean(1)[:, 1] < 0.25)]  # the bottom row of quads: a 6 x 2 strip, vertices 0..11
+    glued = np.where(faces == 5, 0, faces)  # the strip's far corner becomes its first vertex
+    assert not igl.is_vertex_manifold(glued).all()
+    split_vertices, split_faces, source = split_pinched_vertices(vertices, glued)
+    assert igl.is_vertex_manifold(split_faces).all() and len(split_vertices) == 12
+    np.testing.assert_array_equal(split_vertices, vertices[source])
+    assert np.bincount(source).max() == 2 and (source == 0).sum() == 2
+    disk = cut_to_disk(vertices, glued)
+    assert len(igl.boundary_loop_all(disk.faces)) == 1 and igl.euler_characteristic(disk.faces) == 1
+    result = parameterize_to_square(vertices, glued)
+    assert result.ot.flipped_triangles == 0
+
+
+def test_truck_like_multi_component_mesh_is_rejected(sample_mesh) -> None:
+    """Several components are rejected with a typed error (no chart packing), also with the augmented cut."""
+    spot = sample_mesh("spot")
+    both_v = np.concatenate([spot.vertices, spot.vertices + [2.0, 0.0, 0.0]])
+    both_f = np.concatenate([spot.faces, spot.faces + len(spot.vertices)])
+    with pytest.raises(UnsupportedTopologyError, match="2 connected components; a square map needs one"):
+        parameterize_to_square(both_v, both_f)
 
 
 def test_edge_with_three_faces_raises_non_manifold() -> None:
