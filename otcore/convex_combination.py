@@ -10,8 +10,9 @@ two boundary vertices are excluded, see :mod:`otcore.disk_cut`).
 To keep the map close to the OT map, the weights are the mean-value weights (Floater, "Mean value coordinates",
 CAGD 2003) of each vertex's one-ring *in the OT centroid layout*, with unsigned angles so they stay positive.
 Where a one-ring is fold-free and star-shaped around its vertex, these weights reproduce the centroid exactly
-(mean-value coordinates have linear precision), so the convex-combination map equals the OT map wherever the
-OT map was already valid and only relaxes the tangled regions. Where the centroid layout is degenerate
+(mean-value coordinates have linear precision): a fold-free layout is a fixed point, and on a layout with
+tangled regions only those rows break the fixed point, so the solution stays close to the OT map elsewhere (the
+linear system spreads the correction smoothly; measured median vertex shift under half an edge length). Where the centroid layout is degenerate
 (coincident centroids or a straight angle, the weight is infinite or undefined), the vertex falls back to the
 3-D mean-value weights of its one-ring, and to uniform weights if those degenerate too (zero-area 3-D triangles).
 """
