@@ -25,7 +25,7 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
-__all__ = ["ConvexCombinationMap", "mean_value_weights", "convex_combination_map"]
+__all__ = ["ConvexCombinationMap", "convex_combination_map", "mean_value_weights"]
 
 # A weight is degenerate when an edge is this short relative to the mean edge length of the layout.
 _DEGENERATE_EDGE = 1e-12
