@@ -36,7 +36,7 @@ from tasks.geometry_images import encode_pyramid
 
 __all__ = ["SequenceConfig", "solve_sequence_ot", "encode_sequence_frames", "SEQUENCE_PIPELINE_VERSION"]
 
-SEQUENCE_PIPELINE_VERSION = "1"
+SEQUENCE_PIPELINE_VERSION = "2"  # 2: convex-combination repair of centroid flips (otcore.convex_combination)
 
 
 class SequenceConfig(BaseModel):
