@@ -49,6 +49,7 @@ def _ot_row(level: int) -> dict[str, object]:
         "area_distortion": 0.05,
         "flipped_triangles": 0,
         "untangled_vertices": 12,
+        "centroid_flips": 40,
         "compression_ratio": 12.5,
         "raw_bytes": 3 * 257 * 257 * 2,
         "stored_bytes": 31700,
