@@ -20,8 +20,8 @@ from pathlib import Path
 import trimesh
 
 from otcore.errors import OTConvergenceError
-from otcore.metrics import normalize_to_unit_diagonal
-from otcore.parameterization import cut_and_map, feature_masses, ot_parameterization
+from otcore.mesh.metrics import normalize_to_unit_diagonal
+from otcore.mesh.parameterization import cut_and_map, feature_masses, ot_parameterization
 from storage.meshes import MeshItem, read_mesh
 
 DEFAULT_MESH = Path(__file__).resolve().parents[2] / "shared" / "data" / "meshes-more" / "armadillo.obj"

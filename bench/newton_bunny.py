@@ -2,7 +2,7 @@
 
 Targets: tolerance 1e-6 reached in at most 30 Newton iterations and under 20 s on the 2-core dev machine (issue 20:
 the OT solve stays at or below about 17 s alone). Each repeat solves the plain topological cut and the cut
-augmented by 8 paths (the geometry-image default, :func:`otcore.parameterization.cut_and_map`), with the
+augmented by 8 paths (the geometry-image default, :func:`otcore.mesh.parameterization.cut_and_map`), with the
 convex-combination repair. The load average is printed with the figures: the dev machine is shared, and timings
 under load are slower.
 Run: ``make bench`` or ``.venv/bin/python bench/newton_bunny.py [--mesh PATH] [--repeats N] [--cut-paths 0 8]``.
@@ -17,8 +17,8 @@ import statistics
 import time
 from pathlib import Path
 
-from otcore.metrics import normalize_to_unit_diagonal
-from otcore.parameterization import cut_and_map, feature_masses, ot_parameterization
+from otcore.mesh.metrics import normalize_to_unit_diagonal
+from otcore.mesh.parameterization import cut_and_map, feature_masses, ot_parameterization
 from storage.meshes import MeshItem, read_mesh
 
 DEFAULT_MESH = Path(__file__).resolve().parents[2] / "shared" / "data" / "meshes" / "stanford-bunny.obj"

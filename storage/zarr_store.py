@@ -26,7 +26,7 @@ import zarr
 import zarr.storage
 from zarr.abc.store import Store
 
-__all__ = ["ItemStore", "open_root"]
+__all__ = ["ItemStore", "open_root", "read_file"]
 
 _RESERVED_ATTRS = frozenset({"complete", "fingerprint", "rows", "rows_nonfinite", "failures", "checkpoint"})
 _CHUNK_KEY_ENCODING: dict[str, Any] = {"name": "default", "separator": "/"}  # chunk objects live under "<array>/c/"
@@ -224,6 +224,21 @@ class ItemStore:
         if not isinstance(node, zarr.Array):
             raise KeyError(f"{self.uri}/{path} is a group, not an array")
         return np.asarray(node[...])
+
+    def open_array(self, path: str, mode: Literal["r", "r+"] = "r") -> zarr.Array:
+        """A lazy handle on one array of the item's group: index it to read (or, with ``mode="r+"``, write) chunks.
+
+        Raises:
+            FileNotFoundError: no array at ``path``.
+        """
+        return zarr.open_array(self._store, path=f"{self._path}/{path}", mode=mode, zarr_format=3)
+
+    def write_file(self, name: str, data: bytes) -> str:
+        """Write a plain file (e.g. a PNG preview) next to the item's arrays; returns its uri."""
+        uri = f"{self.uri}/{name}"
+        with fsspec.open(uri, "wb", auto_mkdir=True) as f:
+            f.write(data)
+        return uri
 
     def read_attrs(self, path: str = "") -> dict[str, Any]:
         """Read the attributes of the item's group (``path=""``) or of a node inside it.
@@ -455,3 +470,13 @@ class ItemStore:
         for index, key, value in attrs["rows_nonfinite"]:
             rows[index][key] = float(value)
         return rows
+
+
+def read_file(uri: str) -> bytes:
+    """The bytes of a file written by :meth:`ItemStore.write_file` (local path or fsspec URL).
+
+    Raises:
+        OSError: unreadable or missing (FileNotFoundError).
+    """
+    with fsspec.open(uri, "rb") as f:
+        return f.read()
