@@ -97,6 +97,12 @@ def geometry_images_command(
     feature_weight: Annotated[float, typer.Option(help="lambda: masses * (1 + lambda |H| / mean |H|)")] = 0.0,
     samples: Annotated[int, typer.Option(help="samples per surface for chamfer_l2/hausdorff")] = 50_000,
     seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
+    bits: Annotated[int, typer.Option(help="quantisation bits per channel (10..16)")] = 16,
+    codec: Annotated[str, typer.Option(help="image codec of the stored levels: jpeg2k | jpegxl | png | zstd")] = "jpeg2k",
+    codec_quality: Annotated[float | None, typer.Option(
+        help="lossy coding: jpeg2k target PSNR in dB, jpegxl quality 0..100 (default: lossless)")] = None,
+    rate_distortion: Annotated[list[str] | None, typer.Option(
+        help="further codec setting measured per level, e.g. jpeg2k:60 (repeatable)")] = None,
     ot_solver: Annotated[str, typer.Option(help="semi-discrete OT solver: newton | neural (OT-Net)")] = "newton",
     domain: Annotated[str, typer.Option(help="square (cut + OT to [0,1]^2) | sphere (closed genus 0: spherical "
                                              "OT + seamless octahedral image)")] = "square",
@@ -109,6 +115,7 @@ def geometry_images_command(
         store = str(Path(store).resolve())
     config = GeometryImageConfig(
         resolution=resolution, levels=levels, feature_weight=feature_weight, samples=samples, seed=seed,
+        bits=bits, codec=codec, codec_quality=codec_quality, rate_distortion=rate_distortion or [],
         ot_solver=ot_solver,
         domain=domain,
     )

@@ -1,9 +1,10 @@
 """Flow ``geometry-images``: OT geometry images and their mipmaps for every mesh of a dataset.
 
 One task chain per mesh (``parameterize_mesh -> encode_geometry_images``) is mapped over a Dask task runner.
-The flow gathers the small records, writes the Parquet tables (``geometry_images``, ``failures``), publishes the
-Prefect artifacts (``geometry-images-progress`` while it runs, ``-summary`` table, ``-report`` markdown and
-``-preview`` picture of the geometry images; :mod:`flows.artifacts`), and returns where everything is.
+The flow gathers the small records, writes the Parquet tables (``geometry_images``, ``rate_distortion``,
+``failures``), publishes the Prefect artifacts (``geometry-images-progress`` while it runs, ``-summary`` table,
+``-report`` markdown, ``-preview`` picture of the geometry images and ``-rate-distortion`` plot;
+:mod:`flows.artifacts`), and returns where everything is.
 """
 
 from __future__ import annotations
@@ -17,7 +18,14 @@ from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import as_completed
 
-from flows.artifacts import Progress, geometry_image_rgb, image_grid_png, publish_pictures, table_records
+from flows.artifacts import (
+    Progress,
+    geometry_image_rgb,
+    image_grid_png,
+    publish_pictures,
+    rate_distortion_png,
+    table_records,
+)
 from flows.task_runner import task_outcome
 from storage.meshes import list_mesh_items
 from storage.tables import failure_row, write_table
@@ -80,6 +88,7 @@ def geometry_images(
     encoded = encode_geometry_images.map(parameterized, unmapped(store), unmapped(run_id), unmapped(config))
 
     rows: list[dict[str, Any]] = []
+    rate_distortion: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
     skipped = 0
     by_future = {future: item for future, item in zip(encoded, items)}
@@ -88,6 +97,7 @@ def geometry_images(
         result = task_outcome(future)
         if not isinstance(result, BaseException):
             rows += result["rows"]
+            rate_distortion += result["rate_distortion"]
             failures += result["failures"]
             skipped += result["skipped"]
             status = "skipped (finished earlier)" if result["skipped"] else f"{len(result['rows'])} rows"
@@ -102,6 +112,7 @@ def geometry_images(
 
     tables = {
         "geometry_images": write_table(rows, store, run_id, "geometry_images"),
+        "rate_distortion": write_table(rate_distortion, store, run_id, "rate_distortion"),
         "failures": write_table(failures, store, run_id, "failures"),
     }
     summary = summarize(pd.DataFrame(rows))
@@ -127,6 +138,15 @@ def geometry_images(
         "geometry-images-preview", f"Geometry images, run `{run_id}`",
         {"finest level, x y z as red green blue: harmonic | OT": image_grid_png(tiles, columns=4)} if tiles else {},
         description="Geometry images of the harmonic and the OT parameterization of each mesh",
+    )
+    curves = pd.DataFrame(rate_distortion)
+    publish_pictures(
+        "geometry-images-rate-distortion", f"Rate–distortion, run `{run_id}`",
+        {"bytes per level against Hausdorff and Chamfer-L2": rate_distortion_png(curves.assign(
+            mesh=curves["item_id"], method=curves["parameterization"] + " " + curves["codec_setting"]))}
+        if rate_distortion else {},
+        description="Stored bytes of each pyramid level and codec setting against the restored mesh's error",
+        locations={"bytes per level against Hausdorff and Chamfer-L2": tables["rate_distortion"]},
     )
     return {
         "run_id": run_id,

@@ -16,21 +16,14 @@ from typing import Any, Literal
 
 import numpy as np
 from prefect import task
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from otcore.device import resolve_device
 from otcore.disk_cut import cut_to_disk
 from otcore.errors import GeometryError, OTConvergenceError
-from otcore.geometry_image import (
-    dequantize,
-    geometry_image_to_mesh,
-    mipmap_pyramid,
-    quantize,
-    resample_geometry_image,
-    restore_level,
-)
+from otcore.geometry_image import mipmap_pyramid, quantize, resample_geometry_image
+from otcore.metrics import compression_ratio, normalize_to_unit_diagonal, raw_mesh_bytes
 from otcore.octahedral import resample_spherical_geometry_image
-from otcore.metrics import compression_ratio, normalize_to_unit_diagonal, raw_mesh_bytes, surface_distances
 from otcore.ot_net import OTNetConfig, OTNetResult
 from otcore.parameterization import (
     Parameterization,
@@ -44,13 +37,15 @@ from otcore.spherical_parameterization import (
     spherical_parameterizations,
 )
 from storage.errors import InputError
+from storage.image_codecs import CodecName, CodecSetting
 from storage.meshes import MeshItem, read_mesh
 from storage.tables import failure_row
 from storage.zarr_store import ItemStore
+from tasks.rate_distortion import measure_level, rate_distortion_rows, setting_columns
 
-__all__ = ["GeometryImageConfig", "encode_pyramid", "parameterize_mesh", "encode_geometry_images", "PIPELINE_VERSION"]
+__all__ = ["PIPELINE_VERSION", "GeometryImageConfig", "encode_geometry_images", "encode_pyramid", "parameterize_mesh"]
 
-PIPELINE_VERSION = "1"  # bump when outputs of unchanged inputs would change: invalidates finished items
+PIPELINE_VERSION = "2"  # bump when outputs of unchanged inputs would change: invalidates finished items
 
 TASK_TIMEOUT_SECONDS = 3600  # a hung solve fails (then retries once) instead of holding a worker forever
 
@@ -61,7 +56,14 @@ class GeometryImageConfig(BaseModel):
     resolution: int = Field(257, description="geometry image side, 2^n + 1")
     levels: int = Field(5, ge=1, description="mipmap levels (257 -> 129, 65, 33, 17)")
     feature_weight: float = Field(0.0, ge=0.0, description="lambda in masses * (1 + lambda |H| / mean |H|)")
-    bits: int = Field(16, ge=1, le=16, description="quantisation bits per channel")
+    bits: int = Field(16, ge=10, le=16, description="quantisation bits per channel (10..16)")
+    codec: CodecName = Field("jpeg2k", description="image codec of the stored pyramid levels: jpeg2k | jpegxl | "
+                             "png | zstd (storage.image_codecs)")
+    codec_quality: float | None = Field(None, description="None: lossless; jpeg2k: target PSNR in dB; jpegxl: "
+                                        "quality 0..100")
+    rate_distortion: list[str] = Field(
+        default_factory=list, description="further codec settings ('jpeg2k:60', 'jpegxl:lossless', ...) coded in "
+        "memory and measured per level for the rate_distortion table, besides the stored one")
     samples: int = Field(50_000, ge=1, description="area-uniform samples per surface for chamfer_l2 / hausdorff")
     seed: int = Field(0, description="sampling seed")
     tol: float = Field(1e-6, gt=0.0, description="Newton tolerance on max relative cell-mass error")
@@ -73,6 +75,28 @@ class GeometryImageConfig(BaseModel):
         "spherical OT (HOTS3D) + seamless octahedral geometry image")
     sphere_ot_steps: int = Field(100, ge=1, description="domain=sphere: HOTS3D min-max steps")
     sphere_polish_iterations: int = Field(1000, ge=0, description="domain=sphere: L-BFGS iterations of the polish")
+
+    @model_validator(mode="after")
+    def _check_codec(self) -> GeometryImageConfig:
+        for text in self.rate_distortion:  # a bad setting raises CodecSettingError, a ValueError
+            CodecSetting.parse(text, self.bits)
+        CodecSetting(self.codec, self.codec_quality, self.bits)
+        return self
+
+    @property
+    def codec_setting(self) -> CodecSetting:
+        """The setting of the stored pyramid levels."""
+        return CodecSetting(self.codec, self.codec_quality, self.bits)
+
+    @property
+    def rate_distortion_settings(self) -> list[CodecSetting]:
+        """The stored setting first, then the further :attr:`rate_distortion` settings (duplicates dropped)."""
+        settings = [self.codec_setting]
+        for text in self.rate_distortion:
+            setting = CodecSetting.parse(text, self.bits)
+            if setting not in settings:
+                settings.append(setting)
+        return settings
 
     def fingerprint(self, source_sha256: str) -> str:
         """Identity of an item's outputs: input bytes, config and pipeline version."""
@@ -202,8 +226,14 @@ def encode_pyramid(
     source_faces: np.ndarray,
     config: Any,
     attrs: dict[str, Any] | None = None,
+    codec: CodecSetting | None = None,
+    side_info: dict[str, np.ndarray] | None = None,
 ) -> list[dict[str, Any]]:
-    """Quantise a geometry image, store its mipmap pyramid at ``path`` and measure every restored level.
+    """Quantise a geometry image, store its image-coded mipmap pyramid at ``path`` and measure every level.
+
+    Each level is decoded back from the store, so lossy coding shows in the distances. The quantisation offset
+    and scale are stored as side info (``quantization_offset``, ``quantization_scale``) with ``side_info``, and
+    every level's ``stored_bytes`` counts them.
 
     Args:
         item_store: the item's Zarr group.
@@ -212,6 +242,8 @@ def encode_pyramid(
         source_vertices, source_faces: ``[V, 3]`` float64 / ``[F, 3]`` int64 mesh the levels are measured against.
         config: any config with ``bits``, ``levels``, ``resolution``, ``samples`` and ``seed``.
         attrs: extra pyramid attributes.
+        codec: image codec of the levels; default JPEG 2000 lossless at ``config.bits``.
+        side_info: further ``[n]`` arrays a decoder needs (e.g. the normalisation offset and scale).
 
     Returns:
         One dict per level: ``level``, ``resolution``, ``chamfer_l2``, ``hausdorff``, ``samples``, ``stored_bytes``.
@@ -219,19 +251,22 @@ def encode_pyramid(
     Raises:
         ValueError: if the image cannot be quantised or subsampled into ``config.levels`` levels.
     """
-    quantized = quantize(image, config.bits)
+    codec = codec or CodecSetting(bits=config.bits)
+    quantized = quantize(image, codec.bits)
     levels = mipmap_pyramid(quantized.codes, config.levels)
     stored = item_store.write_pyramid(
         path, levels,
-        {"quantization": {"bits": config.bits, "offset": quantized.offset.tolist(), "scale": quantized.scale.tolist()},
+        {"quantization": {"bits": codec.bits, "offset": quantized.offset.tolist(), "scale": quantized.scale.tolist()},
          "filter": "vertex-preserving subsampling", "channels": ["x", "y", "z"], **(attrs or {})},
+        codec=codec,
+        side_info={"quantization_offset": quantized.offset, "quantization_scale": quantized.scale,
+                   **(side_info or {})},
     )
+    decoded, _ = item_store.read_pyramid(path)
     measured = []
-    for level, (codes, stored_bytes) in enumerate(zip(levels, stored)):
-        restored = restore_level(dequantize(codes, quantized.offset, quantized.scale), config.resolution)
-        restored_vertices, restored_faces = geometry_image_to_mesh(restored)
-        distances = surface_distances(restored_vertices, restored_faces, source_vertices, source_faces,
-                                      config.samples, config.seed)
+    for level, (codes, stored_bytes) in enumerate(zip(decoded, stored)):
+        distances = measure_level(codes, quantized.offset, quantized.scale, config.resolution, source_vertices,
+                                  source_faces, config.samples, config.seed)
         measured.append({"level": level, "resolution": int(codes.shape[-1]), "chamfer_l2": distances.chamfer_l2,
                          "hausdorff": distances.hausdorff, "samples": distances.samples,
                          "stored_bytes": stored_bytes})
@@ -240,15 +275,20 @@ def encode_pyramid(
 
 @task(name="encode-geometry-images", retries=1, retry_delay_seconds=2, timeout_seconds=TASK_TIMEOUT_SECONDS)
 def encode_geometry_images(record: dict[str, Any], store: str, run_id: str, config: GeometryImageConfig) -> dict:
-    """Resample, quantise and mipmap each parameterization; restore every level and measure it.
+    """Resample, quantise and mipmap each parameterization; code, restore and measure every level.
 
-    Writes the pyramids (OME-Zarr ``multiscales``) and marks the item complete with its metric rows.
-    Returns ``{"item_id", "rows", "failures", "skipped"}``.
+    Writes the pyramids (OME-Zarr ``multiscales``, levels coded with ``config.codec_setting``, the quantisation
+    and normalisation figures as side info) and marks the item complete with its metric rows. Each level is also
+    coded in memory with the further ``config.rate_distortion`` settings and measured.
+    Returns ``{"item_id", "rows", "rate_distortion", "failures", "skipped"}``: ``rows`` for the
+    ``geometry_images`` table, ``rate_distortion`` for the ``rate_distortion`` table.
     """
     item: MeshItem = record["item"]
     if record["skipped"] or "fingerprint" not in record:  # finished earlier, or unreadable (no group to finish)
-        return {"item_id": item.item_id, "rows": record["rows"], "failures": record["failures"],
-                "skipped": record["skipped"]}
+        finished = ItemStore(store, run_id, item.item_id).completed_extra_rows("rate_distortion") \
+            if record["skipped"] else []
+        return {"item_id": item.item_id, "rows": record["rows"], "rate_distortion": finished,
+                "failures": record["failures"], "skipped": record["skipped"]}
     item_store = ItemStore(store, run_id, item.item_id)
     attrs = item_store.read_attrs()
     source_vertices = item_store.read_array("source/vertices").astype(np.float64)
@@ -257,7 +297,13 @@ def encode_geometry_images(record: dict[str, Any], store: str, run_id: str, conf
         disk_vertices = item_store.read_array("disk/vertices")
         disk_faces = item_store.read_array("disk/faces").astype(np.int64)
     n_vertices, n_faces = attrs["mesh_vertices"], attrs["mesh_faces"]
+    normalization = {"normalization_offset": np.asarray(attrs["normalization"]["offset"], dtype=np.float64),
+                     "normalization_scale": np.asarray([attrs["normalization"]["scale"]], dtype=np.float64)}
+    side_info_bytes = 2 * 3 * 8 + sum(v.nbytes for v in normalization.values())  # + quantisation offset, scale
+    item_columns = {"run_id": run_id, "item_id": item.item_id, "source_uri": item.uri, "mesh_vertices": n_vertices,
+                    "mesh_faces": n_faces, "distance_normalization": "unit_bbox_diagonal"}
     rows: list[dict[str, Any]] = []
+    rate_distortion: list[dict[str, Any]] = []
     failures = list(record["failures"])
     for method, stats in record["parameterizations"].items():  # empty when the cut failed: finish with failures
         start = time.perf_counter()
@@ -271,10 +317,20 @@ def encode_geometry_images(record: dict[str, Any], store: str, run_id: str, conf
             levels = encode_pyramid(
                 item_store, f"{method}/geometry_image", image, source_vertices, source_faces, config,
                 {"domain": "octahedral (equal-area), seamless" if config.domain == "sphere" else "square"},
+                codec=config.codec_setting, side_info=normalization,
             )
+            measured = rate_distortion_rows(image, config.rate_distortion_settings[1:], config.levels,
+                                            side_info_bytes, source_vertices, source_faces, config.samples,
+                                            config.seed)
         except ValueError as error:
             failures.append(_failure(run_id, item, f"geometry_image[{method}]", error))
             continue
+        stored_setting = {**setting_columns(config.codec_setting), "stored": True, "side_info_bytes": side_info_bytes,
+                          "coding_seconds": None}
+        stored_rows = [{**level, **stored_setting, "image_raw_bytes": 6 * level["resolution"] ** 2} for level in levels]
+        for row in stored_rows + measured:
+            rate_distortion.append({**item_columns, "parameterization": method, **row,
+                                    "compression_ratio": compression_ratio(n_vertices, n_faces, row["stored_bytes"])})
         for level in levels:
             stored_bytes = level["stored_bytes"]
             rows.append({
@@ -286,5 +342,6 @@ def encode_geometry_images(record: dict[str, Any], store: str, run_id: str, conf
                 "feature_weight": config.feature_weight, "seconds": time.perf_counter() - start,
                 **stats,
             })
-    item_store.finish(rows, failures)
-    return {"item_id": item.item_id, "rows": rows, "failures": failures, "skipped": False}
+    item_store.finish(rows, failures, {"rate_distortion": rate_distortion})
+    return {"item_id": item.item_id, "rows": rows, "rate_distortion": rate_distortion, "failures": failures,
+            "skipped": False}
