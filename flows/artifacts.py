@@ -135,6 +135,9 @@ def publish_pictures(key: str, title: str, pictures: dict[str, bytes], descripti
 def rate_distortion_png(frame: pd.DataFrame, title: str = "") -> bytes:
     """Rate–distortion plot: bytes (log) against Hausdorff and against Chamfer-L2 (log), one curve per mesh x method.
 
+    Every point is a marker; the curve joins the Pareto-optimal ones (no point of that mesh and method has fewer
+    bytes and a lower error), so settings that mix levels and qualities read as one front.
+
     Args:
         frame: one row per point, columns ``mesh``, ``method``, ``stored_bytes``, ``hausdorff``, ``chamfer_l2``
             (distances in unit-bbox-diagonal units). Colour encodes the mesh, line style and marker the method.
@@ -158,9 +161,12 @@ def rate_distortion_png(frame: pd.DataFrame, title: str = "") -> bytes:
     styles = {method: ("-", "--", ":", "-.")[i % 4] + "osd^vx*"[i % 7] for i, method in enumerate(methods)}
     figure, axes = plt.subplots(1, 2, figsize=(13, 5.5))
     for (mesh, method), curve in frame.groupby(["mesh", "method"]):
-        curve = curve.sort_values("stored_bytes")
+        curve = curve.sort_values(["stored_bytes", "hausdorff", "chamfer_l2"])
         for axis, metric in zip(axes, ("hausdorff", "chamfer_l2"), strict=True):
-            axis.plot(curve["stored_bytes"], curve[metric], styles[method], color=colours[mesh], markersize=4,
+            front = curve[curve[metric] < curve[metric].cummin().shift(fill_value=np.inf)]
+            axis.plot(curve["stored_bytes"], curve[metric], marker=styles[method][-1], color=colours[mesh],
+                      markersize=3, alpha=0.35, linestyle="none")
+            axis.plot(front["stored_bytes"], front[metric], styles[method], color=colours[mesh], markersize=4,
                       linewidth=1.2, label=f"{mesh} {method}")
     for axis, label in zip(axes, ("Hausdorff", "Chamfer-L2"), strict=True):
         axis.set(xscale="log", yscale="log", xlabel="bytes", ylabel=f"{label} (unit bbox diagonal)")
