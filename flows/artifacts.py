@@ -159,7 +159,7 @@ def rate_distortion_png(frame: pd.DataFrame, title: str = "") -> bytes:
     meshes, methods = sorted(frame["mesh"].unique()), sorted(frame["method"].unique())
     colours = {mesh: plt.get_cmap("tab10")(i % 10) for i, mesh in enumerate(meshes)}
     styles = {method: ("-", "--", ":", "-.")[i % 4] + "osd^vx*"[i % 7] for i, method in enumerate(methods)}
-    figure, axes = plt.subplots(1, 2, figsize=(13, 5.5))
+    figure, axes = plt.subplots(1, 2, figsize=(12, 5.5), layout="constrained")
     for (mesh, method), curve in frame.groupby(["mesh", "method"]):
         curve = curve.sort_values(["stored_bytes", "hausdorff", "chamfer_l2"])
         for axis, metric in zip(axes, ("hausdorff", "chamfer_l2"), strict=True):
@@ -171,7 +171,8 @@ def rate_distortion_png(frame: pd.DataFrame, title: str = "") -> bytes:
     for axis, label in zip(axes, ("Hausdorff", "Chamfer-L2"), strict=True):
         axis.set(xscale="log", yscale="log", xlabel="bytes", ylabel=f"{label} (unit bbox diagonal)")
         axis.grid(True, which="both", alpha=0.3)
-    axes[1].legend(fontsize=7, ncol=1 + len(meshes) * len(methods) // 16, loc="upper right")
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
     if title:
         figure.suptitle(title)
     return figure_png(figure)
