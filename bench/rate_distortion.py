@@ -80,9 +80,10 @@ def decimated_point(vertices: np.ndarray, faces: np.ndarray, keep: float, source
     return draco_point(points, triangles, DECIMATION_BITS, source, samples)
 
 
-def geometry_image_points(name: str, path: Path, psnr: list[float], samples: int) -> tuple[list[dict], dict]:
+def geometry_image_points(name: str, path: Path, psnr: list[float], samples: int,
+                          bits: int) -> tuple[list[dict], dict]:
     """The flow's tasks on one mesh: rate-distortion rows of the OT map, and the lossless fractions at 257."""
-    config = GeometryImageConfig(samples=samples, rate_distortion=[f"jpeg2k:{q:g}" for q in psnr])
+    config = GeometryImageConfig(samples=samples, bits=bits, rate_distortion=[f"jpeg2k:{q:g}" for q in psnr])
     item = MeshItem(name, str(path))
     with tempfile.TemporaryDirectory() as store:
         record = parameterize_mesh.fn(item, store, "bench", config)
@@ -97,7 +98,7 @@ def geometry_image_points(name: str, path: Path, psnr: list[float], samples: int
     if image is not None:
         levels = mipmap_pyramid(image, 1)
         for codec in ("jpeg2k", "jpegxl", "png", "zstd"):
-            fractions[codec] = len(encode_image(levels[0], CodecSetting(codec))) / levels[0].nbytes
+            fractions[codec] = len(encode_image(levels[0], CodecSetting(codec, None, bits))) / levels[0].nbytes
     rows = [{"method": METHODS[0], "parameterization": row["parameterization"], "level": row["level"],
              "resolution": row["resolution"], "codec_setting": row["codec_setting"],
              "setting": f"{row['resolution']}² {row['codec_setting']}", "stored_bytes": row["stored_bytes"],
@@ -152,6 +153,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=50_000, help="samples per surface and direction")
     parser.add_argument("--psnr", type=float, nargs="+", default=[40, 50, 60, 70, 80, 90],
                         help="JPEG 2000 PSNR targets in dB of the geometry-image curve (besides lossless)")
+    parser.add_argument("--bits", type=int, default=GeometryImageConfig().bits, help="quantisation bits")
     parser.add_argument("--budgets", type=float, nargs="+", default=[6_000, 25_000], help="bytes")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="writes <out>.parquet and <out>.png")
     args = parser.parse_args()
@@ -163,7 +165,7 @@ def main() -> None:
         mesh = read_mesh(MeshItem(name, str(path)))
         vertices, _, _ = normalize_to_unit_diagonal(mesh.vertices)
         source = (vertices, mesh.faces)
-        rows, fractions[name] = geometry_image_points(name, path, args.psnr, args.samples)
+        rows, fractions[name] = geometry_image_points(name, path, args.psnr, args.samples, args.bits)
         rows += [{"method": METHODS[1], "setting": f"{bits}-bit", **draco_point(vertices, mesh.faces, bits, source,
                                                                                args.samples)}
                  for bits in range(6, 15)]
@@ -188,7 +190,7 @@ def main() -> None:
         frame, "OT geometry images (JPEG 2000, levels 257-17) vs Draco vs decimation + Draco; 50k samples each way"))
 
     print(f"\nload average {os.getloadavg()[0]:.1f}; {args.out.with_suffix('.parquet')}, {args.out.with_suffix('.png')}")
-    print("\nlossless 257 level, bytes / raw uint16 bytes:")
+    print(f"\nlossless 257 level at {args.bits} bits, bytes / raw uint16 bytes:")
     print(pd.DataFrame(fractions).T.round(3).to_markdown())
     print("median:", {codec: round(statistics.median(f[codec] for f in fractions.values() if f), 3)
                       for codec in ("jpeg2k", "jpegxl", "png", "zstd")})

@@ -97,7 +97,7 @@ def geometry_images_command(
     feature_weight: Annotated[float, typer.Option(help="lambda: masses * (1 + lambda |H| / mean |H|)")] = 0.0,
     samples: Annotated[int, typer.Option(help="samples per surface for chamfer_l2/hausdorff")] = 50_000,
     seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
-    bits: Annotated[int, typer.Option(help="quantisation bits per channel (10..16)")] = 16,
+    bits: Annotated[int, typer.Option(help="quantisation bits per channel (10..16)")] = 14,
     codec: Annotated[str, typer.Option(help="image codec of the stored levels: jpeg2k | jpegxl | png | zstd")] = "jpeg2k",
     codec_quality: Annotated[float | None, typer.Option(
         help="lossy coding: jpeg2k target PSNR in dB, jpegxl quality 0..100 (default: lossless)")] = None,

@@ -56,7 +56,9 @@ class GeometryImageConfig(BaseModel):
     resolution: int = Field(257, description="geometry image side, 2^n + 1")
     levels: int = Field(5, ge=1, description="mipmap levels (257 -> 129, 65, 33, 17)")
     feature_weight: float = Field(0.0, ge=0.0, description="lambda in masses * (1 + lambda |H| / mean |H|)")
-    bits: int = Field(16, ge=10, le=16, description="quantisation bits per channel (10..16)")
+    bits: int = Field(14, ge=10, le=16, description="quantisation bits per channel (10..16); 14 (Draco's default) "
+                      "keeps the quantisation error (<= 2e-5 of the bbox diagonal) about 100x below the sampling error "
+                      "at 257 and stores about 0.7x the bytes of 16 bits")
     codec: CodecName = Field("jpeg2k", description="image codec of the stored pyramid levels: jpeg2k | jpegxl | "
                              "png | zstd (storage.image_codecs)")
     codec_quality: float | None = Field(None, description="None: lossless; jpeg2k: target PSNR in dB; jpegxl: "
