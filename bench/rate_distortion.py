@@ -1,6 +1,6 @@
 """Benchmark: rate–distortion of OT geometry images against Draco and against decimation + Draco (issue 20).
 
-Three ways to store each mesh, measured with the same metric (:func:`otcore.metrics.surface_distances`,
+Three ways to store each mesh, measured with the same metric (:func:`otcore.mesh.metrics.surface_distances`,
 point-to-surface both ways, 50k samples each way, unit bounding-box diagonal):
 
 - **geometry image**: the flow's own tasks (``parameterize_mesh`` -> ``encode_geometry_images`` with their
@@ -35,9 +35,9 @@ import fast_simplification
 import numpy as np
 import pandas as pd
 
-from flows.artifacts import rate_distortion_png
-from otcore.geometry_image import mipmap_pyramid
-from otcore.metrics import normalize_to_unit_diagonal, surface_distances
+from flows.runtime.artifacts import rate_distortion_png
+from otcore.mesh.geometry_image import mipmap_pyramid
+from otcore.mesh.metrics import normalize_to_unit_diagonal, surface_distances
 from storage.image_codecs import CodecSetting, encode_image
 from storage.meshes import MeshItem, read_mesh
 from storage.zarr_store import ItemStore
@@ -87,13 +87,13 @@ def geometry_image_points(name: str, path: Path, psnr: list[float], samples: int
     item = MeshItem(name, str(path))
     with tempfile.TemporaryDirectory() as store:
         record = parameterize_mesh.fn(item, store, "bench", config)
-        if record["failures"]:
-            print(f"{name}: " + "; ".join(f"{f['stage']}: {f['error_type']}: {f['message']}" for f in record["failures"]))
+        for failure in record.result.failures:
+            print(f"{name}: {failure['stage']}: {failure['error_type']}: {failure['message']}")
         # The initial maps (harmonic, sphere_initial) are baselines, not part of this comparison: the OT map of the
         # tree's default domain is what is measured.
-        record["parameterizations"] = {k: v for k, v in record["parameterizations"].items() if k in OT_METHODS}
-        result = encode_geometry_images.fn(record, store, "bench", config)
-        image = _finest_image(ItemStore(store, "bench", name), result["rate_distortion"])
+        record.parameterizations = {k: v for k, v in record.parameterizations.items() if k in OT_METHODS}
+        measured = encode_geometry_images.fn(record, store, "bench", config).rows("rate_distortion")
+        image = _finest_image(ItemStore(store, "bench", name), measured)
     fractions = {}
     if image is not None:
         levels = mipmap_pyramid(image, 1)
@@ -102,7 +102,7 @@ def geometry_image_points(name: str, path: Path, psnr: list[float], samples: int
     rows = [{"method": METHODS[0], "parameterization": row["parameterization"], "level": row["level"],
              "resolution": row["resolution"], "codec_setting": row["codec_setting"],
              "setting": f"{row['resolution']}² {row['codec_setting']}", "stored_bytes": row["stored_bytes"],
-             "chamfer_l2": row["chamfer_l2"], "hausdorff": row["hausdorff"]} for row in result["rate_distortion"]]
+             "chamfer_l2": row["chamfer_l2"], "hausdorff": row["hausdorff"]} for row in measured]
     return rows, fractions
 
 
@@ -119,7 +119,8 @@ def budget_ratio(points: pd.DataFrame, budget: float,
                  metrics: tuple[str, ...] = ("chamfer_l2", "hausdorff")) -> tuple[float, pd.Series, pd.Series | None]:
     """GI bytes / decimation+Draco bytes for equal-or-better CD and HD than decimation + Draco at ``budget``.
 
-    ``metrics`` are the distances that must be at least as good. The reference is decimation + Draco's lowest-Hausdorff point within ``BUDGET_SLACK`` x ``budget`` (the
+    ``metrics`` are the distances that must be at least as good. The reference is decimation + Draco's
+    lowest-Hausdorff point within ``BUDGET_SLACK`` x ``budget`` (the
     undecimated mesh when that fits: decimated meshes cost more bytes per face), else its smallest point.
     """
     reference = points[points["method"] == METHODS[2]]
@@ -189,7 +190,7 @@ def main() -> None:
     args.out.with_suffix(".png").write_bytes(rate_distortion_png(
         frame, "OT geometry images (JPEG 2000, levels 257-17) vs Draco vs decimation + Draco; 50k samples each way"))
 
-    print(f"\nload average {os.getloadavg()[0]:.1f}; {args.out.with_suffix('.parquet')}, {args.out.with_suffix('.png')}")
+    print(f"\nload average {os.getloadavg()[0]:.1f}; {args.out}.parquet, {args.out}.png")
     print(f"\nlossless 257 level at {args.bits} bits, bytes / raw uint16 bytes:")
     print(pd.DataFrame(fractions).T.round(3).to_markdown())
     print("median:", {codec: round(statistics.median(f[codec] for f in fractions.values() if f), 3)
@@ -209,13 +210,14 @@ def print_budget_tables(frame: pd.DataFrame, budgets: list[float]) -> None:
             ratio, target, gi = budget_ratio(group, budget)
             ratios.append(ratio)
             chamfer_ratios.append(budget_ratio(group, budget, ("chamfer_l2",))[0])
-            table.append({"mesh": name, "geometry image, lowest HD ≤ budget": _cell(best_within(group, METHODS[0], budget)),
+            table.append({"mesh": name,
+                          "geometry image, lowest HD ≤ budget": _cell(best_within(group, METHODS[0], budget)),
                           "Draco, lowest HD ≤ budget": _cell(best_within(group, METHODS[1], budget)),
                           "decimation + Draco 12-bit (reference)": _cell(target),
                           "GI at CD and HD ≤ reference": _cell(gi, "not reached"), "ratio": f"{ratio:.2f}",
                           "ratio, CD alone": f"{chamfer_ratios[-1]:.2f}"})
-        print(f"\n~{budget / 1000:g} KB (cells: setting: bytes / CD / HD): median ratio {statistics.median(ratios):.2f}, "
-              f"Chamfer alone {statistics.median(chamfer_ratios):.2f}")
+        print(f"\n~{budget / 1000:g} KB (cells: setting: bytes / CD / HD): median ratio "
+              f"{statistics.median(ratios):.2f}, Chamfer alone {statistics.median(chamfer_ratios):.2f}")
         print(pd.DataFrame(table).to_markdown(index=False))
 
 if __name__ == "__main__":

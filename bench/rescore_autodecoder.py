@@ -1,9 +1,9 @@
 """Re-score a finished autodecoder run's reconstructions with both EM-kD k-d splits (``pca`` and ``axis``).
 
-EM-kD's value depends on how the k-d tree splits the two clouds (:func:`otcore.emd.em_kd`): this reads the decoded
-clouds a run stored (``<store>/<run_id>/<item>/decoded``) and its collection's vertices, and prints, per variant, the
-mean/median/max EM-kD (unit bounding-box diagonal of each target shape, leaf 1024, certified auction) with each
-split, so runs scored before the default changed to ``pca`` can be compared. Only ``point_source="vertices"``
+EM-kD's value depends on how the k-d tree splits the two clouds (:func:`otcore.points.em_kd.em_kd`): this reads the
+decoded clouds a run stored (``<store>/<run_id>/<item>/decoded``) and its collection's vertices, and prints, per
+variant, the mean/median/max EM-kD (unit bounding-box diagonal of each target shape, leaf 1024, certified auction)
+with each split, so runs scored before the default changed to ``pca`` can be compared. Only ``point_source="vertices"``
 runs can be re-scored (sampled targets are not stored).
 
 Run: ``.venv/bin/python bench/rescore_autodecoder.py STORE/RUN_ID COLLECTION [--out table.parquet]``, e.g.
@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import zarr
 
-from otcore.emd import EM_KD_SPLITS, em_kd
+from otcore.points.em_kd import EM_KD_SPLITS, em_kd
 from storage.collections import read_collection
 
 

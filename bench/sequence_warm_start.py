@@ -4,10 +4,11 @@ Problem: the crane sequence (175 frames in correspondence), prepared as ``brenie
 augmented cut and harmonic map of frame 0 gives the Diracs, each frame's barycentric vertex areas give the masses.
 Per tolerance (max relative cell-mass error), the chain solves every frame with OT-Net warm-started from the
 previous frame's state (frame 0 cold), and every ``--cold-every``-th frame again from a cold start. Steps are fit
-plus Newton steps (:attr:`otcore.ot_net.OTNetResult.steps`).
+plus Newton steps (:attr:`otcore.ot.ot_net.OTNetResult.steps`).
 
-Also reported: the max relative mass error each solve starts from, and how far each warm frame's map (cell centroids, the images of the area-preserving map) lies from the
-tightest tolerance's map, in texels of a 257^2 geometry image — what a looser tolerance costs the geometry images.
+Also reported: the max relative mass error each solve starts from, and how far each warm frame's map (cell
+centroids, the images of the area-preserving map) lies from the tightest tolerance's map, in texels of a 257^2
+geometry image — what a looser tolerance costs the geometry images.
 For the tightest tolerance, ``secant_start_error`` is the error a warm start would begin from if the weights were
 extrapolated linearly in time from the two previous frames (``2 w_{k-1} - w_{k-2}``) instead of reused.
 
@@ -23,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from otcore.cut_augmentation import augment_cut
-from otcore.metrics import normalize_to_unit_diagonal
-from otcore.ot_net import OTNetConfig, solve_ot_net
-from otcore.parameterization import square_sites, vertex_areas
-from otcore.power_diagram import power_cells
+from otcore.mesh.cut_augmentation import augment_cut
+from otcore.mesh.metrics import normalize_to_unit_diagonal
+from otcore.mesh.parameterization import square_sites, vertex_areas
+from otcore.ot.ot_net import OTNetConfig, solve_ot_net
+from otcore.ot.power_diagram import power_cells
 from storage.collections import read_collection
 
 DEFAULT_SEQUENCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "consistent" / "crane" / "crane.npz"

@@ -20,10 +20,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the vMF fixtures of the tests
+
+from von_mises_fisher import shifted_vmf_mixtures  # noqa: E402
 
 from otcore.device import resolve_device  # noqa: E402
-from otcore.spherical_ot import SphericalOTConfig, energy_distance, train_spherical_ot  # noqa: E402
-from otcore.von_mises_fisher import shifted_vmf_mixtures  # noqa: E402
+from otcore.ot.spherical_ot import SphericalOTConfig, energy_distance, train_spherical_ot  # noqa: E402
 
 
 def main() -> None:

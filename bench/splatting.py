@@ -1,8 +1,8 @@
-"""Benchmark: the torch 3DGS renderer (otcore.splatting) on the bundled and shared Gaussian scenes.
+"""Benchmark: the torch 3DGS renderer (otcore.splats.rasterizer) on the bundled and shared Gaussian scenes.
 
 Targets on the 2-core dev machine: a 128x128 render of the 45,624-Gaussian donut well under 1 s, a 256x256 render
 of the 152,746-Gaussian biker in a few seconds. For each scene and resolution, ``--views`` orbit cameras
-(:func:`otcore.splatting.orbit_cameras`) are rendered ``--repeats`` times after one warm-up render; the table gives
+(:func:`otcore.splats.cameras.orbit_cameras`) are rendered ``--repeats`` times after one warm-up render; the table gives
 the median wall-clock seconds (``time.perf_counter``) of a render without autograd and of a forward + backward pass
 with gradients on ``sh_dc`` and opacities (the GHAP fine-tuning step), the mean number of Gaussians in view and the
 mean fraction of pixels with alpha > 0.5. Figures are measurements, not asserts. Other processes on the machine slow
@@ -23,7 +23,9 @@ from pathlib import Path
 
 import torch
 
-from otcore.splatting import _project, orbit_cameras, render_scene, scene_tensors
+from otcore.splats.cameras import orbit_cameras
+from otcore.splats.rasterizer import _project
+from otcore.splats.scene import render_scene, scene_tensors
 from storage.gaussians import read_scene
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +43,7 @@ def median_seconds(fn, repeats: int) -> float:
 
 def bench_scene(path: Path, resolution: int, views: int, repeats: int, grad: bool) -> dict[str, float | int | str]:
     scene = read_scene(str(path))
-    params = scene_tensors(scene)
+    params = scene_tensors(scene.means, scene.scales, scene.quats, scene.opacities, scene.sh_dc, scene.sh_rest)
     cams = orbit_cameras(scene.means, n_views=views, width=resolution, height=resolution)
     with torch.no_grad():
         render_scene(params, cams[0])  # warm-up

@@ -7,22 +7,22 @@ mean angle moved, training figures) and ``failures``, and publishes a Prefect ta
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_table_artifact
 
-from storage.tables import failure_row, write_table
-from tasks.align_embeddings import ALIGNMENT_VERSION, AlignmentConfig, align_embedding_sets
+from flows.publish import gather, publish_tables
+from tasks.align_embeddings import AlignmentConfig, align_embedding_sets
+from tasks.shared.records import ItemResult
 
-__all__ = ["align_embeddings", "default_run_id"]
+__all__ = ["align_embeddings"]
 
 
-def default_run_id(config: AlignmentConfig) -> str:
-    """Run id fixed by the config, so re-running the same job skips its finished pairs."""
-    payload = config.model_dump_json(exclude={"device"}) + ALIGNMENT_VERSION
-    return f"align-{hashlib.sha256(payload.encode()).hexdigest()[:10]}"
+def _status(result: ItemResult) -> str:
+    return "; ".join(f"energy distance {row['energy_distance_before']:.4g} -> {row['energy_distance_after']:.4g} "
+                     f"(x{row['reduction']:.1f}), mean angle moved {row['mean_angle_deg']:.1f} deg"
+                     for row in result.rows("embedding_alignment")) or f"{len(result.failures)} failures"
 
 
 @flow(name="align-embeddings", log_prints=True)
@@ -43,29 +43,14 @@ def align_embeddings(
     """
     logger = get_run_logger()
     config = config or AlignmentConfig()
-    run_id = run_id or default_run_id(config)
+    run_id = run_id or config.default_run_id()
     targets = [targets] if isinstance(targets, str) else list(targets)
+    logger.info("run %s: %s -> %d targets -> %s", run_id, source, len(targets), store)
     futures = align_embedding_sets.map(unmapped(source), targets, unmapped(store), unmapped(run_id), unmapped(config))
-    rows: list[dict[str, Any]] = []
-    failures: list[dict[str, Any]] = []
-    skipped = 0
-    for target, future in zip(targets, futures):
-        result = future.result(raise_on_failure=False)
-        if isinstance(result, BaseException):
-            failures.append(failure_row(run_id, "pair", target, "task", result))
-            logger.info("%s -> %s: crashed: %s", source, target, result)
-            continue
-        rows += result["rows"]
-        failures += result["failures"]
-        skipped += result["skipped"]
-        for row in result["rows"]:
-            logger.info("%s: energy distance %.4g -> %.4g (x%.1f), mean angle moved %.1f deg", row["item_id"],
-                        row["energy_distance_before"], row["energy_distance_after"], row["reduction"],
-                        row["mean_angle_deg"])
-    tables = {
-        "embedding_alignment": write_table(rows, store, run_id, "embedding_alignment"),
-        "failures": write_table(failures, store, run_id, "failures"),
-    }
+    gathered = gather(list(futures), [f"{source} -> {target}" for target in targets], run_id, ["embedding_alignment"],
+                      crash_keys=[("pair", target) for target in targets], describe=_status)
+    rows, failures = gathered.rows("embedding_alignment"), gathered.failures
+    tables = publish_tables(store, run_id, gathered)
     create_table_artifact(
         key="align-embeddings-summary",
         table=[{k: row[k] for k in ("item_id", "dim", "n_source", "n_target", "energy_distance_before",
@@ -74,5 +59,5 @@ def align_embeddings(
     )
     return {
         "run_id": run_id, "store": store, "tables": tables, "items": len(targets),
-        "failed_items": sorted({f["item_id"] for f in failures}), "skipped_items": skipped,
+        "failed_items": sorted({f["item_id"] for f in failures}), "skipped_items": gathered.skipped,
     }

@@ -10,58 +10,33 @@ and a markdown summary, a progress artifact while it runs and a plot (training c
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import pandas as pd
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.futures import as_completed
 
-from flows.artifacts import Progress, figure_png, publish_pictures, table_records
-from flows.task_runner import gpu_annotation, task_outcome
-from storage.collections import list_collections
-from storage.tables import failure_row, write_table
-from tasks.autodecoder import PIPELINE_VERSION, VARIANTS, AutodecoderConfig, encode_collection, train_autodecoder
+from flows.publish import Gathered, failures_markdown, gather, publish_tables
+from flows.runtime.artifacts import Progress, figure_png, publish_pictures, table_records
+from flows.runtime.task_runner import gpu_annotation
+from tasks.autodecoder import VARIANTS, AutodecoderConfig, encode_collection, train_autodecoder
+from tasks.dataset import list_items
+from tasks.shared.records import ItemResult
+from tasks.shared.records import run_id as derive_run_id
 
-__all__ = ["autodecoder", "encode_shapes", "default_run_id", "TABLES"]
+__all__ = ["autodecoder", "encode_shapes", "TABLES"]
 
 TABLES = ("autodecoder_models", "autodecoder_shapes", "autodecoder_epochs")
 
 
-def default_run_id(config: AutodecoderConfig, prefix: str = "autodecoder") -> str:
-    """Run id fixed by the config, so re-running the same job finds (and resumes or skips) its items."""
-    payload = config.model_dump_json(exclude={"device", "checkpoint_every"}) + PIPELINE_VERSION
-    return f"{prefix}-{hashlib.sha256(payload.encode()).hexdigest()[:10]}"
-
-
-def _gather(futures: list, labels: list[str], run_id: str, logger, progress: Progress) -> tuple[dict[str, list], list[dict], int]:
-    tables: dict[str, list[dict[str, Any]]] = {name: [] for name in TABLES}
-    failures: list[dict[str, Any]] = []
-    skipped = 0
-    label_of = dict(zip(futures, labels))
-    for done, future in enumerate(as_completed(futures), start=1):
-        result = task_outcome(future)
-        label = label_of[future]
-        if isinstance(result, BaseException):
-            failures.append(failure_row(run_id, label, label, "task", result))
-            status = f"crashed: {type(result).__name__}: {result}"
-        else:
-            for name, rows in result["tables"].items():
-                tables.setdefault(name, []).extend(rows)
-            failures += result["failures"]
-            skipped += bool(result["skipped"])
-            models = result["tables"].get("autodecoder_models", [])
-            if models:
-                status = (f"mean em_kd {models[0]['mean_em_kd']:.3e}, compression ratio "
-                          f"{models[0]['compression_ratio']:.1f}" + (" (finished earlier)" if result["skipped"] else ""))
-            elif result["tables"].get("autodecoder_shapes"):
-                status = f"{len(result['tables']['autodecoder_shapes'])} shapes encoded"
-            else:
-                status = "failed: " + "; ".join(f"{f['error_type']}: {f['message']}" for f in result["failures"])
-        logger.info("[%d/%d] %s: %s", done, len(futures), label, status)
-        progress.update(done)
-    return tables, failures, skipped
+def _status(result: ItemResult) -> str:
+    models = result.rows("autodecoder_models")
+    if models:
+        return (f"mean em_kd {models[0]['mean_em_kd']:.3e}, compression ratio {models[0]['compression_ratio']:.1f}"
+                + (" (finished earlier)" if result.skipped else ""))
+    if result.rows("autodecoder_shapes"):
+        return f"{len(result.rows('autodecoder_shapes'))} shapes encoded"
+    return "failed: " + "; ".join(f"{f['error_type']}: {f['message']}" for f in result.failures)
 
 
 @flow(name="autodecoder", log_prints=True)
@@ -94,24 +69,24 @@ def autodecoder(
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         raise ValueError(f"unknown variants {unknown}; expected some of {sorted(VARIANTS)}")
-    run_id = run_id or default_run_id(config)
-    collections = list_collections(path)
+    run_id = run_id or config.default_run_id()
+    collections = list_items(path, "collections")
     pairs = [(c, v) for c in collections for v in variants]
     logger.info("run %s: %d collections x %d variants from %s -> %s", run_id, len(collections), len(variants),
                 path, store)
     progress = Progress("autodecoder-progress", len(pairs), f"autodecoder, run {run_id}")
     with gpu_annotation():  # training is GPU-bound: GPU workers only, when the cluster has any
         futures = [train_autodecoder.submit(c, v, store, run_id, config) for c, v in pairs]
-    tables, failures, skipped = _gather(futures, [f"{c} [{v}]" for c, v in pairs], run_id, logger, progress)
-    uris = {name: write_table(rows, store, run_id, name) for name, rows in tables.items()}
-    uris["failures"] = write_table(failures, store, run_id, "failures")
-    _publish(run_id, tables, failures, uris)
+    gathered = gather(futures, [f"{c} [{v}]" for c, v in pairs], run_id, TABLES, progress, describe=_status)
+    uris = publish_tables(store, run_id, gathered)
+    _publish(run_id, gathered, uris)
     return {"run_id": run_id, "store": store, "tables": uris, "items": len(pairs),
-            "failed_items": sorted({f["item_id"] for f in failures}), "skipped_items": skipped}
+            "failed_items": sorted({f["item_id"] for f in gathered.failures}), "skipped_items": gathered.skipped}
 
 
-def _publish(run_id: str, tables: dict[str, list], failures: list[dict], uris: dict[str, str]) -> None:
-    models = pd.DataFrame(tables.get("autodecoder_models", []))
+def _publish(run_id: str, gathered: Gathered, uris: dict[str, str]) -> None:
+    failures = gathered.failures
+    models = pd.DataFrame(gathered.rows("autodecoder_models"))
     columns = ["item_id", "variant", "shapes", "points", "mean_em_kd", "mean_chamfer_l2", "compression_ratio",
                "network_floats", "latent_floats", "train_seconds", "device"]
     summary = models[columns] if not models.empty else pd.DataFrame(columns=columns)
@@ -120,18 +95,17 @@ def _publish(run_id: str, tables: dict[str, list], failures: list[dict], uris: d
         table=table_records(summary),
         description=f"Autodecoder models of run {run_id} (distances in unit-bbox-diagonal units)",
     )
-    failure_lines = "\n".join(f"| {f['item_id']} | {f['stage']} | {f['error_type']} | {f['message']} |" for f in failures)
     create_markdown_artifact(
         key="autodecoder-report",
         markdown=(
             f"# Autodecoder, run `{run_id}`\n\n{len(summary)} trained models, {len(failures)} failures.\n\n"
             + (summary.to_markdown(index=False, floatfmt=".4g") if not summary.empty else "")
             + "\n\nTables: " + ", ".join(f"`{u}`" for u in uris.values())
-            + ("\n\n## Failures\n| item | stage | error | message |\n|---|---|---|---|\n" + failure_lines if failures else "")
+            + failures_markdown(failures)
         ),
         description="Autodecoder run summary",
     )
-    epochs = pd.DataFrame(tables.get("autodecoder_epochs", []))
+    epochs = pd.DataFrame(gathered.rows("autodecoder_epochs"))
     publish_pictures(
         "autodecoder-plots", f"Autodecoder, run `{run_id}`",
         {"training curves and rate-distortion": training_plot_png(epochs, models)} if not models.empty else {},
@@ -210,20 +184,18 @@ def encode_shapes(
     Returns:
         ``{"run_id", "store", "tables": {name: uri}, "items", "failed_items", "skipped_items"}``.
     """
-    logger = get_run_logger()
     config = config or AutodecoderConfig()
     model_store = model_store or store
-    run_id = run_id or f"encode-{hashlib.sha256(f'{model_run_id}/{model_item_id}'.encode()).hexdigest()[:10]}"
-    collections = list_collections(path)
+    run_id = run_id or derive_run_id("encode", f"{model_run_id}/{model_item_id}")
+    collections = list_items(path, "collections")
     progress = Progress("encode-shapes-progress", len(collections), f"encode shapes, run {run_id}")
     with gpu_annotation():  # code fitting is GPU-bound
         futures = encode_collection.map(collections, unmapped(model_store), unmapped(model_run_id),
                                         unmapped(model_item_id), unmapped(store), unmapped(run_id), unmapped(config),
                                         unmapped(chamfer_steps), unmapped(qaad_steps))
-    tables, failures, skipped = _gather(list(futures), collections, run_id, logger, progress)
-    uris = {"autodecoder_shapes": write_table(tables["autodecoder_shapes"], store, run_id, "autodecoder_shapes"),
-            "failures": write_table(failures, store, run_id, "failures")}
-    shapes = pd.DataFrame(tables["autodecoder_shapes"])
+    gathered = gather(list(futures), collections, run_id, ["autodecoder_shapes"], progress, describe=_status)
+    uris = publish_tables(store, run_id, gathered)
+    shapes = pd.DataFrame(gathered.rows("autodecoder_shapes"))
     columns = ["item_id", "shape_id", "em_kd", "chamfer_l2"]
     create_table_artifact(
         key="encode-shapes-summary",
@@ -243,4 +215,4 @@ def encode_shapes(
         description="Autodecoder inference summary",
     )
     return {"run_id": run_id, "store": store, "tables": uris, "items": len(collections),
-            "failed_items": sorted({f["item_id"] for f in failures}), "skipped_items": skipped}
+            "failed_items": sorted({f["item_id"] for f in gathered.failures}), "skipped_items": gathered.skipped}

@@ -8,30 +8,29 @@ report and the side-by-side renders of the first view of every method (``gaussia
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
-import fsspec
 import pandas as pd
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.futures import as_completed
 
-from flows.artifacts import Progress, publish_pictures, table_records
-from flows.task_runner import gpu_annotation, task_outcome
-from storage.gaussians import list_scenes
-from storage.tables import failure_row, write_table
-from tasks.gaussian_reduction import METHODS, PIPELINE_VERSION, GaussianReductionConfig, reduce_scene
+from flows.publish import failures_markdown, gather, publish_tables
+from flows.runtime.artifacts import Progress, publish_pictures, table_records
+from flows.runtime.task_runner import gpu_annotation
+from tasks.dataset import list_items, read_files
+from tasks.gaussian_reduction import METHODS, GaussianReductionConfig, reduce_scene
+from tasks.shared.records import ItemResult
 
-__all__ = ["gaussian_reduction", "default_run_id", "DEFAULT_RATIOS"]
+__all__ = ["gaussian_reduction", "DEFAULT_RATIOS", "summary_frame"]
 
 DEFAULT_RATIOS = (0.1, 0.2, 0.5)
 
 
-def default_run_id(config: GaussianReductionConfig) -> str:
-    """Run id fixed by the config, so re-running the same job skips its finished items."""
-    payload = config.model_dump_json(exclude={"device"}) + PIPELINE_VERSION
-    return f"reduce-{hashlib.sha256(payload.encode()).hexdigest()[:10]}"
+def _status(result: ItemResult) -> str:
+    rows = result.rows("gaussian_reduction")
+    best = max(rows, key=lambda r: r["psnr"], default=None)
+    return (f"{len(rows)} rows" + (f", best {best['method']} psnr {best['psnr']:.2f}" if best else "")
+            + (" (finished earlier)" if result.skipped else ""))
 
 
 @flow(name="gaussian_reduction", log_prints=True)
@@ -66,41 +65,23 @@ def gaussian_reduction(
     unknown = sorted(set(config.methods) - set(METHODS))
     if unknown:
         raise ValueError(f"unknown methods {unknown}; expected some of {list(METHODS)}")
-    run_id = run_id or default_run_id(config)
-    scenes = list_scenes(path)
+    run_id = run_id or config.default_run_id()
+    scenes = list_items(path, "scenes")
     pairs = [(s, r) for s in scenes for r in ratios]
     logger.info("run %s: %d scenes x %d ratios x %d methods from %s -> %s", run_id, len(scenes), len(ratios),
                 len(config.methods), path, store)
     progress = Progress("gaussian-reduction-progress", len(pairs), f"Gaussian reduction, run {run_id}")
     with gpu_annotation():  # rendering and appearance fine-tuning are GPU-bound
         futures = [reduce_scene.submit(s, r, store, run_id, config) for s, r in pairs]
-    label_of = {f: f"{s} @ {r:g}" for f, (s, r) in zip(futures, pairs, strict=True)}
-    rows: list[dict[str, Any]] = []
-    failures: list[dict[str, Any]] = []
-    previews: dict[str, str] = {}
-    skipped = 0
-    for done, future in enumerate(as_completed(futures), start=1):
-        result = task_outcome(future)
-        if isinstance(result, BaseException):
-            failures.append(failure_row(run_id, label_of[future], label_of[future], "task", result))
-            logger.info("[%d/%d] %s: crashed: %s", done, len(futures), label_of[future], result)
-            progress.update(done)
-            continue
-        rows += result["rows"]
-        failures += result["failures"]
-        skipped += bool(result["skipped"])
-        if result["preview"]:
-            previews[result["item_id"]] = result["preview"]
-        best = max((r for r in result["rows"]), key=lambda r: r["psnr"], default=None)
-        logger.info("[%d/%d] %s: %d rows%s%s", done, len(futures), label_of[future], len(result["rows"]),
-                    f", best {best['method']} psnr {best['psnr']:.2f}" if best else "",
-                    " (finished earlier)" if result["skipped"] else "")
-        progress.update(done)
-    uris = {"gaussian_reduction": write_table(rows, store, run_id, "gaussian_reduction"),
-            "failures": write_table(failures, store, run_id, "failures")}
+    gathered = gather(futures, [f"{s} @ {r:g}" for s, r in pairs], run_id, ["gaussian_reduction"], progress,
+                      describe=_status)
+    previews = {r.item_id: r.artifacts["preview"] for r in gathered.results if "preview" in r.artifacts}
+    uris = publish_tables(store, run_id, gathered)
+    rows, failures = gathered.rows("gaussian_reduction"), gathered.failures
     _publish(run_id, rows, failures, uris, previews)
     return {"run_id": run_id, "store": store, "tables": uris, "items": len(pairs),
-            "failed_items": sorted({f["item_id"] for f in failures}), "skipped_items": skipped, "previews": previews}
+            "failed_items": sorted({f["item_id"] for f in failures}), "skipped_items": gathered.skipped,
+            "previews": previews}
 
 
 def summary_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -116,35 +97,29 @@ def summary_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     return wide.join(seconds.rename("reduce seconds")).reset_index().sort_values(["scene_id", "ratio", "method"])
 
 
-def _publish(run_id: str, rows: list[dict], failures: list[dict], uris: dict[str, str], previews: dict[str, str]) -> None:
+def _publish(run_id: str, rows: list[dict], failures: list[dict], uris: dict[str, str],
+             previews: dict[str, str]) -> None:
     summary = summary_frame(rows)
     create_table_artifact(
         key="gaussian-reduction-summary",
         table=table_records(summary),
         description=f"Gaussian reduction run {run_id}: psnr (dB) / ssim against the original scene's renders",
     )
-    pictures: dict[str, bytes] = {}
-    unreadable: list[str] = []
-    for item_id, uri in sorted(previews.items()):
-        try:
-            with fsspec.open(uri, "rb") as f:
-                pictures[item_id] = f.read()
-        except OSError:
-            unreadable.append(f"`{uri}`")
-    failure_lines = "\n".join(f"| {f['item_id']} | {f['stage']} | {f['error_type']} | {f['message']} |" for f in failures)
+    pictures, unreadable = read_files(dict(sorted(previews.items())))
     create_markdown_artifact(
         key="gaussian-reduction-report",
         markdown=(
             f"# Gaussian reduction, run `{run_id}`\n\n"
             + (summary.to_markdown(index=False, floatfmt=".4g") if not summary.empty else "no results")
             + "\n\nRenders: artifact `gaussian-reduction-renders`"
-            + (" (not readable: " + ", ".join(unreadable) + ")" if unreadable else "")
+            + (" (not readable: " + ", ".join(f"`{uri}`" for uri in unreadable) + ")" if unreadable else "")
             + "\n\nTables: " + ", ".join(f"`{u}`" for u in uris.values())
-            + ("\n\n## Failures\n| item | stage | error | message |\n|---|---|---|---|\n" + failure_lines if failures else "")
+            + failures_markdown(failures)
         ),
         description="Gaussian reduction report",
     )
     publish_pictures(
-        "gaussian-reduction-renders", f"Gaussian reduction, run `{run_id}`: first held-out view, original and every method",
+        "gaussian-reduction-renders",
+        f"Gaussian reduction, run `{run_id}`: first held-out view, original and every method",
         pictures, description="Before/after renders side by side", locations=previews,
     )

@@ -1,6 +1,6 @@
 """Flow ``geometry-image-sequence``: geometry images of every frame of a shape sequence in correspondence.
 
-One cut (augmented through the appendages, :mod:`otcore.cut_augmentation`) and one harmonic map serve the shared
+One cut (augmented through the appendages, :mod:`otcore.mesh.cut_augmentation`) and one harmonic map serve the shared
 connectivity; ``solve-sequence-ot`` solves semi-discrete OT frame after frame, each warm-started from the previous
 frame (OT-Net's reuse, or a Newton warm start), then ``encode-sequence-frames`` tasks encode batches of frames in
 parallel. Tables: ``sequence_frames`` (one row per frame: solver, steps, mass error, seconds, distortion),
@@ -9,33 +9,21 @@ parallel. Tables: ``sequence_frames`` (one row per frame: solver, steps, mass er
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import pandas as pd
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.artifacts import Progress, figure_png, publish_pictures, table_records
-from flows.task_runner import task_outcome
-from storage.tables import failure_row, write_table
-from storage.zarr_store import ItemStore
-from tasks.geometry_image_sequence import (
-    SEQUENCE_PIPELINE_VERSION,
-    SequenceConfig,
-    encode_sequence_frames,
-    solve_sequence_ot,
-)
+from flows.publish import Gathered, gather, publish_tables
+from flows.runtime.artifacts import Progress, figure_png, publish_pictures, table_records
+from flows.runtime.task_runner import task_outcome
+from tasks.geometry_image_sequence import SequenceConfig, encode_sequence_frames, finish_sequence, solve_sequence_ot
+from tasks.shared.records import ItemResult, failure_row
 
-__all__ = ["geometry_image_sequence", "default_run_id", "summarize_sequence"]
+__all__ = ["geometry_image_sequence", "summarize_sequence"]
 
-
-def default_run_id(config: SequenceConfig) -> str:
-    """Run id fixed by the config, so re-running the same job resumes (or skips) it."""
-    digest = hashlib.sha256(
-        (config.model_dump_json(exclude={"frames_per_task", "device"}) + SEQUENCE_PIPELINE_VERSION).encode()
-    ).hexdigest()[:10]
-    return f"geometry-image-sequence-{digest}"
+TABLES = ("sequence_frames", "sequence_geometry_images")
 
 
 def summarize_sequence(frames: pd.DataFrame, images: pd.DataFrame) -> pd.DataFrame:
@@ -93,54 +81,38 @@ def geometry_image_sequence(
     """
     logger = get_run_logger()
     config = config or SequenceConfig()
-    run_id = run_id or default_run_id(config)
+    run_id = run_id or config.default_run_id()
     logger.info("run %s: sequence %s -> %s (%s solver, warm start %s)", run_id, path, store, config.ot_solver,
                 config.warm_start)
     progress = Progress("geometry-image-sequence-progress", 1, f"geometry-image sequence, run {run_id}")
     record = task_outcome(solve_sequence_ot.submit(path, store, run_id, config))
-    failures: list[dict[str, Any]] = []
-    frame_rows: list[dict[str, Any]] = []
-    image_rows: list[dict[str, Any]] = []
     skipped = False
     if isinstance(record, BaseException):
-        failures.append(failure_row(run_id, path.rstrip("/").rsplit("/", 1)[-1], path, "task", record))
+        sequence = ItemResult(path, failures=[
+            failure_row(run_id, path.rstrip("/").rsplit("/", 1)[-1], path, "task", record)])
     elif record["skipped"]:
         skipped = True
-        failures = record["failures"]
-        by_table: dict[str, list[dict[str, Any]]] = {"sequence_frames": [], "sequence_geometry_images": []}
-        for row in record["rows"]:  # stored by finish() below with a "table" tag
-            by_table[row.pop("table")].append(row)
-        frame_rows, image_rows = by_table["sequence_frames"], by_table["sequence_geometry_images"]
+        sequence = ItemResult(record["item_id"], ItemResult.split_stored(record["rows"]), record["failures"], True)
     else:
-        failures = list(record["failures"])
-        frame_rows = record["solve_rows"]
-        solved = [row["frame"] for row in frame_rows]
+        solved = [row["frame"] for row in record["solve_rows"]]
         batches = [solved[i : i + config.frames_per_task] for i in range(0, len(solved), config.frames_per_task)]
         progress = Progress("geometry-image-sequence-progress", len(batches) + 1,
                             f"geometry-image sequence, run {run_id} (OT chain, then encode batches)")
         progress.update(1)
         futures = [encode_sequence_frames.submit(record, batch, store, run_id, config) for batch in batches]
-        for done, (future, batch) in enumerate(zip(futures, batches), start=1):
-            result = task_outcome(future)
-            if isinstance(result, BaseException):
-                failures += [failure_row(run_id, f"{record['item_id']}/{record['frames'][k]}", path,
-                                         "encode_sequence_frames", result) for k in batch]
-            else:
-                image_rows += result
-            logger.info("[%d/%d] encoded frames %d-%d", done, len(batches), batch[0], batch[-1])
-            progress.update(done + 1)
-        if "fingerprint" in record:
-            ItemStore(store, run_id, record["item_id"]).finish(
-                [{"table": "sequence_frames", **r} for r in frame_rows]
-                + [{"table": "sequence_geometry_images", **r} for r in image_rows],
-                failures,
-            )
 
-    tables = {
-        "sequence_frames": write_table(frame_rows, store, run_id, "sequence_frames"),
-        "sequence_geometry_images": write_table(image_rows, store, run_id, "sequence_geometry_images"),
-        "failures": write_table(failures, store, run_id, "failures"),
-    }
+        def crashed(i: int, error: BaseException) -> ItemResult:  # one failure row per frame of the batch
+            return ItemResult(record["item_id"], failures=[
+                failure_row(run_id, f"{record['item_id']}/{record['frames'][k]}", path, "encode_sequence_frames", error)
+                for k in batches[i]])
+
+        encoded = gather(futures, [f"encoded frames {b[0]}-{b[-1]}" for b in batches], run_id, TABLES[1:], progress,
+                         progress_offset=1, on_crash=crashed)
+        sequence = finish_sequence(record, ItemResult(record["item_id"], encoded.tables, encoded.failures),
+                                   store, run_id)
+    gathered = Gathered({name: sequence.rows(name) for name in TABLES}, sequence.failures, int(skipped), [sequence])
+    frame_rows, image_rows, failures = gathered.rows(TABLES[0]), gathered.rows(TABLES[1]), gathered.failures
+    tables = publish_tables(store, run_id, gathered)
     frames = pd.DataFrame(frame_rows)
     summary = summarize_sequence(frames, pd.DataFrame(image_rows))
     if not summary.empty:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-__all__ = ["GeometryError", "NonManifoldMeshError", "UnsupportedTopologyError", "OTConvergenceError", "FlippedMapError"]
+__all__ = ["GeometryError", "NonManifoldMeshError", "UnsupportedTopologyError", "OTConvergenceError", "FlippedMapError",
+           "DeviceUnavailableError"]
 
 
 class GeometryError(ValueError):
@@ -23,3 +24,7 @@ class FlippedMapError(GeometryError):
 
 class OTConvergenceError(RuntimeError):
     """An optimal-transport solver did not reach its tolerance."""
+
+
+class DeviceUnavailableError(RuntimeError):
+    """A torch device was requested explicitly (e.g. ``"cuda"``) but this process cannot use it."""

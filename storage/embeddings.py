@@ -123,7 +123,8 @@ def read_embeddings(uri: str) -> EmbeddingSet:
         elif lower.endswith(".npy") or lower.endswith(".parquet"):
             with fsspec.open(uri, "rb") as f:
                 data = f.read()
-            raw = np.load(io.BytesIO(data), allow_pickle=False) if lower.endswith(".npy") else _from_parquet(set_id, data)
+            raw = (np.load(io.BytesIO(data), allow_pickle=False) if lower.endswith(".npy")
+                   else _from_parquet(set_id, data))
         else:
             raise UnreadableEmbeddingsError(set_id, f"unknown format {os.path.splitext(lower)[1] or '(none)'}: "
                                                     "use .npy, .parquet or .zarr")

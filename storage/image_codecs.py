@@ -210,7 +210,8 @@ class ImageCodec(ArrayBytesCodec):
         return {"name": CODEC_NAME, "configuration": {
             "codec": self.setting.codec, "quality": self.setting.quality, "bits": self.setting.bits}}
 
-    def validate(self, *, shape: tuple[int, ...], dtype: ZDType[TBaseDType, TBaseScalar], chunk_grid: ChunkGrid) -> None:
+    def validate(self, *, shape: tuple[int, ...], dtype: ZDType[TBaseDType, TBaseScalar],
+                 chunk_grid: ChunkGrid) -> None:
         if len(shape) != 3 or dtype.to_native_dtype() != np.dtype(np.uint16):
             raise ValueError(f"{CODEC_NAME} codes [C, H, W] uint16 arrays, got shape {shape} {dtype}")
 

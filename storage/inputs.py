@@ -381,7 +381,8 @@ def sniff_stl(head: bytes, size: int) -> FormatProblem | None:
     if size < needed:
         return FormatProblem(f"truncated binary STL: {count} triangles need {needed} bytes, the file has {size}", True)
     if _padded(needed, size):
-        return FormatProblem(f"not an STL file: binary header declares {count} triangles ({needed} bytes) in {size}", False)
+        return FormatProblem(
+            f"not an STL file: binary header declares {count} triangles ({needed} bytes) in {size}", False)
     return None
 
 

@@ -28,10 +28,9 @@ from zarr.abc.store import Store
 
 from storage.image_codecs import CodecSetting, ImageCodec
 
-__all__ = ["ItemStore", "open_root"]
+__all__ = ["ItemStore", "open_root", "read_file"]
 
-_RESERVED_ATTRS = frozenset(
-    {"complete", "fingerprint", "rows", "rows_nonfinite", "failures", "checkpoint", "extra_rows"})
+_RESERVED_ATTRS = frozenset({"complete", "fingerprint", "rows", "rows_nonfinite", "failures", "checkpoint"})
 _CHUNK_KEY_ENCODING: dict[str, Any] = {"name": "default", "separator": "/"}  # chunk objects live under "<array>/c/"
 _PYRAMID_CHUNK = 128
 
@@ -228,6 +227,21 @@ class ItemStore:
             raise KeyError(f"{self.uri}/{path} is a group, not an array")
         return np.asarray(node[...])
 
+    def open_array(self, path: str, mode: Literal["r", "r+"] = "r") -> zarr.Array:
+        """A lazy handle on one array of the item's group: index it to read (or, with ``mode="r+"``, write) chunks.
+
+        Raises:
+            FileNotFoundError: no array at ``path``.
+        """
+        return zarr.open_array(self._store, path=f"{self._path}/{path}", mode=mode, zarr_format=3)
+
+    def write_file(self, name: str, data: bytes) -> str:
+        """Write a plain file (e.g. a PNG preview) next to the item's arrays; returns its uri."""
+        uri = f"{self.uri}/{name}"
+        with fsspec.open(uri, "wb", auto_mkdir=True) as f:
+            f.write(data)
+        return uri
+
     def read_attrs(self, path: str = "") -> dict[str, Any]:
         """Read the attributes of the item's group (``path=""``) or of a node inside it.
 
@@ -403,8 +417,7 @@ class ItemStore:
         levels = [self.read_array(f"{path}/{d['path']}") for d in attrs["multiscales"][0]["datasets"]]
         return levels, attrs
 
-    def finish(self, rows: list[dict[str, Any]], failures: list[dict[str, Any]] | None = None,
-               extra_rows: dict[str, list[dict[str, Any]]] | None = None) -> None:
+    def finish(self, rows: list[dict[str, Any]], failures: list[dict[str, Any]] | None = None) -> None:
         """Store the item's result rows (and failure rows) and mark the group complete, in one metadata write.
 
         Call it after every array is written. Non-finite floats (NaN, ±Inf) are stored as JSON ``null`` with
@@ -417,8 +430,6 @@ class ItemStore:
             Flat rows of JSON-serialisable scalars (numpy scalars are converted), e.g. table rows.
         failures : list of dict, optional
             Failure rows of stages that failed for this item (strings only), returned by :meth:`completed_failures`.
-        extra_rows : dict of str to list of dict, optional
-            Rows of further tables by table name (finite JSON scalars), returned by :meth:`completed_extra_rows`.
 
         Raises
         ------
@@ -429,9 +440,7 @@ class ItemStore:
         """
         encoded, nonfinite = _encode_rows(rows)
         self._group("r+").attrs.update(
-            {"rows": encoded, "rows_nonfinite": nonfinite, "failures": list(failures or []),
-             "extra_rows": {name: _encode_rows(table)[0] for name, table in (extra_rows or {}).items()},
-             "complete": True}
+            {"rows": encoded, "rows_nonfinite": nonfinite, "failures": list(failures or []), "complete": True}
         )
 
     def checkpoint_step(self, fingerprint: str) -> int | None:
@@ -498,10 +507,6 @@ class ItemStore:
         """Failure rows stored by :meth:`finish` (empty if none)."""
         return list(self.read_attrs().get("failures", []))
 
-    def completed_extra_rows(self, table: str) -> list[dict[str, Any]]:
-        """Rows of ``table`` stored by :meth:`finish` in ``extra_rows`` (empty if none)."""
-        return list(self.read_attrs().get("extra_rows", {}).get(table, []))
-
     def completed_rows(self) -> list[dict[str, Any]]:
         """Rows stored by :meth:`finish`, non-finite floats restored.
 
@@ -524,3 +529,13 @@ class ItemStore:
         for index, key, value in attrs["rows_nonfinite"]:
             rows[index][key] = float(value)
         return rows
+
+
+def read_file(uri: str) -> bytes:
+    """The bytes of a file written by :meth:`ItemStore.write_file` (local path or fsspec URL).
+
+    Raises:
+        OSError: unreadable or missing (FileNotFoundError).
+    """
+    with fsspec.open(uri, "rb") as f:
+        return f.read()

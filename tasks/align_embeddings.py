@@ -3,35 +3,37 @@ another, map the source, measure the distance between the distributions before a
 
 Arrays go to the item's Zarr group ``<store>/<run_id>/<source_id>__<target_id>``: ``mapped`` [N, d] float32
 (the mapped source vectors), ``potential/*`` and ``dual/*`` (the two ICNNs' parameters, with the architecture in
-the group attributes: ``otcore.icnn.ICNN(dim, hidden, layers).load_state_dict`` restores the map). The task
+the group attributes: ``otcore.ot.icnn.ICNN(dim, hidden, layers).load_state_dict`` restores the map). The task
 returns the metric row and failure rows; bad input becomes a failure row, never an exception.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from typing import Any
+from typing import ClassVar
 
 import numpy as np
 import torch
 from prefect import task
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from otcore.device import resolve_device
-from otcore.spherical_ot import SphericalOTConfig, energy_distance, spherical_cost, train_spherical_ot
+from otcore.ot.spherical_ot import SphericalOTConfig, energy_distance, spherical_cost, train_spherical_ot
 from storage.embeddings import read_embeddings
 from storage.errors import InputError
-from storage.tables import failure_row
 from storage.zarr_store import ItemStore
+from tasks.shared.records import ItemResult, PipelineConfig, failure_row
 
 __all__ = ["AlignmentConfig", "align_embedding_sets", "ALIGNMENT_VERSION"]
 
 ALIGNMENT_VERSION = "1"
 
 
-class AlignmentConfig(BaseModel):
+class AlignmentConfig(PipelineConfig):
     """Parameters of the embedding-alignment job (documented defaults)."""
+
+    RUN_PREFIX: ClassVar[str] = "align"
+    PIPELINE_VERSION: ClassVar[str] = ALIGNMENT_VERSION
+    IDENTITY_EXCLUDE: ClassVar[frozenset[str]] = frozenset({"device"})
 
     hidden: int = Field(128, ge=1, description="ICNN width")
     layers: int = Field(3, ge=1, description="ICNN hidden layers")
@@ -43,23 +45,14 @@ class AlignmentConfig(BaseModel):
     device: str = Field("auto", description="auto: cuda when the worker has a GPU, else cpu")
     distance_points: int = Field(4000, ge=2, description="points per set for the energy distance (subsampled)")
 
-    def fingerprint(self, source_sha256: str, target_sha256: str) -> str:
-        """Identity of an item's outputs: both inputs, the config and the job version."""
-        payload = json.dumps([source_sha256, target_sha256, self.model_dump(), ALIGNMENT_VERSION], sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()
-
-
-def _failure(run_id: str, item_id: str, uri: str, stage: str, error: BaseException) -> dict[str, Any]:
-    return failure_row(run_id, item_id, uri, stage, error)
-
 
 @task(name="align-embedding-sets", retries=1, retry_delay_seconds=2)
 def align_embedding_sets(source_uri: str, target_uri: str, store: str, run_id: str,
-                         config: AlignmentConfig) -> dict[str, Any]:
-    """Align ``source_uri``'s vectors to ``target_uri``'s (HOTS3D, :mod:`otcore.spherical_ot`).
+                         config: AlignmentConfig) -> ItemResult:
+    """Align ``source_uri``'s vectors to ``target_uri``'s (HOTS3D, :mod:`otcore.ot.spherical_ot`).
 
     Returns:
-        ``{"item_id", "rows": [row] or [], "failures": [...], "skipped": bool}`` (row: ``embedding_alignment``).
+        The pair's :class:`ItemResult` (table ``embedding_alignment``: one row, or none when the input is bad).
     """
     item_id = "pair"
     try:
@@ -70,13 +63,12 @@ def align_embedding_sets(source_uri: str, target_uri: str, store: str, run_id: s
         if source.vectors.shape[1] != target.vectors.shape[1]:
             raise InputError(item_id, f"source has d={source.vectors.shape[1]}, target d={target.vectors.shape[1]}")
     except InputError as error:
-        return {"item_id": item_id, "rows": [], "failures": [_failure(run_id, item_id, source_uri, "read", error)],
-                "skipped": False}
+        return ItemResult(item_id, failures=[failure_row(run_id, item_id, source_uri, "read", error)])
     fingerprint = config.fingerprint(source.sha256, target.sha256)
     item_store = ItemStore(store, run_id, item_id)
     if item_store.is_complete(fingerprint):
-        return {"item_id": item_id, "rows": item_store.completed_rows(),
-                "failures": item_store.completed_failures(), "skipped": True}
+        return ItemResult(item_id, {"embedding_alignment": item_store.completed_rows()},
+                          item_store.completed_failures(), skipped=True)
     device = resolve_device(config.device)
     item_store.begin(fingerprint, {"source_uri": source_uri, "target_uri": target_uri, "config": config.model_dump(),
                                    "version": ALIGNMENT_VERSION, "dim": int(source.vectors.shape[1]),
@@ -106,4 +98,4 @@ def align_embedding_sets(source_uri: str, target_uri: str, store: str, run_id: s
         "train_seconds": result.seconds, "device": str(device),
     }
     item_store.finish([row], [])
-    return {"item_id": item_id, "rows": [row], "failures": [], "skipped": False}
+    return ItemResult(item_id, {"embedding_alignment": [row]})

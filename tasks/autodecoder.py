@@ -9,18 +9,17 @@ from the last checkpoint; a re-run of a finished item returns its stored rows wi
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
-from typing import Any
+from typing import ClassVar
 
 import numpy as np
 import torch
 from prefect import get_run_logger, task
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from otcore.autodecoder import Autodecoder
-from otcore.autodecoder_training import (
+from otcore.device import resolve_device
+from otcore.points.autodecoder import Autodecoder
+from otcore.points.autodecoder_training import (
     TrainingConfig,
     TrainingState,
     encode,
@@ -29,16 +28,15 @@ from otcore.autodecoder_training import (
     normalization,
     train,
 )
-from otcore.device import resolve_device
-from otcore.point_sampling import shape_points
+from otcore.points.point_sampling import shape_points
 from storage.collections import ShapeCollection, read_collection
 from storage.errors import InputError
-from storage.tables import failure_row
 from storage.zarr_store import ItemStore
+from tasks.shared.records import ItemResult, PipelineConfig, failure_row
 
 __all__ = ["AutodecoderConfig", "VARIANTS", "train_autodecoder", "encode_collection", "PIPELINE_VERSION", "load_model"]
 
-PIPELINE_VERSION = "2"  # 2: EM-kD scored with the principal-axis k-d split (otcore.emd.em_kd split="pca")
+PIPELINE_VERSION = "2"  # 2: EM-kD scored with the principal-axis k-d split (otcore.points.em_kd.em_kd split="pca")
 
 TRAIN_TIMEOUT_SECONDS = 12 * 3600  # one training run; checkpoints make the retry resume, not restart
 ENCODE_TIMEOUT_SECONDS = 2 * 3600
@@ -51,8 +49,12 @@ VARIANTS: dict[str, tuple[str, str]] = {
 """Training variant -> (architecture, schedule)."""
 
 
-class AutodecoderConfig(BaseModel):
+class AutodecoderConfig(PipelineConfig):
     """Parameters of the autodecoder pipeline (documented defaults; training ones follow NeuralQAAD)."""
+
+    RUN_PREFIX: ClassVar[str] = "autodecoder"
+    PIPELINE_VERSION: ClassVar[str] = PIPELINE_VERSION
+    IDENTITY_EXCLUDE: ClassVar[frozenset[str]] = frozenset({"device", "checkpoint_every"})
 
     point_source: str = Field("vertices", pattern="^(vertices|surface)$",
                               description="train on the vertices, or on area-uniform surface samples")
@@ -87,31 +89,21 @@ class AutodecoderConfig(BaseModel):
             seed=self.seed,
         )
 
-    def fingerprint(self, source_sha256: str, variant: str, shape_ids: tuple[str, ...]) -> str:
-        """Identity of an item's outputs (the device is left out: it changes speed, not the result's meaning)."""
-        payload = json.dumps(
-            [source_sha256, variant, list(shape_ids), self.model_dump(exclude={"device", "checkpoint_every"}),
-             PIPELINE_VERSION],
-            sort_keys=True,
-        )
-        return hashlib.sha256(payload.encode()).hexdigest()
 
+def _read(collection_uri: str, run_id: str, suffix: str) -> tuple[ItemResult, ShapeCollection | None]:
+    """Read a collection: the item's result (id ``<collection>--<suffix>``, read failure rows) and the collection.
 
-def _read(collection_uri: str, run_id: str, suffix: str, result: dict[str, Any]) -> ShapeCollection | None:
-    """Read a collection; set ``result["item_id"]`` (``<collection>--<suffix>``) and its read failure rows.
-
-    Returns None when the whole collection is unusable (its failure row is then in ``result["failures"]``).
+    The collection is None when it is unusable as a whole (its failure row is then in the result).
     """
     try:
         collection, shape_failures = read_collection(collection_uri)
     except InputError as error:
-        result["item_id"] = f"{error.item_id}--{suffix}"
-        result["failures"] = [failure_row(run_id, result["item_id"], collection_uri, "read", error)]
-        return None
-    result["item_id"] = f"{collection.collection_id}--{suffix}"
-    result["failures"] = [failure_row(run_id, result["item_id"], f"{collection_uri}#{f.shape_id}", "read", f.error)
-                          for f in shape_failures]
-    return collection
+        item_id = f"{error.item_id}--{suffix}"
+        return ItemResult(item_id, failures=[failure_row(run_id, item_id, collection_uri, "read", error)]), None
+    item_id = f"{collection.collection_id}--{suffix}"
+    return ItemResult(item_id, failures=[
+        failure_row(run_id, item_id, f"{collection_uri}#{f.shape_id}", "read", f.error) for f in shape_failures
+    ]), collection
 
 
 def _points(collection: ShapeCollection, config: AutodecoderConfig) -> np.ndarray:
@@ -128,34 +120,33 @@ def _unit_diagonal_factors(points: np.ndarray, scale: float) -> np.ndarray:
 @task(name="train-autodecoder", retries=1, retry_delay_seconds=2, timeout_seconds=TRAIN_TIMEOUT_SECONDS)
 def train_autodecoder(
     collection_uri: str, variant: str, store: str, run_id: str, config: AutodecoderConfig
-) -> dict[str, Any]:
+) -> ItemResult:
     """Train one variant on one collection (resuming from its last checkpoint), evaluate, write the model.
 
     Returns:
-        ``{"item_id", "variant", "skipped", "resumed_from_step", "tables": {table: rows}, "failures"}``; rows of
-        ``autodecoder_epochs``, ``autodecoder_shapes`` and ``autodecoder_models``.
+        The item's :class:`ItemResult`: tables ``autodecoder_epochs``, ``autodecoder_shapes`` and
+        ``autodecoder_models`` (which records ``resumed_from_step``), and the read failures of bad shapes.
     """
     logger = get_run_logger()
     started = time.perf_counter()
-    result: dict[str, Any] = {"variant": variant, "skipped": False, "resumed_from_step": None, "tables": {}}
-    collection = _read(collection_uri, run_id, variant, result)
+    result, collection = _read(collection_uri, run_id, variant)
     if collection is None:
         return result
-    item_id = result["item_id"]
-    failures = result["failures"]
+    item_id = result.item_id
+    failures = result.failures
+    resumed_from_step = None
     for failure in failures:
         logger.warning("%s: shape skipped: %s: %s", item_id, failure["error_type"], failure["message"])
 
-    fingerprint = config.fingerprint(collection.sha256, variant, collection.shape_ids)
+    fingerprint = config.fingerprint(collection.sha256, variant, list(collection.shape_ids))
     item_store = ItemStore(store, run_id, item_id)
     if item_store.is_complete(fingerprint):
-        result.update(skipped=True, tables=_split_tables(item_store.completed_rows()))
-        return result
+        return ItemResult(item_id, ItemResult.split_stored(item_store.completed_rows()), failures, skipped=True)
 
     try:
         points = _points(collection, config)
     except ValueError as error:
-        result["failures"].append(failure_row(run_id, item_id, collection_uri, "points", error))
+        failures.append(failure_row(run_id, item_id, collection_uri, "points", error))
         return result
     centre, scale = normalization(points)
     device = resolve_device(config.device)
@@ -167,7 +158,7 @@ def train_autodecoder(
     if resume_step is not None:
         arrays, meta = item_store.read_checkpoint()
         state.load_arrays(arrays, meta)
-        result["resumed_from_step"] = resume_step
+        resumed_from_step = resume_step
         logger.info("%s: resuming from checkpoint at step %d (epoch %d)", item_id, resume_step, state.epoch)
     else:
         item_store.begin(fingerprint, {
@@ -221,23 +212,15 @@ def train_autodecoder(
                                 "latent_floats": latent_floats, "dataset_floats": dataset_floats,
                                 "compression_ratio": dataset_floats / (network_floats + latent_floats),
                                 "mean_em_kd": float(em.mean()), "mean_chamfer_l2": float(cd.mean()),
-                                "device": str(device), "resumed_from_step": result["resumed_from_step"],
+                                "device": str(device), "resumed_from_step": resumed_from_step,
                                 "train_seconds": train_seconds,
                                 "seconds": time.perf_counter() - started}],
     }
-    item_store.finish([{"table": name, **row} for name, rows in tables.items() for row in rows], failures)
+    result.tables = tables
+    item_store.finish(result.stored_rows(), failures)
     logger.info("%s: mean em_kd %.3e, chamfer_l2 %.3e, compression ratio %.1f", item_id, em.mean(), cd.mean(),
                 tables["autodecoder_models"][0]["compression_ratio"])
-    result["tables"] = tables
     return result
-
-
-def _split_tables(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    tables: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
-        row = dict(row)
-        tables.setdefault(row.pop("table"), []).append(row)
-    return tables
 
 
 def _write_model(item_store: ItemStore, model: Autodecoder, decoded: np.ndarray, centre: np.ndarray, scale: float,
@@ -257,7 +240,8 @@ def _write_model(item_store: ItemStore, model: Autodecoder, decoded: np.ndarray,
     })
 
 
-def load_model(store: str, run_id: str, item_id: str, device: torch.device | str = "cpu") -> tuple[Autodecoder, np.ndarray, float]:
+def load_model(store: str, run_id: str, item_id: str,
+               device: torch.device | str = "cpu") -> tuple[Autodecoder, np.ndarray, float]:
     """A trained model from a finished item of the store, with its normalisation (centre ``[3]``, scale).
 
     Raises:
@@ -280,18 +264,17 @@ def load_model(store: str, run_id: str, item_id: str, device: torch.device | str
 def encode_collection(
     collection_uri: str, model_store: str, model_run_id: str, model_item_id: str, store: str, run_id: str,
     config: AutodecoderConfig, chamfer_steps: int = 100, qaad_steps: int = 300,
-) -> dict[str, Any]:
+) -> ItemResult:
     """Fit latent codes for the shapes of a new collection with a trained decoder (autodecoder inference).
 
     Writes ``latents`` and ``decoded`` under ``<store>/<run_id>/<collection>--encoded`` and returns
     ``autodecoder_shapes`` rows (variant ``"encoded"``) and failure rows.
     """
     logger = get_run_logger()
-    result: dict[str, Any] = {"tables": {}, "skipped": False}
-    collection = _read(collection_uri, run_id, "encoded", result)
+    result, collection = _read(collection_uri, run_id, "encoded")
     if collection is None:
         return result
-    item_id = result["item_id"]
+    item_id = result.item_id
     device = resolve_device(config.device)
     model, centre, scale = load_model(model_store, model_run_id, model_item_id, device)
     try:
@@ -299,14 +282,13 @@ def encode_collection(
         if points.shape[1] != model.n_points:
             raise ValueError(f"shapes have {points.shape[1]} points, the model decodes {model.n_points}")
     except ValueError as error:
-        result["failures"].append(failure_row(run_id, item_id, collection_uri, "points", error))
+        result.failures.append(failure_row(run_id, item_id, collection_uri, "points", error))
         return result
-    fingerprint = hashlib.sha256(json.dumps([collection.sha256, model_run_id, model_item_id, config.model_dump(
-        exclude={"device", "checkpoint_every"}), chamfer_steps, qaad_steps, PIPELINE_VERSION]).encode()).hexdigest()
+    fingerprint = config.fingerprint(collection.sha256, model_run_id, model_item_id, chamfer_steps, qaad_steps)
     item_store = ItemStore(store, run_id, item_id)
     if item_store.is_complete(fingerprint):
-        result.update(skipped=True, tables=_split_tables(item_store.completed_rows()))
-        return result
+        return ItemResult(item_id, ItemResult.split_stored(item_store.completed_rows()), result.failures,
+                          skipped=True)
     item_store.begin(fingerprint, {"collection_id": collection.collection_id, "source_uri": collection.uri,
                                    "model": f"{model_store}/{model_run_id}/{model_item_id}"})
     targets = torch.from_numpy((points - centre) / scale).float().to(device)
@@ -323,6 +305,6 @@ def encode_collection(
              "em_kd": float(metrics["em_kd"][i] * factors[i]),
              "chamfer_l2": float(metrics["chamfer_l2"][i] * factors[i] ** 2),
              "distance_normalization": "unit_bbox_diagonal"} for i, shape_id in enumerate(collection.shape_ids)]
-    item_store.finish([{"table": "autodecoder_shapes", **r} for r in rows], result["failures"])
-    result["tables"] = {"autodecoder_shapes": rows}
+    result.tables = {"autodecoder_shapes": rows}
+    item_store.finish(result.stored_rows(), result.failures)
     return result

@@ -11,43 +11,48 @@ the first view. A failure of one method becomes a failure row; the other methods
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import time
-from typing import Any
+from typing import Annotated, ClassVar
 
-import fsspec
 import numpy as np
 import torch
+from cyclopts import Parameter  # CLI aliases of config fields (flows/runtime/cli.py)
 from PIL import Image, ImageDraw
 from prefect import get_run_logger, task
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from otcore.appearance_finetune import FineTuneConfig, finetune_appearance, render_views
 from otcore.device import resolve_device
-from otcore.gaussian_pruning import PRUNING_METHODS, select_subset
-from otcore.ghap import covariances_to_scales_quats, ghap_reduce, merge_appearance
-from otcore.splatting import orbit_cameras, psnr, scene_tensors, ssim
+from otcore.splats.appearance_finetune import FineTuneConfig, finetune_appearance, render_views
+from otcore.splats.cameras import orbit_cameras
+from otcore.splats.image_metrics import psnr, ssim
+from otcore.splats.reduction import REDUCTION_METHODS, reduce
+from otcore.splats.scene import scene_tensors
 from storage.errors import InputError
 from storage.gaussians import GaussianScene, read_scene, write_scene
-from storage.tables import failure_row
 from storage.zarr_store import ItemStore
+from tasks.shared.records import ItemResult, PipelineConfig, failure_row
 
 __all__ = ["GaussianReductionConfig", "METHODS", "reduce_scene", "PIPELINE_VERSION", "reduce_with"]
 
 PIPELINE_VERSION = "1"
 
 TASK_TIMEOUT_SECONDS = 6 * 3600  # one scene x ratio, every method, rendered and fine-tuned
-METHODS = ("ghap",) + PRUNING_METHODS
+METHODS = REDUCTION_METHODS
 
 
-class GaussianReductionConfig(BaseModel):
+class GaussianReductionConfig(PipelineConfig):
     """Parameters of the Gaussian-reduction pipeline (documented defaults)."""
 
-    methods: list[str] = Field(default_factory=lambda: list(METHODS), description="subset of METHODS")
+    RUN_PREFIX: ClassVar[str] = "reduce"
+    PIPELINE_VERSION: ClassVar[str] = PIPELINE_VERSION
+    IDENTITY_EXCLUDE: ClassVar[frozenset[str]] = frozenset({"device"})
+
+    methods: Annotated[list[str], Parameter(alias="--method")] = Field(
+        default_factory=lambda: list(METHODS), description=f"repeatable; some of {', '.join(METHODS)}")
     pen_size: int = Field(1024, ge=1, description="GHAP: at most this many Gaussians per k-d pen")
-    max_iterations: int = Field(10, ge=1, description="GHAP: assignment/update rounds")
+    max_iterations: Annotated[int, Parameter(alias="--iterations")] = Field(
+        10, ge=1, description="GHAP: assignment/update rounds")
     appearance: str = Field("weighted", pattern="^(weighted|nearest)$",
                             description="GHAP colour/opacity: opacity-weighted average of members, or nearest member")
     resolution: int = Field(128, ge=16, description="render width = height in pixels")
@@ -57,12 +62,6 @@ class GaussianReductionConfig(BaseModel):
     seed: int = Field(0, description="random baseline and fine-tuning view order")
     device: str = Field("auto", description="'auto' (CUDA when the worker has it), 'cpu', 'cuda', ...")
 
-    def fingerprint(self, source_sha256: str, ratio: float) -> str:
-        """Identity of an item's outputs: scene bytes, ratio, config (the device left out) and pipeline version."""
-        payload = json.dumps([source_sha256, ratio, self.model_dump(exclude={"device"}), PIPELINE_VERSION],
-                             sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()
-
 
 def item_id_of(scene_id: str, ratio: float) -> str:
     """Item id of a scene x ratio, e.g. ``donut--r0.1``."""
@@ -70,25 +69,22 @@ def item_id_of(scene_id: str, ratio: float) -> str:
 
 
 def reduce_with(method: str, scene: GaussianScene, count: int, config: GaussianReductionConfig) -> GaussianScene:
-    """``scene`` reduced to exactly ``count`` Gaussians by ``method`` (one of :data:`METHODS`).
+    """``scene`` reduced to exactly ``count`` Gaussians by ``method`` (one of :data:`METHODS`,
+    :func:`otcore.splats.reduction.reduce`).
 
     Raises:
         ValueError: unknown method or a count out of range.
     """
-    if method == "ghap":
-        result = ghap_reduce(scene.means, scene.covariances(), scene.opacities, count, pen_size=config.pen_size,
-                             max_iterations=config.max_iterations)
-        scales, quats = covariances_to_scales_quats(result.covariances)
-        sh = np.concatenate([scene.sh_dc[:, None, :], scene.sh_rest], axis=1).reshape(len(scene), -1)
-        opacities, merged = merge_appearance(result.assignment, result.costs, scene.opacities, sh, count,
-                                             config.appearance)
-        merged = merged.reshape(count, -1, 3)
-        return GaussianScene(scene.scene_id, "", result.means, scales, quats, opacities, merged[:, 0], merged[:, 1:],
-                             None)
-    keep = select_subset(method, scene.opacities, scene.scales, count, seed=config.seed)
-    return GaussianScene(scene.scene_id, "", scene.means[keep], scene.scales[keep], scene.quats[keep],
-                         scene.opacities[keep], scene.sh_dc[keep], scene.sh_rest[keep],
-                         None if scene.normals is None else scene.normals[keep])
+    reduced = reduce(method, scene.means, scene.scales, scene.quats, scene.opacities, scene.sh_dc, scene.sh_rest,
+                     count, pen_size=config.pen_size, max_iterations=config.max_iterations,
+                     appearance=config.appearance, seed=config.seed)
+    normals = None if reduced.kept is None or scene.normals is None else scene.normals[reduced.kept]
+    return GaussianScene(scene.scene_id, "", reduced.means, reduced.scales, reduced.quats, reduced.opacities,
+                         reduced.sh_dc, reduced.sh_rest, normals)
+
+
+def _scene_tensors(scene: GaussianScene, device: torch.device) -> dict[str, torch.Tensor]:
+    return scene_tensors(scene.means, scene.scales, scene.quats, scene.opacities, scene.sh_dc, scene.sh_rest, device)
 
 
 def _to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -117,27 +113,27 @@ def side_by_side_png(rows: dict[str, np.ndarray]) -> bytes:
 
 
 @task(name="reduce-gaussians", retries=1, retry_delay_seconds=2, timeout_seconds=TASK_TIMEOUT_SECONDS)
-def reduce_scene(scene_uri: str, ratio: float, store: str, run_id: str, config: GaussianReductionConfig) -> dict[str, Any]:
+def reduce_scene(scene_uri: str, ratio: float, store: str, run_id: str, config: GaussianReductionConfig) -> ItemResult:
     """Reduce one scene to ``ratio`` of its Gaussians by every configured method and measure each result.
 
-    Returns ``{"item_id", "skipped", "rows", "failures", "preview"}``: ``rows`` of the ``gaussian_reduction``
-    table (one per method x fine-tuned False/True), failure rows, and the path of the side-by-side PNG.
+    Returns the item's :class:`ItemResult`: table ``gaussian_reduction`` (one row per method x fine-tuned
+    False/True), failure rows, and ``artifacts["preview"]``, the uri of the side-by-side PNG.
     """
     logger = get_run_logger()
-    result: dict[str, Any] = {"item_id": scene_uri, "skipped": False, "rows": [], "failures": [], "preview": None}
     try:
         scene = read_scene(scene_uri)
     except InputError as error:
-        result["item_id"] = item_id_of(error.item_id, ratio)
-        result["failures"].append(failure_row(run_id, result["item_id"], scene_uri, "read", error))
-        return result
-    item_id = result["item_id"] = item_id_of(scene.scene_id, ratio)
+        item_id = item_id_of(error.item_id, ratio)
+        return ItemResult(item_id, failures=[failure_row(run_id, item_id, scene_uri, "read", error)])
+    item_id = item_id_of(scene.scene_id, ratio)
+    result = ItemResult(item_id, {"gaussian_reduction": []})
+    rows = result.tables["gaussian_reduction"]
     fingerprint = config.fingerprint(scene.sha256, ratio)
     item_store = ItemStore(store, run_id, item_id)
     if item_store.is_complete(fingerprint):
-        result.update(skipped=True, rows=item_store.completed_rows(), failures=item_store.completed_failures(),
-                      preview=f"{item_store.uri}/preview.png")
-        return result
+        return ItemResult(item_id, {"gaussian_reduction": item_store.completed_rows()},
+                          item_store.completed_failures(), skipped=True,
+                          artifacts={"preview": f"{item_store.uri}/preview.png"})
     count = max(1, int(round(ratio * len(scene))))
     item_store.begin(fingerprint, {"scene_id": scene.scene_id, "source_uri": scene.uri, "source_sha256": scene.sha256,
                                    "ratio": ratio, "n_in": len(scene), "n_out": count, "config": config.model_dump(),
@@ -147,7 +143,7 @@ def reduce_scene(scene_uri: str, ratio: float, store: str, run_id: str, config: 
                                                         height=config.resolution)]
     train_cameras = [c.to(device) for c in orbit_cameras(scene.means, n_views=config.train_views,
                                                          width=config.resolution, height=config.resolution, seed=1)]
-    original = scene_tensors(scene, device)
+    original = _scene_tensors(scene, device)
     reference = render_views(original, eval_cameras)
     targets = render_views(original, train_cameras) if config.finetune_steps else None
     item_store.write_array("renders/original", _to_uint8(reference))
@@ -162,11 +158,11 @@ def reduce_scene(scene_uri: str, ratio: float, store: str, run_id: str, config: 
             reduced = reduce_with(method, scene, count, config)
             seconds = time.perf_counter() - started
             write_scene(reduced, f"{item_store.uri}/ply/{method}.ply")
-            params = scene_tensors(reduced, device)
+            params = _scene_tensors(reduced, device)
             images = render_views(params, eval_cameras)
             item_store.write_array(f"renders/{method}", _to_uint8(images))
             quality = _quality(images, reference)
-            result["rows"].append({**common, "method": method, "fine_tuned": False, "finetune_steps": 0,
+            rows.append({**common, "method": method, "fine_tuned": False, "finetune_steps": 0,
                                    "psnr": quality[0], "ssim": quality[1], "seconds": seconds})
             line = f"{method}: psnr {quality[0]:.2f} ssim {quality[1]:.4f} ({seconds:.1f} s)"
             previews[method] = _to_uint8(images[:1])[0]
@@ -177,7 +173,7 @@ def reduce_scene(scene_uri: str, ratio: float, store: str, run_id: str, config: 
                 images = render_views(params, eval_cameras)
                 item_store.write_array(f"renders/{method}-finetuned", _to_uint8(images))
                 quality = _quality(images, reference)
-                result["rows"].append({**common, "method": method, "fine_tuned": True,
+                rows.append({**common, "method": method, "fine_tuned": True,
                                        "finetune_steps": config.finetune_steps, "psnr": quality[0],
                                        "ssim": quality[1], "seconds": seconds + tuned.seconds})
                 write_scene(GaussianScene(scene.scene_id, "", reduced.means, reduced.scales, reduced.quats,
@@ -188,11 +184,8 @@ def reduce_scene(scene_uri: str, ratio: float, store: str, run_id: str, config: 
                 previews[f"{method} ft"] = _to_uint8(images[:1])[0]
             logger.info("%s: %s", item_id, line)
         except (ValueError, RuntimeError) as error:
-            result["failures"].append(failure_row(run_id, item_id, scene_uri, method, error))
+            result.failures.append(failure_row(run_id, item_id, scene_uri, method, error))
             logger.warning("%s: %s failed: %s: %s", item_id, method, type(error).__name__, error)
-    preview = side_by_side_png(previews)
-    with fsspec.open(f"{item_store.uri}/preview.png", "wb", auto_mkdir=True) as f:
-        f.write(preview)
-    result["preview"] = f"{item_store.uri}/preview.png"
-    item_store.finish(result["rows"], result["failures"])
+    result.artifacts["preview"] = item_store.write_file("preview.png", side_by_side_png(previews))
+    item_store.finish(rows, result.failures)
     return result

@@ -9,38 +9,40 @@ frame; ``encode-sequence-frames`` tasks then encode disjoint batches of frames i
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-import zarr
 from prefect import get_run_logger, task
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from otcore.cut_augmentation import augment_cut
 from otcore.device import resolve_device
-from otcore.disk_cut import DiskMesh
 from otcore.errors import GeometryError, OTConvergenceError
-from otcore.geometry_image import resample_geometry_image
-from otcore.metrics import compression_ratio, normalize_to_unit_diagonal
-from otcore.ot_net import OTNetConfig, OTNetResult, OTNetState
-from otcore.parameterization import area_distortion, ot_parameterization, vertex_areas
+from otcore.mesh.cut_augmentation import augment_cut
+from otcore.mesh.disk_cut import DiskMesh
+from otcore.mesh.geometry_image import resample_geometry_image
+from otcore.mesh.metrics import compression_ratio, normalize_to_unit_diagonal
+from otcore.mesh.parameterization import area_distortion, parameterize_frame
+from otcore.ot.ot_net import OTNetConfig, OTNetResult, OTNetState
 from storage.collections import read_collection
 from storage.errors import InputError
-from storage.tables import failure_row
 from storage.zarr_store import ItemStore
-from tasks.geometry_images import encode_pyramid
+from tasks.shared.pyramid import encode_pyramid
+from tasks.shared.records import ItemResult, PipelineConfig, failure_row
 
-__all__ = ["SequenceConfig", "solve_sequence_ot", "encode_sequence_frames", "SEQUENCE_PIPELINE_VERSION"]
+__all__ = ["SequenceConfig", "solve_sequence_ot", "encode_sequence_frames", "finish_sequence",
+           "SEQUENCE_PIPELINE_VERSION"]
 
 SEQUENCE_PIPELINE_VERSION = "1"
 
 
-class SequenceConfig(BaseModel):
+class SequenceConfig(PipelineConfig):
     """Parameters of the geometry-image sequence job (documented defaults)."""
+
+    RUN_PREFIX: ClassVar[str] = "geometry-image-sequence"
+    PIPELINE_VERSION: ClassVar[str] = SEQUENCE_PIPELINE_VERSION
+    IDENTITY_EXCLUDE: ClassVar[frozenset[str]] = frozenset({"frames_per_task", "device"})
 
     ot_solver: Literal["newton", "neural"] = Field("neural", description="OT-Net (reusable) or damped Newton")
     warm_start: bool = Field(True, description="start each frame's solve from the previous frame's solution")
@@ -57,12 +59,6 @@ class SequenceConfig(BaseModel):
     max_newton_iterations: int = Field(60, ge=1)
     frames_per_task: int = Field(16, ge=1, description="frames encoded per Prefect task")
     device: str = Field("auto", description="torch device of OT-Net: auto = the worker's GPU if any")
-
-    def fingerprint(self, source_sha256: str) -> str:
-        """Identity of the sequence's outputs: input bytes, config (less scheduling knobs) and pipeline version."""
-        config = self.model_dump(exclude={"frames_per_task", "device"})
-        payload = json.dumps([source_sha256, config, SEQUENCE_PIPELINE_VERSION], sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()
 
 
 def _state_arrays(state: OTNetState | None, weights: np.ndarray) -> dict[str, np.ndarray]:
@@ -157,18 +153,17 @@ def solve_sequence_ot(path: str, store: str, run_id: str, config: SequenceConfig
     disk_boundary = item_store.read_array("disk/boundary").astype(np.int64)
     disk_source = item_store.read_array("disk/source").astype(np.int64)
     harmonic_uv = item_store.read_array("harmonic/uv")
-    frame_vertices = _frame_array(item_store, "frames/vertices")
-    uv_array = _frame_array(item_store, "frames/uv", mode="r+")  # written frame by frame: one chunk, one writer
+    frame_vertices = item_store.open_array("frames/vertices")
+    uv_array = item_store.open_array("frames/uv", mode="r+")  # written frame by frame: one chunk, one writer
     device = str(resolve_device(config.device))
     for k in range(done, n_frames):
         vertices_k = frame_vertices[k].astype(np.float64)
         disk = DiskMesh(vertices_k, disk_faces, disk_boundary, disk_source, genus=0, boundary_loops=0)
-        masses = vertex_areas(vertices_k, disk_faces)
         warm = config.warm_start and (state is not None or weights is not None)
         start = time.perf_counter()
         try:
-            param = ot_parameterization(
-                disk, harmonic_uv, masses, config.tol, config.max_newton_iterations,
+            param = parameterize_frame(
+                disk, harmonic_uv, config.tol, config.max_newton_iterations,
                 solver=config.ot_solver,
                 initial_weights=weights if (warm and config.ot_solver == "newton") else None,
                 ot_net_state=state if (warm and config.ot_solver == "neural") else None,
@@ -192,7 +187,7 @@ def solve_sequence_ot(path: str, store: str, run_id: str, config: SequenceConfig
                 "mass_error": ot.mass_error, "solve_seconds": ot.seconds,
                 "area_distortion_harmonic": area_distortion(vertices_k, disk_faces, harmonic_uv),
                 "area_distortion": param.area_distortion, "flipped_triangles": param.flipped_triangles,
-                "untangled_vertices": param.untangled_vertices, "sites": len(masses), "device": device,
+                "untangled_vertices": param.untangled_vertices, "sites": len(vertices_k), "device": device,
                 "seconds": time.perf_counter() - start,
             })
             logger.info("%s frame %d/%d: %s %d steps, mass error %.1e, %.1f s", item_id, k + 1, n_frames,
@@ -203,26 +198,21 @@ def solve_sequence_ot(path: str, store: str, run_id: str, config: SequenceConfig
     return record
 
 
-def _frame_array(item_store: ItemStore, path: str, mode: Literal["r", "r+"] = "r") -> zarr.Array:
-    """Lazy handle on a per-frame array of the item's group (one chunk per frame: read or write one frame)."""
-    return zarr.open_array(f"{item_store.uri}/{path}", mode=mode, zarr_format=3)
-
-
 @task(name="encode-sequence-frames", retries=1, retry_delay_seconds=2)
 def encode_sequence_frames(
     record: dict[str, Any], frames: list[int], store: str, run_id: str, config: SequenceConfig
-) -> list[dict[str, Any]]:
+) -> ItemResult:
     """Geometry images of a batch of solved frames: resample, quantise, mipmap, restore and measure each level.
 
     Writes ``frames/<k>/geometry_image`` pyramids; returns one row per frame x level (distances against that
-    frame's input mesh, unit bbox diagonal).
+    frame's input mesh, unit bbox diagonal) as the ``sequence_geometry_images`` table of an :class:`ItemResult`.
     """
     item_store = ItemStore(store, run_id, record["item_id"])
     faces = item_store.read_array("source/faces").astype(np.int64)
     disk_faces = item_store.read_array("disk/faces").astype(np.int64)
     disk_source = item_store.read_array("disk/source").astype(np.int64)
     attrs = item_store.read_attrs()
-    frame_vertices, frame_uv = _frame_array(item_store, "frames/vertices"), _frame_array(item_store, "frames/uv")
+    frame_vertices, frame_uv = item_store.open_array("frames/vertices"), item_store.open_array("frames/uv")
     copies = disk_source[:, 0] == disk_source[:, 1]  # the cut copies every source vertex; chords add midpoints
     rows: list[dict[str, Any]] = []
     for k in frames:
@@ -242,4 +232,18 @@ def encode_sequence_frames(
                                                        level["stored_bytes"]),
                 "seconds": time.perf_counter() - start,
             })
-    return rows
+    return ItemResult(record["item_id"], {"sequence_geometry_images": rows})
+
+
+def finish_sequence(record: dict[str, Any], frames: ItemResult, store: str, run_id: str) -> ItemResult:
+    """Mark a solved sequence complete with its frame and image rows (the flow calls it after every batch).
+
+    Returns the sequence's :class:`ItemResult` (tables ``sequence_frames`` and ``sequence_geometry_images``); a
+    sequence without a fingerprint (unreadable) is returned as is, with nothing written.
+    """
+    result = ItemResult(record["item_id"], {"sequence_frames": record["solve_rows"],
+                                            "sequence_geometry_images": frames.rows("sequence_geometry_images")},
+                        list(record["failures"]) + frames.failures)
+    if "fingerprint" in record:
+        ItemStore(store, run_id, record["item_id"]).finish(result.stored_rows(), result.failures)
+    return result

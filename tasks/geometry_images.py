@@ -8,50 +8,48 @@ fails still gets its harmonic geometry images).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
-from dataclasses import replace
-from typing import Any, Literal
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from prefect import task
-from pydantic import BaseModel, Field, model_validator
+from pydantic import Field, model_validator
 
 from otcore.device import resolve_device
-from otcore.disk_cut import cut_to_disk
-from otcore.errors import GeometryError, OTConvergenceError
-from otcore.geometry_image import mipmap_pyramid, quantize, resample_geometry_image
-from otcore.metrics import compression_ratio, normalize_to_unit_diagonal, raw_mesh_bytes
-from otcore.octahedral import resample_spherical_geometry_image
-from otcore.ot_net import OTNetConfig, OTNetResult
-from otcore.parameterization import (
-    Parameterization,
-    feature_masses,
-    harmonic_parameterization,
-    ot_parameterization,
-)
-from otcore.spherical_parameterization import (
+from otcore.errors import GeometryError
+from otcore.mesh.geometry_image import resample_geometry_image
+from otcore.mesh.metrics import compression_ratio, normalize_to_unit_diagonal, raw_mesh_bytes
+from otcore.mesh.octahedral import resample_spherical_geometry_image
+from otcore.mesh.parameterization import Parameterization, parameterize_to_square
+from otcore.mesh.spherical_parameterization import (
     SPHERE_OT_CONFIG,
     SphericalParameterization,
     spherical_parameterizations,
 )
+from otcore.ot.ot_net import OTNetConfig, OTNetResult
 from storage.errors import InputError
 from storage.image_codecs import CodecName, CodecSetting
 from storage.meshes import MeshItem, read_mesh
-from storage.tables import failure_row
 from storage.zarr_store import ItemStore
-from tasks.rate_distortion import measure_level, rate_distortion_rows, setting_columns
+from tasks.shared.pyramid import encode_pyramid
+from tasks.shared.rate_distortion import rate_distortion_rows, setting_columns
+from tasks.shared.records import ItemResult, PipelineConfig, failure_row
 
-__all__ = ["PIPELINE_VERSION", "GeometryImageConfig", "encode_geometry_images", "encode_pyramid", "parameterize_mesh"]
+__all__ = ["GeometryImageConfig", "ParameterizedMesh", "parameterize_mesh", "encode_geometry_images",
+           "PIPELINE_VERSION"]
 
 PIPELINE_VERSION = "2"  # bump when outputs of unchanged inputs would change: invalidates finished items
+# 2: image-coded pyramid levels with side info, rate_distortion rows stored with the item
 
 TASK_TIMEOUT_SECONDS = 3600  # a hung solve fails (then retries once) instead of holding a worker forever
 
 
-class GeometryImageConfig(BaseModel):
+class GeometryImageConfig(PipelineConfig):
     """Parameters of the geometry-image pipeline (documented defaults)."""
+
+    RUN_PREFIX: ClassVar[str] = "geometry-images"
+    PIPELINE_VERSION: ClassVar[str] = PIPELINE_VERSION
 
     resolution: int = Field(257, description="geometry image side, 2^n + 1")
     levels: int = Field(5, ge=1, description="mipmap levels (257 -> 129, 65, 33, 17)")
@@ -71,7 +69,7 @@ class GeometryImageConfig(BaseModel):
     tol: float = Field(1e-6, gt=0.0, description="Newton tolerance on max relative cell-mass error")
     max_newton_iterations: int = Field(60, ge=1)
     ot_solver: Literal["newton", "neural"] = Field(
-        "newton", description="semi-discrete OT solver: damped Newton or OT-Net (otcore.ot_net)")
+        "newton", description="semi-discrete OT solver: damped Newton or OT-Net (otcore.ot.ot_net)")
     domain: Literal["square", "sphere"] = Field(
         "square", description="square: cut to a disk, OT onto [0,1]^2; sphere: closed genus-0 meshes only, "
         "spherical OT (HOTS3D) + seamless octahedral geometry image")
@@ -100,10 +98,21 @@ class GeometryImageConfig(BaseModel):
                 settings.append(setting)
         return settings
 
-    def fingerprint(self, source_sha256: str) -> str:
-        """Identity of an item's outputs: input bytes, config and pipeline version."""
-        payload = json.dumps([source_sha256, self.model_dump(), PIPELINE_VERSION], sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()
+
+@dataclass
+class ParameterizedMesh:
+    """What ``parameterize-mesh`` hands to ``encode-geometry-images`` for one mesh.
+
+    Attributes:
+        item: the mesh. fingerprint: its identity (None when it could not be read: no group to finish).
+        parameterizations: figures per stored parameterization (``harmonic``, ``ot``, ``sphere_*``).
+        result: failures so far; when the item was finished earlier, its stored rows (``skipped``).
+    """
+
+    item: MeshItem
+    result: ItemResult
+    fingerprint: str | None = None
+    parameterizations: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _failure(run_id: str, item: MeshItem, stage: str, error: BaseException) -> dict[str, Any]:
@@ -138,46 +147,47 @@ def _sphere_stats(p: SphericalParameterization) -> dict[str, Any]:
     }
 
 
-def _parameterize_sphere(record: dict[str, Any], item: MeshItem, vertices: np.ndarray, faces: np.ndarray,
+def _parameterize_sphere(record: ParameterizedMesh, item: MeshItem, vertices: np.ndarray, faces: np.ndarray,
                          item_store: ItemStore, run_id: str, config: GeometryImageConfig) -> dict[str, Any]:
-    """``domain="sphere"``: initial spherical map and spherical OT (:mod:`otcore.spherical_parameterization`)."""
+    """``domain="sphere"``: initial spherical map and spherical OT (:mod:`otcore.mesh.spherical_parameterization`)."""
     try:
         parameterizations = spherical_parameterizations(
             vertices, faces, replace(SPHERE_OT_CONFIG, steps=config.sphere_ot_steps, seed=config.seed),
             config.sphere_polish_iterations, device=resolve_device("auto"),
             feature_weight=config.feature_weight)
     except GeometryError as error:
-        record["failures"].append(_failure(run_id, item, "spherical_parameterization", error))
+        record.result.failures.append(_failure(run_id, item, "spherical_parameterization", error))
         return record
     for p in parameterizations:
         item_store.write_array(f"{p.method}/sphere", p.sphere, attrs={
             **_sphere_stats(p), "neural_distortion": p.neural_distortion, "neural_step": p.neural_step,
             "polish_iterations": p.polish_steps})
-        record["parameterizations"][p.method] = _sphere_stats(p)
+        record.parameterizations[p.method] = _sphere_stats(p)
     return record
 
 
 @task(name="parameterize-mesh", retries=1, retry_delay_seconds=2, timeout_seconds=TASK_TIMEOUT_SECONDS)
-def parameterize_mesh(item: MeshItem, store: str, run_id: str, config: GeometryImageConfig) -> dict[str, Any]:
+def parameterize_mesh(item: MeshItem, store: str, run_id: str, config: GeometryImageConfig) -> ParameterizedMesh:
     """Read one mesh, cut it to a disk, map it harmonically and by OT; write both uv maps to its Zarr group.
 
     With ``config.domain == "sphere"`` the mesh is not cut: it is mapped onto the unit sphere (initial map and
     spherical OT, ``<method>/sphere`` [V, 3] arrays) and encoded through the octahedral map.
 
-    Returns a record ``{"item", "fingerprint", "skipped", "parameterizations": {method: stats}, "failures",
-    "rows"}``; ``rows`` holds the finished metric rows when the item was already complete (skipped).
+    Returns the item's :class:`ParameterizedMesh`; its ``result`` holds the finished metric rows when the item
+    was already complete (skipped).
     """
-    record: dict[str, Any] = {"item": item, "failures": [], "parameterizations": {}, "skipped": False, "rows": []}
+    record = ParameterizedMesh(item, ItemResult(item.item_id))
     try:
         mesh = read_mesh(item)
     except InputError as error:
-        record["failures"].append(_failure(run_id, item, "read", error))
+        record.result.failures.append(_failure(run_id, item, "read", error))
         return record
     fingerprint = config.fingerprint(mesh.sha256)
-    record["fingerprint"] = fingerprint
+    record.fingerprint = fingerprint
     item_store = ItemStore(store, run_id, item.item_id)
     if item_store.is_complete(fingerprint):
-        record.update(skipped=True, rows=item_store.completed_rows(), failures=item_store.completed_failures())
+        record.result = ItemResult(item.item_id, ItemResult.split_stored(item_store.completed_rows()),
+                                   item_store.completed_failures(), skipped=True)
         return record
 
     vertices, offset, scale = normalize_to_unit_diagonal(mesh.vertices)
@@ -198,104 +208,42 @@ def parameterize_mesh(item: MeshItem, store: str, run_id: str, config: GeometryI
     if config.domain == "sphere":
         return _parameterize_sphere(record, item, vertices, mesh.faces, item_store, run_id, config)
     try:
-        disk = cut_to_disk(vertices, mesh.faces)
-        harmonic = harmonic_parameterization(disk)
+        square = parameterize_to_square(
+            vertices, mesh.faces, config.feature_weight, config.tol, config.max_newton_iterations,
+            solver=config.ot_solver, ot_net_config=OTNetConfig(seed=config.seed, device=str(resolve_device("auto"))),
+        )
     except GeometryError as error:
-        record["failures"].append(_failure(run_id, item, "cut_and_harmonic_map", error))
+        record.result.failures.append(_failure(run_id, item, "cut_and_harmonic_map", error))
         return record
-    item_store.write_array("disk/vertices", disk.vertices.astype(np.float64))
-    item_store.write_array("disk/faces", disk.faces.astype(np.int32))
-    parameterizations = [harmonic]
-    try:
-        masses = feature_masses(vertices, mesh.faces, disk, config.feature_weight)
-        parameterizations.append(ot_parameterization(
-            disk, harmonic.uv, masses, config.tol, config.max_newton_iterations, solver=config.ot_solver,
-            ot_net_config=OTNetConfig(seed=config.seed, device=str(resolve_device("auto"))),
-        ))
-    except (GeometryError, OTConvergenceError) as error:
-        record["failures"].append(_failure(run_id, item, "ot_parameterization", error))
-    for p in parameterizations:
+    item_store.write_array("disk/vertices", square.disk.vertices.astype(np.float64))
+    item_store.write_array("disk/faces", square.disk.faces.astype(np.int32))
+    if square.ot_error is not None:
+        record.result.failures.append(_failure(run_id, item, "ot_parameterization", square.ot_error))
+    for p in (square.harmonic, square.ot) if square.ot is not None else (square.harmonic,):
         item_store.write_array(f"{p.method}/uv", p.uv, attrs=_param_stats(p))
-        record["parameterizations"][p.method] = _param_stats(p)
+        record.parameterizations[p.method] = _param_stats(p)
     return record
 
 
-def encode_pyramid(
-    item_store: ItemStore,
-    path: str,
-    image: np.ndarray,
-    source_vertices: np.ndarray,
-    source_faces: np.ndarray,
-    config: Any,
-    attrs: dict[str, Any] | None = None,
-    codec: CodecSetting | None = None,
-    side_info: dict[str, np.ndarray] | None = None,
-) -> list[dict[str, Any]]:
-    """Quantise a geometry image, store its image-coded mipmap pyramid at ``path`` and measure every level.
-
-    Each level is decoded back from the store, so lossy coding shows in the distances. The quantisation offset
-    and scale are stored as side info (``quantization_offset``, ``quantization_scale``) with ``side_info``, and
-    every level's ``stored_bytes`` counts them.
-
-    Args:
-        item_store: the item's Zarr group.
-        path: group path of the pyramid, e.g. ``"ot/geometry_image"``.
-        image: ``[3, R, R]`` float geometry image (unit bbox diagonal units).
-        source_vertices, source_faces: ``[V, 3]`` float64 / ``[F, 3]`` int64 mesh the levels are measured against.
-        config: any config with ``bits``, ``levels``, ``resolution``, ``samples`` and ``seed``.
-        attrs: extra pyramid attributes.
-        codec: image codec of the levels; default JPEG 2000 lossless at ``config.bits``.
-        side_info: further ``[n]`` arrays a decoder needs (e.g. the normalisation offset and scale).
-
-    Returns:
-        One dict per level: ``level``, ``resolution``, ``chamfer_l2``, ``hausdorff``, ``samples``, ``stored_bytes``.
-
-    Raises:
-        ValueError: if the image cannot be quantised or subsampled into ``config.levels`` levels.
-    """
-    codec = codec or CodecSetting(bits=config.bits)
-    quantized = quantize(image, codec.bits)
-    levels = mipmap_pyramid(quantized.codes, config.levels)
-    stored = item_store.write_pyramid(
-        path, levels,
-        {"quantization": {"bits": codec.bits, "offset": quantized.offset.tolist(), "scale": quantized.scale.tolist()},
-         "filter": "vertex-preserving subsampling", "channels": ["x", "y", "z"], **(attrs or {})},
-        codec=codec,
-        side_info={"quantization_offset": quantized.offset, "quantization_scale": quantized.scale,
-                   **(side_info or {})},
-    )
-    decoded, _ = item_store.read_pyramid(path)
-    measured = []
-    for level, (codes, stored_bytes) in enumerate(zip(decoded, stored)):
-        distances = measure_level(codes, quantized.offset, quantized.scale, config.resolution, source_vertices,
-                                  source_faces, config.samples, config.seed)
-        measured.append({"level": level, "resolution": int(codes.shape[-1]), "chamfer_l2": distances.chamfer_l2,
-                         "hausdorff": distances.hausdorff, "samples": distances.samples,
-                         "stored_bytes": stored_bytes})
-    return measured
-
-
 @task(name="encode-geometry-images", retries=1, retry_delay_seconds=2, timeout_seconds=TASK_TIMEOUT_SECONDS)
-def encode_geometry_images(record: dict[str, Any], store: str, run_id: str, config: GeometryImageConfig) -> dict:
+def encode_geometry_images(record: ParameterizedMesh, store: str, run_id: str,
+                           config: GeometryImageConfig) -> ItemResult:
     """Resample, quantise and mipmap each parameterization; code, restore and measure every level.
 
     Writes the pyramids (OME-Zarr ``multiscales``, levels coded with ``config.codec_setting``, the quantisation
     and normalisation figures as side info) and marks the item complete with its metric rows. Each level is also
     coded in memory with the further ``config.rate_distortion`` settings and measured.
-    Returns ``{"item_id", "rows", "rate_distortion", "failures", "skipped"}``: ``rows`` for the
-    ``geometry_images`` table, ``rate_distortion`` for the ``rate_distortion`` table.
+    Returns the item's :class:`ItemResult`: table ``geometry_images`` (one row per parameterization x level) and
+    ``rate_distortion`` (one row per parameterization x level x codec setting).
     """
-    item: MeshItem = record["item"]
-    if record["skipped"] or "fingerprint" not in record:  # finished earlier, or unreadable (no group to finish)
-        finished = ItemStore(store, run_id, item.item_id).completed_extra_rows("rate_distortion") \
-            if record["skipped"] else []
-        return {"item_id": item.item_id, "rows": record["rows"], "rate_distortion": finished,
-                "failures": record["failures"], "skipped": record["skipped"]}
+    item = record.item
+    if record.result.skipped or record.fingerprint is None:  # finished earlier, or unreadable (no group to finish)
+        return record.result
     item_store = ItemStore(store, run_id, item.item_id)
     attrs = item_store.read_attrs()
     source_vertices = item_store.read_array("source/vertices").astype(np.float64)
     source_faces = item_store.read_array("source/faces").astype(np.int64)
-    if config.domain == "square" and record["parameterizations"]:
+    if config.domain == "square" and record.parameterizations:
         disk_vertices = item_store.read_array("disk/vertices")
         disk_faces = item_store.read_array("disk/faces").astype(np.int64)
     n_vertices, n_faces = attrs["mesh_vertices"], attrs["mesh_faces"]
@@ -306,8 +254,8 @@ def encode_geometry_images(record: dict[str, Any], store: str, run_id: str, conf
                     "mesh_faces": n_faces, "distance_normalization": "unit_bbox_diagonal"}
     rows: list[dict[str, Any]] = []
     rate_distortion: list[dict[str, Any]] = []
-    failures = list(record["failures"])
-    for method, stats in record["parameterizations"].items():  # empty when the cut failed: finish with failures
+    failures = list(record.result.failures)
+    for method, stats in record.parameterizations.items():  # empty when the cut failed: finish with failures
         start = time.perf_counter()
         try:
             if config.domain == "sphere":
@@ -344,6 +292,6 @@ def encode_geometry_images(record: dict[str, Any], store: str, run_id: str, conf
                 "feature_weight": config.feature_weight, "seconds": time.perf_counter() - start,
                 **stats,
             })
-    item_store.finish(rows, failures, {"rate_distortion": rate_distortion})
-    return {"item_id": item.item_id, "rows": rows, "rate_distortion": rate_distortion, "failures": failures,
-            "skipped": False}
+    result = ItemResult(item.item_id, {"geometry_images": rows, "rate_distortion": rate_distortion}, failures)
+    item_store.finish(result.stored_rows(), failures)
+    return result

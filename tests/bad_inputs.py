@@ -23,7 +23,6 @@ import numpy as np
 import trimesh
 from plyfile import PlyData, PlyElement
 
-from storage.inputs import printable
 from storage.errors import (
     DegenerateFacesError,
     EmptyCollectionError,
@@ -41,6 +40,7 @@ from storage.errors import (
     UnreadableMeshError,
     UnreadableSceneError,
 )
+from storage.inputs import printable
 
 SAMPLES = Path(__file__).resolve().parent.parent / "data" / "samples"
 WOODY = SAMPLES / "meshes" / "woody.obj"  # 694 vertices, 1267 faces: the smallest real mesh

@@ -10,7 +10,7 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 
-from otcore.metrics import normalize_to_unit_diagonal
+from otcore.mesh.metrics import normalize_to_unit_diagonal
 from storage.meshes import MeshItem, read_mesh
 
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "data" / "samples" / "meshes"
@@ -69,14 +69,14 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-# --- one real Prefect server per test session (flows/prefect_server.py) -------------------------------------------
+# --- one real Prefect server per test session (flows/runtime/prefect_server.py) ----------------------------------
 
 
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory):
     """A local ``prefect server start`` (UI + API, fresh SQLite DB under a temporary PREFECT_HOME) shared by the
     session's tests; stopped with all its children at the end. Its ``.api_url`` is a ``PREFECT_API_URL``."""
-    from flows.prefect_server import start_server
+    from flows.runtime.prefect_server import start_server
 
     server = start_server(tmp_path_factory.mktemp("prefect-home"))
     yield server
@@ -171,7 +171,8 @@ def check_ui_artifacts():
         table = artifacts[f"{prefix}-summary"]
         rows = json.loads(table.data) if isinstance(table.data, str) else table.data
         assert table.type == "table" and len(rows) >= 1
-        assert artifacts[f"{prefix}-report"].type == "markdown" and prefix.split("-")[0] in artifacts[f"{prefix}-report"].data.lower()
+        report = artifacts[f"{prefix}-report"]
+        assert report.type == "markdown" and prefix.split("-")[0] in report.data.lower()
         picture = artifacts[picture_key]
         pngs = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", picture.data)
         assert picture.type == "markdown" and pngs

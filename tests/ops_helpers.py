@@ -21,7 +21,7 @@ from pathlib import Path
 
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from flows.prefect_server import free_port, prefect_api, stop_process_tree
+from flows.runtime.prefect_server import free_port, prefect_api, stop_process_tree
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -52,7 +52,8 @@ def worker_env(api_url: str | None, home: Path) -> dict[str, str]:
 def prefect_server(home: Path) -> Iterator[str]:
     """A ``prefect server start`` on 127.0.0.1 with its SQLite database under ``home``; yields the API URL.
 
-    :func:`flows.prefect_server.prefect_api` with ``PREFECT_API_URL`` cleared first, so it starts its own server:
+    :func:`flows.runtime.prefect_server.prefect_api` with ``PREFECT_API_URL`` cleared first, so it starts its own
+    server:
     while it runs, ``PREFECT_API_URL`` is set in ``os.environ`` and this process's Prefect settings (restored
     afterwards), queued logs and events are flushed before it stops, and no process outlives it.
     """

@@ -1,0 +1,291 @@
+"""The ``brenier`` command line, built with cyclopts from the pydantic config models.
+
+Every pipeline option is a field of its config model (``tasks/*.py``): its name, default and help text are declared
+there once, and a command takes the model whole (``Parameter(name="*")`` flattens its fields into options). The
+options every flow command shares are the fields of :class:`RunOptions`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import pandas as pd
+from cyclopts import App, Parameter
+from pydantic import BaseModel, Field
+from rich.console import Console
+from rich.table import Table
+
+from flows.align_embeddings import align_embeddings
+from flows.autodecoder import autodecoder, encode_shapes
+from flows.gaussian_reduction import DEFAULT_RATIOS, gaussian_reduction, summary_frame
+from flows.geometry_image_sequence import geometry_image_sequence, summarize_sequence
+from flows.geometry_images import geometry_images, summarize
+from flows.runtime.prefect_server import prefect_api
+from flows.runtime.server_cli import server_app
+from flows.runtime.task_runner import make_task_runner
+from tasks.align_embeddings import AlignmentConfig
+from tasks.autodecoder import VARIANTS, AutodecoderConfig
+from tasks.dataset import read_run_table as read_table
+from tasks.gaussian_reduction import GaussianReductionConfig
+from tasks.geometry_image_sequence import SequenceConfig
+from tasks.geometry_images import GeometryImageConfig
+
+__all__ = ["app", "main", "RunOptions"]
+
+app = App(name="brenier", help="Optimal-transport geometry processing over whole 3D datasets.")
+app.command(server_app, name="server")
+console = Console(width=None if Console().is_terminal else 200)
+
+Flat = Parameter(name="*")
+"""A config model's fields as top-level options (``--resolution``, not ``--config.resolution``)."""
+
+
+class RunOptions(BaseModel):
+    """Where a flow command writes and runs: options shared by every flow command."""
+
+    store: str = Field("runs", description="root of the Zarr store and Parquet tables (local path or fsspec URL)")
+    workers: int | None = Field(None, ge=1, description="LocalCluster workers (default: one per core)")
+    dask_address: str | None = Field(None, description="tcp://host:port of an existing Dask scheduler")
+    run_id: str | None = Field(None, description="default: derived from the config (re-runs resume or skip "
+                               "finished items)")
+
+    def root(self) -> str:
+        """The store as an absolute local path (URLs as given), so the Dask workers resolve it alike."""
+        return self.store if "://" in self.store else str(Path(self.store).resolve())
+
+    def flow(self, flow):
+        """``flow`` on the Dask task runner these options describe."""
+        return flow.with_options(task_runner=make_task_runner(self.workers, self.dask_address))
+
+
+@app.meta.default
+def launcher(
+    *tokens: Annotated[str, Parameter(show=False, allow_leading_hyphen=True)],
+    prefect_home: Annotated[Path | None, Parameter(env_var="BRENIER_PREFECT_HOME")] = None,
+) -> None:
+    """brenier: Prefect flows of OT geometry processing on Dask.
+
+    Flow commands report to the Prefect server at PREFECT_API_URL, else to a running `brenier server start`,
+    else to a local server started for the command and stopped at its end (flows/runtime/prefect_server.py).
+
+    Parameters
+    ----------
+    prefect_home
+        PREFECT_HOME (SQLite DB) of the local Prefect server brenier starts (default ~/.brenier/prefect).
+    """
+    if prefect_home is not None:
+        os.environ["BRENIER_PREFECT_HOME"] = str(prefect_home)  # read by flows.runtime.prefect_server.prefect_home
+    return app(tokens)
+
+
+def main() -> None:
+    """The ``brenier`` console script."""
+    app.meta()
+
+
+def _summary_table(summary: pd.DataFrame) -> Table:
+    table = Table(title="harmonic vs OT, finest level (distances in unit-bbox-diagonal units)")
+    columns = [
+        ("item_id", "mesh", "{}"),
+        ("area_distortion_harmonic", "distortion harm", "{:.3f}"),
+        ("area_distortion_ot", "distortion OT", "{:.3f}"),
+        ("newton_iterations", "Newton it", "{:.0f}"),
+        ("mass_error", "mass err", "{:.1e}"),
+        ("solve_seconds", "solve s", "{:.1f}"),
+        ("chamfer_l2_harmonic", "CD harm", "{:.2e}"),
+        ("chamfer_l2_ot", "CD OT", "{:.2e}"),
+        ("hausdorff_harmonic", "HD harm", "{:.2e}"),
+        ("hausdorff_ot", "HD OT", "{:.2e}"),
+        ("area_distortion_sphere_initial", "distortion sph init", "{:.3f}"),
+        ("area_distortion_sphere_ot", "distortion sph OT", "{:.3f}"),
+        ("hausdorff_sphere_ot", "HD sph OT", "{:.2e}"),
+        ("compression_ratio_finest", "CR 257", "{:.1f}"),
+        ("compression_ratio_coarsest", "CR coarsest", "{:.0f}"),
+    ]
+    present = [c for c in columns if c[0] in summary.columns]
+    for _, title, _ in present:
+        table.add_column(title, justify="right")
+    for _, row in summary.iterrows():
+        table.add_row(*("-" if pd.isna(row[key]) else fmt.format(row[key]) for key, _, fmt in present))
+    return table
+
+
+@app.command(name="geometry-images")
+def geometry_images_command(
+    path: Annotated[str, Parameter(help="folder, glob or fsspec URL of meshes")],
+    /,
+    *,
+    config: Annotated[GeometryImageConfig, Flat] = GeometryImageConfig(),
+    run: Annotated[RunOptions, Flat] = RunOptions(),
+) -> None:
+    """OT-parameterize every mesh, store geometry-image mipmaps in Zarr and their fidelity in Parquet."""
+    with prefect_api(announce=console.print):
+        result = run.flow(geometry_images)(path, run.root(), config, run.run_id)
+    rows = read_table(result["tables"]["geometry_images"])
+    failures = read_table(result["tables"]["failures"])
+    console.print(_summary_table(summarize(rows)))
+    _print_failures(failures)
+    console.print(f"run [bold]{result['run_id']}[/]: {result['items']} meshes, "
+                  f"{result['skipped_items']} skipped as finished")
+    console.print(f"Zarr store:  {result['store']}/{result['run_id']}/<mesh>/{{harmonic,ot}}/geometry_image")
+    _print_tables(result)
+
+
+def _print_frame(title: str, frame: pd.DataFrame) -> None:
+    """Print ``frame`` as a rich table, floats to 4 significant digits."""
+    table = Table(title=title)
+    for name in frame.columns:
+        table.add_column(str(name), justify="right")
+    for _, row in frame.iterrows():
+        table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
+    console.print(table)
+
+
+def _print_failures(failures: pd.DataFrame) -> None:
+    if failures.empty:
+        return
+    table = Table(title="failures")
+    for column in ("item_id", "stage", "error_type", "message"):
+        table.add_column(column)
+    for _, f in failures.iterrows():
+        table.add_row(f["item_id"], f["stage"], f["error_type"], f["message"])
+    console.print(table)
+
+
+def _print_tables(result: dict) -> None:
+    for name, uri in result["tables"].items():
+        console.print(f"table {name}: {uri}")
+
+
+@app.command(name="autodecoder")
+def autodecoder_command(
+    path: Annotated[str, Parameter(help="collection (.npz/.npy or folder of equal-count shapes) or folder of them")],
+    /,
+    *,
+    variant: Annotated[list[str], Parameter(help=f"repeatable; one of {', '.join(VARIANTS)}")] = ["neuralqaad"],
+    config: Annotated[AutodecoderConfig, Flat] = AutodecoderConfig(),
+    run: Annotated[RunOptions, Flat] = RunOptions(),
+) -> None:
+    """Train NeuralQAAD autodecoders on shape collections: one network + one code per shape, EM-kD per shape."""
+    with prefect_api(announce=console.print):
+        result = run.flow(autodecoder)(path, run.root(), config, variant, run.run_id)
+    models = read_table(result["tables"]["autodecoder_models"])
+    table = Table(title="autodecoder models (distances in unit-bbox-diagonal units)")
+    columns = [("item_id", "{}"), ("shapes", "{}"), ("points", "{}"), ("mean_em_kd", "{:.3e}"),
+               ("mean_chamfer_l2", "{:.3e}"), ("compression_ratio", "{:.1f}"), ("train_seconds", "{:.0f}"),
+               ("device", "{}")]
+    for name, _ in columns:
+        table.add_column(name, justify="right")
+    for _, row in models.iterrows():
+        table.add_row(*(fmt.format(row[name]) for name, fmt in columns))
+    console.print(table)
+    _print_failures(read_table(result["tables"]["failures"]))
+    console.print(f"run [bold]{result['run_id']}[/]: {result['items']} items, "
+                  f"{result['skipped_items']} finished earlier")
+    console.print(f"Zarr store:  {result['store']}/{result['run_id']}/<collection>--<variant>/"
+                  "{latents,decoded,model}")
+    _print_tables(result)
+
+
+@app.command(name="encode")
+def encode_command(
+    path: Annotated[str, Parameter(help="new shapes: a collection or a folder of collections")],
+    /,
+    *,
+    model: Annotated[str, Parameter(help="trained item as RUN_ID/ITEM_ID (e.g. autodecoder-1a2b/crane--neuralqaad)")],
+    model_store: Annotated[str | None, Parameter(help="store holding the model (default: --store)")] = None,
+    chamfer_steps: Annotated[int, Parameter(help="Chamfer steps of the code fit")] = 100,
+    qaad_steps: Annotated[int, Parameter(help="QAAD steps of the code fit")] = 300,
+    config: Annotated[AutodecoderConfig, Flat] = AutodecoderConfig(),
+    run: Annotated[RunOptions, Flat] = RunOptions(),
+) -> None:
+    """Fit latent codes of new shapes with a trained decoder (frozen) and measure their reconstruction.
+
+    The config must match the model's point source and sampling.
+    """
+    model_run_id, _, model_item_id = model.partition("/")
+    if not model_item_id:
+        raise ValueError(f"--model: expected RUN_ID/ITEM_ID, got {model!r}")
+    model_root = RunOptions(store=model_store).root() if model_store else None
+    with prefect_api(announce=console.print):
+        result = run.flow(encode_shapes)(path, run.root(), model_run_id, model_item_id, model_root, config,
+                                         chamfer_steps, qaad_steps, run.run_id)
+    shapes = read_table(result["tables"]["autodecoder_shapes"])
+    if not shapes.empty:
+        console.print(shapes[["item_id", "shape_id", "em_kd", "chamfer_l2"]].to_string(index=False))
+    _print_failures(read_table(result["tables"]["failures"]))
+    _print_tables(result)
+
+
+@app.command(name="reduce-gaussians")
+def reduce_gaussians_command(
+    path: Annotated[str, Parameter(help="a 3DGS .ply scene or a folder of them")],
+    /,
+    *,
+    ratio: Annotated[list[float], Parameter(help="repeatable target fraction of the Gaussians")] = list(
+        DEFAULT_RATIOS),
+    config: Annotated[GaussianReductionConfig, Flat] = GaussianReductionConfig(),
+    run: Annotated[RunOptions, Flat] = RunOptions(),
+) -> None:
+    """Reduce 3DGS scenes with GHAP and pruning baselines; psnr/ssim of renders against the original."""
+    with prefect_api(announce=console.print):
+        result = run.flow(gaussian_reduction)(path, run.root(), ratio, config, run.run_id)
+    summary = summary_frame(read_table(result["tables"]["gaussian_reduction"]).to_dict(orient="records"))
+    _print_frame("Gaussian reduction: psnr (dB) / ssim of renders against the original scene", summary)
+    _print_failures(read_table(result["tables"]["failures"]))
+    console.print(f"run [bold]{result['run_id']}[/]: {result['items']} items, "
+                  f"{result['skipped_items']} finished earlier")
+    console.print(f"reduced scenes: {result['store']}/{result['run_id']}/<scene>--r<ratio>/ply/"
+                  "<method>[-finetuned].ply")
+    for item_id, uri in sorted(result["previews"].items()):
+        console.print(f"side by side {item_id}: {uri}")
+    _print_tables(result)
+
+
+@app.command(name="geometry-image-sequence")
+def geometry_image_sequence_command(
+    path: Annotated[str, Parameter(help=".npz/.npy sequence or folder of meshes in correspondence")],
+    /,
+    *,
+    config: Annotated[SequenceConfig, Flat] = SequenceConfig(),
+    run: Annotated[RunOptions, Flat] = RunOptions(),
+) -> None:
+    """Geometry images of every frame of a sequence: one cut and map, one warm-started OT solve per frame."""
+    with prefect_api(announce=console.print):
+        result = run.flow(geometry_image_sequence)(path, run.root(), config, run.run_id)
+    frames_table = read_table(result["tables"]["sequence_frames"])
+    summary = summarize_sequence(frames_table, read_table(result["tables"]["sequence_geometry_images"]))
+    _print_frame("geometry-image sequence: OT solve per frame", summary)
+    _print_failures(read_table(result["tables"]["failures"]))
+    console.print(f"run [bold]{result['run_id']}[/]: {result['frames']} frames solved"
+                  + (" (finished earlier)" if result["skipped"] else ""))
+    _print_tables(result)
+
+
+@app.command(name="align-embeddings")
+def align_embeddings_command(
+    source: Annotated[str, Parameter(help=".npy / .parquet / .zarr of [N, d] vectors to move")],
+    /,
+    *target: Annotated[str, Parameter(help="one or more sets of [M, d] vectors to align to")],
+    config: Annotated[AlignmentConfig, Flat] = AlignmentConfig(),
+    run: Annotated[RunOptions, Flat] = RunOptions(),
+) -> None:
+    """HOTS3D spherical OT between embedding distributions: trained map + mapped vectors (Zarr), distances (Parquet)."""
+    if not target:
+        raise ValueError("align-embeddings needs at least one TARGET")
+    result = run.flow(align_embeddings)(source, list(target), run.root(), config, run.run_id)
+    rows = read_table(result["tables"]["embedding_alignment"])
+    columns = ["item_id", "dim", "n_source", "n_target", "energy_distance_before", "energy_distance_after",
+               "reduction", "mean_angle_deg", "train_seconds", "device"]
+    _print_frame("embedding alignment: energy distance between the distributions (unit sphere, chordal)",
+                 rows[columns])
+    _print_failures(read_table(result["tables"]["failures"]))
+    console.print(f"run [bold]{result['run_id']}[/]: mapped vectors and the map in "
+                  f"{result['store']}/{result['run_id']}/<source>__<target>/{{mapped,potential,dual}}")
+    _print_tables(result)
+
+
+if __name__ == "__main__":
+    main()
