@@ -21,6 +21,7 @@ from storage.tables import (
     FAILURES_SCHEMA,
     GAUSSIAN_REDUCTION_SCHEMA,
     GEOMETRY_IMAGES_SCHEMA,
+    RATE_DISTORTION_SCHEMA,
     SEQUENCE_FRAMES_SCHEMA,
     SEQUENCE_GEOMETRY_IMAGES_SCHEMA,
     TABLE_SCHEMAS,
@@ -68,6 +69,7 @@ def _ot_row(level: int) -> dict[str, object]:
 def test_schemas_cover_every_table() -> None:
     assert TABLE_SCHEMAS == {
         "geometry_images": GEOMETRY_IMAGES_SCHEMA,
+        "rate_distortion": RATE_DISTORTION_SCHEMA,
         "autodecoder_epochs": AUTODECODER_EPOCHS_SCHEMA,
         "autodecoder_shapes": AUTODECODER_SHAPES_SCHEMA,
         "autodecoder_models": AUTODECODER_MODELS_SCHEMA,
