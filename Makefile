@@ -41,6 +41,7 @@ bench: setup
 	$(BIN)/python bench/ghap.py
 	$(BIN)/python bench/splatting.py --threads 1
 	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/rate_distortion.py
 
 # On a machine with a CUDA build of torch: the CUDA-only tests (which skip elsewhere), then the sequence job's OT-Net
 # solves on the GPU, printing the device each frame's solve recorded.

@@ -1,9 +1,10 @@
 """Flow ``geometry-images``: OT geometry images and their mipmaps for every mesh of a dataset.
 
 One task chain per mesh (``parameterize_mesh -> encode_geometry_images``) is mapped over a Dask task runner.
-The flow gathers the small records, writes the Parquet tables (``geometry_images``, ``failures``), publishes the
-Prefect artifacts (``geometry-images-progress`` while it runs, ``-summary`` table, ``-report`` markdown and
-``-preview`` picture of the geometry images; :mod:`flows.runtime.artifacts`), and returns where everything is.
+The flow gathers the small records, writes the Parquet tables (``geometry_images``, ``rate_distortion``,
+``failures``), publishes the Prefect artifacts (``geometry-images-progress`` while it runs, ``-summary`` table,
+``-report`` markdown, ``-preview`` picture of the geometry images and ``-rate-distortion`` plot;
+:mod:`flows.runtime.artifacts`), and returns where everything is.
 """
 
 from __future__ import annotations
@@ -16,7 +17,14 @@ from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.publish import failures_markdown, gather, publish_tables
-from flows.runtime.artifacts import Progress, geometry_image_rgb, image_grid_png, publish_pictures, table_records
+from flows.runtime.artifacts import (
+    Progress,
+    geometry_image_rgb,
+    image_grid_png,
+    publish_pictures,
+    rate_distortion_png,
+    table_records,
+)
 from tasks.dataset import list_items, read_arrays
 from tasks.geometry_images import GeometryImageConfig, encode_geometry_images, parameterize_mesh
 
@@ -68,7 +76,8 @@ def geometry_images(
 
     parameterized = parameterize_mesh.map(items, unmapped(store), unmapped(run_id), unmapped(config))
     encoded = encode_geometry_images.map(parameterized, unmapped(store), unmapped(run_id), unmapped(config))
-    gathered = gather(list(encoded), [item.item_id for item in items], run_id, ["geometry_images"], progress,
+    gathered = gather(list(encoded), [item.item_id for item in items], run_id,
+                      ["geometry_images", "rate_distortion"], progress,
                       crash_keys=[(item.item_id, item.uri) for item in items])
     rows, failures, skipped = gathered.rows("geometry_images"), gathered.failures, gathered.skipped
     tables = publish_tables(store, run_id, gathered)
@@ -94,6 +103,15 @@ def geometry_images(
         "geometry-images-preview", f"Geometry images, run `{run_id}`",
         {"finest level, x y z as red green blue: harmonic | OT": image_grid_png(tiles, columns=4)} if tiles else {},
         description="Geometry images of the harmonic and the OT parameterization of each mesh",
+    )
+    curves = pd.DataFrame(gathered.rows("rate_distortion"))
+    publish_pictures(
+        "geometry-images-rate-distortion", f"Rate–distortion, run `{run_id}`",
+        {"bytes per level against Hausdorff and Chamfer-L2": rate_distortion_png(curves.assign(
+            mesh=curves["item_id"], method=curves["parameterization"] + " " + curves["codec_setting"]))}
+        if not curves.empty else {},
+        description="Stored bytes of each pyramid level and codec setting against the restored mesh's error",
+        locations={"bytes per level against Hausdorff and Chamfer-L2": tables["rate_distortion"]},
     )
     return {
         "run_id": run_id,

@@ -25,6 +25,7 @@ __all__ = [
     "EMBEDDING_ALIGNMENT_SCHEMA",
     "FAILURES_SCHEMA",
     "GEOMETRY_IMAGES_SCHEMA",
+    "RATE_DISTORTION_SCHEMA",
     "SEQUENCE_FRAMES_SCHEMA",
     "SEQUENCE_GEOMETRY_IMAGES_SCHEMA",
     "TABLE_SCHEMAS",
@@ -51,6 +52,7 @@ GEOMETRY_IMAGES_SCHEMA: pa.Schema = pa.schema(
         ("area_distortion", pa.float64()),  # std of log area ratio of the parameterization
         ("flipped_triangles", pa.int64()),
         ("untangled_vertices", pa.int64()),  # vertices re-placed to remove OT flips (null for harmonic)
+        ("centroid_flips", pa.int64()),  # flipped triangles of the raw OT centroid map, before repair (null harmonic)
         ("compression_ratio", pa.float64()),  # raw_bytes / stored_bytes
         ("raw_bytes", pa.int64()),
         ("stored_bytes", pa.int64()),
@@ -67,6 +69,35 @@ GEOMETRY_IMAGES_SCHEMA: pa.Schema = pa.schema(
     metadata={"distance_normalization": "unit bounding-box diagonal"},
 )
 """One row per item x parameterization x pyramid level of the geometry-image flow."""
+
+RATE_DISTORTION_SCHEMA: pa.Schema = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("item_id", pa.string()),
+        ("source_uri", pa.string()),
+        ("parameterization", pa.string()),  # "harmonic" | "ot" | "sphere_initial" | "sphere_ot"
+        ("level", pa.int16()),  # 0 = finest
+        ("resolution", pa.int32()),  # H = W of that level
+        ("codec_setting", pa.string()),  # "<codec>:lossless" | "<codec>:<quality>" (storage.image_codecs)
+        ("codec", pa.string()),  # "jpeg2k" | "jpegxl" | "png" | "zstd"
+        ("codec_quality", pa.float64()),  # null = lossless; jpeg2k: PSNR target in dB; jpegxl: quality 0..100
+        ("bits", pa.int16()),  # quantisation bits per channel
+        ("stored", pa.bool_()),  # True: the setting of the Zarr pyramid; False: coded in memory to measure it
+        ("stored_bytes", pa.int64()),  # coded level + side info: what shipping this level takes
+        ("side_info_bytes", pa.int64()),  # quantisation / normalisation figures a decoder needs
+        ("image_raw_bytes", pa.int64()),  # the level as uncoded uint16 samples
+        ("mesh_vertices", pa.int64()),
+        ("mesh_faces", pa.int64()),
+        ("compression_ratio", pa.float64()),  # raw_mesh_bytes / stored_bytes
+        ("chamfer_l2", pa.float64()),  # restored mesh vs source, point-to-surface, unit bbox diagonal (squared)
+        ("hausdorff", pa.float64()),  # unit bbox diagonal
+        ("samples", pa.int64()),
+        ("distance_normalization", pa.string()),  # "unit_bbox_diagonal"
+        ("coding_seconds", pa.float64()),  # encode + decode of the level
+    ],
+    metadata={"distance_normalization": "unit bounding-box diagonal"},
+)
+"""One row per item x parameterization x pyramid level x codec setting of the geometry-image flow."""
 
 FAILURES_SCHEMA: pa.Schema = pa.schema(
     [
@@ -247,6 +278,7 @@ EMBEDDING_ALIGNMENT_SCHEMA: pa.Schema = pa.schema(
 TABLE_SCHEMAS: dict[str, pa.Schema] = {
     "embedding_alignment": EMBEDDING_ALIGNMENT_SCHEMA,
     "geometry_images": GEOMETRY_IMAGES_SCHEMA,
+    "rate_distortion": RATE_DISTORTION_SCHEMA,
     "autodecoder_epochs": AUTODECODER_EPOCHS_SCHEMA,
     "autodecoder_shapes": AUTODECODER_SHAPES_SCHEMA,
     "autodecoder_models": AUTODECODER_MODELS_SCHEMA,

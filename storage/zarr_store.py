@@ -26,6 +26,8 @@ import zarr
 import zarr.storage
 from zarr.abc.store import Store
 
+from storage.image_codecs import CodecSetting, ImageCodec
+
 __all__ = ["ItemStore", "open_root", "read_file"]
 
 _RESERVED_ATTRS = frozenset({"complete", "fingerprint", "rows", "rows_nonfinite", "failures", "checkpoint"})
@@ -263,10 +265,21 @@ class ItemStore:
         group = self._group()
         return (group[path] if path else group).attrs.asdict()
 
-    def write_pyramid(self, path: str, levels: list[np.ndarray], attrs: dict[str, Any]) -> list[int]:
-        """Write an image pyramid as an OME-Zarr style multiscale group.
+    def write_pyramid(
+        self,
+        path: str,
+        levels: list[np.ndarray],
+        attrs: dict[str, Any],
+        codec: CodecSetting | None = None,
+        side_info: dict[str, np.ndarray] | None = None,
+    ) -> list[int]:
+        """Write an image pyramid as an OME-Zarr style multiscale group, optionally image-coded.
 
-        Level ``k`` is stored at ``f"{path}/{k}"`` with chunks ``(C, min(H_k, 128), min(W_k, 128))``. The group's
+        Level ``k`` is stored at ``f"{path}/{k}"``: with a ``codec``, as one chunk coded by
+        :class:`storage.image_codecs.ImageCodec` (one image codestream per level); without, with zstd and chunks
+        ``(C, min(H_k, 128), min(W_k, 128))``. ``side_info`` arrays (what a decoder needs besides the
+        codestreams, e.g. quantisation offsets and scales) are stored uncompressed at ``f"{path}/side_info/<name>"``
+        and read back by :meth:`read_side_info`. The group's
         attrs hold the caller's ``attrs`` plus ``"multiscales"`` (NGFF 0.5 field names, axes ``c, y, x``) whose
         dataset ``k`` has the scale transform ``[1, (H_0-1)/(H_k-1), (W_0-1)/(W_k-1)]``: the grid-spacing ratio of
         corner-aligned sample grids such as ``2^n + 1`` geometry images.
@@ -279,25 +292,35 @@ class ItemStore:
             ``levels[k]`` is ``[C, H_k, W_k]`` of any numeric dtype (e.g. uint16); level 0 is the finest.
             All levels share ``C``; every ``H_k, W_k >= 2``.
         attrs : dict
-            JSON-serialisable attributes of the pyramid group (e.g. quantisation bounds).
+            JSON-serialisable attributes of the pyramid group (e.g. quantisation bits).
+        codec : storage.image_codecs.CodecSetting, optional
+            Image codec of every level; levels must then be uint16 below ``2**codec.bits``. The setting's label
+            is stored in the group's ``"codec"`` attribute.
+        side_info : dict of str to np.ndarray, optional
+            Named numeric arrays needed to decode the levels (any shape; stored as given, uncompressed).
 
         Returns
         -------
         list of int
-            Stored bytes of each level's chunk objects, in level order.
+            Stored bytes of each level, in level order: the level's chunk objects plus every side-info array's
+            (what shipping that level alone takes; Zarr's JSON metadata is not counted, the codestreams carry
+            shape and bit depth).
 
         Raises
         ------
         ValueError
-            If ``levels`` is empty, a level is not 3-D, the channel counts differ, a side is < 2, or ``attrs``
-            has a ``"multiscales"`` key.
+            If ``levels`` is empty, a level is not 3-D, the channel counts differ, a side is < 2, ``attrs`` has a
+            ``"multiscales"`` or ``"codec"`` key, a side-info name is not a path component, or (with a
+            ``codec``) a level is not uint16 below ``2**codec.bits``.
         FileNotFoundError
             If :meth:`begin` has not created the item's group.
         """
         if not levels:
             raise ValueError("a pyramid needs at least one level")
-        if "multiscales" in attrs:
-            raise ValueError("attrs must not define 'multiscales'; write_pyramid writes it")
+        if "multiscales" in attrs or "codec" in attrs:
+            raise ValueError("attrs must not define 'multiscales' or 'codec'; write_pyramid writes them")
+        for name in side_info or {}:
+            _check_component("side_info name", name)
         shapes = [np.shape(level) for level in levels]
         if any(len(shape) != 3 or shape[0] != shapes[0][0] or min(shape[1:]) < 2 for shape in shapes):
             raise ValueError(f"levels must be [C, H, W] with one C and H, W >= 2; got shapes {shapes}")
@@ -324,11 +347,47 @@ class ItemStore:
                 "type": "subsampling",
             }
         ]
-        self._group("r+").create_group(path, overwrite=True, attributes={**attrs, "multiscales": multiscales})
-        return [
-            self.write_array(f"{path}/{k}", level, chunks=(c, min(h, _PYRAMID_CHUNK), min(w, _PYRAMID_CHUNK)))
-            for k, (level, (c, h, w)) in enumerate(zip(levels, shapes, strict=True))
-        ]
+        if codec is not None and any(
+                np.asarray(level).dtype != np.uint16 or int(np.max(level)) >= 2**codec.bits for level in levels):
+            raise ValueError(f"levels coded with {codec.label} must be uint16 below 2**{codec.bits}")
+        codec_attrs = {"codec": {"setting": codec.label, "bits": codec.bits}} if codec is not None else {}
+        group = self._group("r+").create_group(
+            path, overwrite=True, attributes={**attrs, "multiscales": multiscales, **codec_attrs})
+        side_bytes = 0
+        for name, values in (side_info or {}).items():
+            stored = group.create_array(f"side_info/{name}", data=np.asarray(values), compressors=None,
+                                        chunk_key_encoding=_CHUNK_KEY_ENCODING)
+            side_bytes += self._chunk_bytes(stored.path)
+        if codec is None:
+            return [
+                side_bytes + self.write_array(
+                    f"{path}/{k}", level, chunks=(c, min(h, _PYRAMID_CHUNK), min(w, _PYRAMID_CHUNK)))
+                for k, (level, (c, h, w)) in enumerate(zip(levels, shapes, strict=True))
+            ]
+        coded = []
+        for k, level in enumerate(levels):
+            stored = group.create_array(
+                str(k), data=np.asarray(level), chunks=np.shape(level), serializer=ImageCodec(codec),
+                compressors=None, chunk_key_encoding=_CHUNK_KEY_ENCODING)
+            coded.append(side_bytes + self._chunk_bytes(stored.path))
+        return coded
+
+    def read_side_info(self, path: str) -> dict[str, np.ndarray]:
+        """The side-info arrays of the pyramid at ``path`` (empty if it has none), as given to :meth:`write_pyramid`.
+
+        Raises
+        ------
+        FileNotFoundError
+            If the item's group does not exist.
+        KeyError
+            If no pyramid group exists at ``path``.
+        """
+        group = self._group()[path]
+        if not isinstance(group, zarr.Group):
+            raise KeyError(f"{self.uri}/{path} is an array, not a pyramid group")
+        if "side_info" not in group:
+            return {}
+        return {name: np.asarray(array[...]) for name, array in group["side_info"].arrays()}
 
     def read_pyramid(self, path: str) -> tuple[list[np.ndarray], dict[str, Any]]:
         """Read a pyramid written by :meth:`write_pyramid`.

@@ -34,7 +34,7 @@ from tasks.shared.records import ItemResult, PipelineConfig, failure_row
 __all__ = ["SequenceConfig", "solve_sequence_ot", "encode_sequence_frames", "finish_sequence",
            "SEQUENCE_PIPELINE_VERSION"]
 
-SEQUENCE_PIPELINE_VERSION = "1"
+SEQUENCE_PIPELINE_VERSION = "2"  # 2: convex-combination repair of centroid flips (otcore.mesh.convex_combination)
 
 
 class SequenceConfig(PipelineConfig):
@@ -50,7 +50,7 @@ class SequenceConfig(PipelineConfig):
     cut_paths: int = Field(8, ge=0, description="most cut-augmentation paths (Gu-Gortler-Hoppe 2002)")
     resolution: int = Field(257, description="geometry image side, 2^n + 1")
     levels: int = Field(5, ge=1, description="mipmap levels")
-    bits: int = Field(16, ge=1, le=16, description="quantisation bits per channel")
+    bits: int = Field(16, ge=10, le=16, description="quantisation bits per channel (10..16)")
     samples: int = Field(20_000, ge=1, description="samples per surface for chamfer_l2 / hausdorff")
     seed: int = Field(0, description="sampling and network seed")
     tol: float = Field(1e-6, gt=0.0, description=(

@@ -8,13 +8,15 @@ fails still gets its harmonic geometry images).
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from prefect import task
-from pydantic import Field
+from prefect import get_run_logger, task
+from prefect.exceptions import MissingContextError
+from pydantic import Field, model_validator
 
 from otcore.device import resolve_device
 from otcore.errors import GeometryError
@@ -29,15 +31,21 @@ from otcore.mesh.spherical_parameterization import (
 )
 from otcore.ot.ot_net import OTNetConfig, OTNetResult
 from storage.errors import InputError
+from storage.image_codecs import CodecName, CodecSetting
 from storage.meshes import MeshItem, read_mesh
 from storage.zarr_store import ItemStore
 from tasks.shared.pyramid import encode_pyramid
+from tasks.shared.rate_distortion import rate_distortion_rows, setting_columns
 from tasks.shared.records import ItemResult, PipelineConfig, failure_row
 
 __all__ = ["GeometryImageConfig", "ParameterizedMesh", "parameterize_mesh", "encode_geometry_images",
            "PIPELINE_VERSION"]
 
-PIPELINE_VERSION = "1"  # bump when outputs of unchanged inputs would change: invalidates finished items
+PIPELINE_VERSION = "2"  # bump when outputs of unchanged inputs would change: invalidates finished items
+# 2: cut augmentation by default, convex-combination repair of centroid flips; image-coded pyramid levels with
+#    side info, rate_distortion rows stored with the item
+
+PROGRESS_LOG_SECONDS = 30.0  # OT solves running longer than this log every Newton iteration
 
 TASK_TIMEOUT_SECONDS = 3600  # a hung solve fails (then retries once) instead of holding a worker forever
 
@@ -51,11 +59,21 @@ class GeometryImageConfig(PipelineConfig):
     resolution: int = Field(257, description="geometry image side, 2^n + 1")
     levels: int = Field(5, ge=1, description="mipmap levels (257 -> 129, 65, 33, 17)")
     feature_weight: float = Field(0.0, ge=0.0, description="lambda in masses * (1 + lambda |H| / mean |H|)")
-    bits: int = Field(16, ge=1, le=16, description="quantisation bits per channel")
+    bits: int = Field(14, ge=10, le=16, description="quantisation bits per channel (10..16); 14 (Draco's default) "
+                      "keeps the quantisation error (<= 2e-5 of the bbox diagonal) about 100x below the sampling error "
+                      "at 257 and stores about 0.7x the bytes of 16 bits")
+    codec: CodecName = Field("jpeg2k", description="image codec of the stored pyramid levels: jpeg2k | jpegxl | "
+                             "png | zstd (storage.image_codecs)")
+    codec_quality: float | None = Field(None, description="None: lossless; jpeg2k: target PSNR in dB; jpegxl: "
+                                        "quality 0..100")
+    rate_distortion: list[str] = Field(
+        default_factory=list, description="further codec settings ('jpeg2k:60', 'jpegxl:lossless', ...) coded in "
+        "memory and measured per level for the rate_distortion table, besides the stored one")
     samples: int = Field(50_000, ge=1, description="area-uniform samples per surface for chamfer_l2 / hausdorff")
     seed: int = Field(0, description="sampling seed")
     tol: float = Field(1e-6, gt=0.0, description="Newton tolerance on max relative cell-mass error")
     max_newton_iterations: int = Field(60, ge=1)
+    cut_paths: int = Field(8, ge=0, description="most cut-augmentation paths through appendages (0: plain cut)")
     ot_solver: Literal["newton", "neural"] = Field(
         "newton", description="semi-discrete OT solver: damped Newton or OT-Net (otcore.ot.ot_net)")
     domain: Literal["square", "sphere"] = Field(
@@ -63,6 +81,28 @@ class GeometryImageConfig(PipelineConfig):
         "spherical OT (HOTS3D) + seamless octahedral geometry image")
     sphere_ot_steps: int = Field(100, ge=1, description="domain=sphere: HOTS3D min-max steps")
     sphere_polish_iterations: int = Field(1000, ge=0, description="domain=sphere: L-BFGS iterations of the polish")
+
+    @model_validator(mode="after")
+    def _check_codec(self) -> GeometryImageConfig:
+        for text in self.rate_distortion:  # a bad setting raises CodecSettingError, a ValueError
+            CodecSetting.parse(text, self.bits)
+        CodecSetting(self.codec, self.codec_quality, self.bits)
+        return self
+
+    @property
+    def codec_setting(self) -> CodecSetting:
+        """The setting of the stored pyramid levels."""
+        return CodecSetting(self.codec, self.codec_quality, self.bits)
+
+    @property
+    def rate_distortion_settings(self) -> list[CodecSetting]:
+        """The stored setting first, then the further :attr:`rate_distortion` settings (duplicates dropped)."""
+        settings = [self.codec_setting]
+        for text in self.rate_distortion:
+            setting = CodecSetting.parse(text, self.bits)
+            if setting not in settings:
+                settings.append(setting)
+        return settings
 
 
 @dataclass
@@ -92,6 +132,7 @@ def _param_stats(p: Parameterization) -> dict[str, Any]:
         "area_distortion": p.area_distortion,
         "flipped_triangles": p.flipped_triangles,
         "untangled_vertices": p.untangled_vertices if ot is not None else None,
+        "centroid_flips": p.centroid_flips if ot is not None else None,
         "ot_solver": p.solver,
         "fit_steps": (ot.fit_steps if neural else 0) if ot is not None else None,
         "newton_iterations": (ot.newton_steps if neural else ot.iterations) if ot is not None else None,
@@ -105,12 +146,30 @@ def _sphere_stats(p: SphericalParameterization) -> dict[str, Any]:
         "area_distortion": p.area_distortion,
         "flipped_triangles": p.flipped_triangles,
         "untangled_vertices": None,
+        "centroid_flips": None,
         "ot_solver": None,
         "fit_steps": None,
         "newton_iterations": None,
         "mass_error": None,
         "solve_seconds": p.seconds,
     }
+
+
+def _solve_progress(item_id: str):
+    """OT progress callback that logs ``(iteration, max cell mass error)`` once a solve runs long."""
+    start = time.perf_counter()
+
+    def report(iteration: int, mass_error: float) -> None:
+        seconds = time.perf_counter() - start
+        if seconds < PROGRESS_LOG_SECONDS:
+            return
+        try:
+            logger = get_run_logger()
+        except MissingContextError:  # called as a plain function
+            logger = logging.getLogger(__name__)
+        logger.info("%s: OT iteration %d, max cell mass error %.2e, %.0f s", item_id, iteration, mass_error, seconds)
+
+    return report
 
 
 def _parameterize_sphere(record: ParameterizedMesh, item: MeshItem, vertices: np.ndarray, faces: np.ndarray,
@@ -152,7 +211,7 @@ def parameterize_mesh(item: MeshItem, store: str, run_id: str, config: GeometryI
     record.fingerprint = fingerprint
     item_store = ItemStore(store, run_id, item.item_id)
     if item_store.is_complete(fingerprint):
-        record.result = ItemResult(item.item_id, {"geometry_images": item_store.completed_rows()},
+        record.result = ItemResult(item.item_id, ItemResult.split_stored(item_store.completed_rows()),
                                    item_store.completed_failures(), skipped=True)
         return record
 
@@ -177,6 +236,7 @@ def parameterize_mesh(item: MeshItem, store: str, run_id: str, config: GeometryI
         square = parameterize_to_square(
             vertices, mesh.faces, config.feature_weight, config.tol, config.max_newton_iterations,
             solver=config.ot_solver, ot_net_config=OTNetConfig(seed=config.seed, device=str(resolve_device("auto"))),
+            cut_paths=config.cut_paths, progress=_solve_progress(item.item_id),
         )
     except GeometryError as error:
         record.result.failures.append(_failure(run_id, item, "cut_and_harmonic_map", error))
@@ -194,10 +254,13 @@ def parameterize_mesh(item: MeshItem, store: str, run_id: str, config: GeometryI
 @task(name="encode-geometry-images", retries=1, retry_delay_seconds=2, timeout_seconds=TASK_TIMEOUT_SECONDS)
 def encode_geometry_images(record: ParameterizedMesh, store: str, run_id: str,
                            config: GeometryImageConfig) -> ItemResult:
-    """Resample, quantise and mipmap each parameterization; restore every level and measure it.
+    """Resample, quantise and mipmap each parameterization; code, restore and measure every level.
 
-    Writes the pyramids (OME-Zarr ``multiscales``) and marks the item complete with its metric rows.
-    Returns the item's :class:`ItemResult` (table ``geometry_images``: one row per parameterization x level).
+    Writes the pyramids (OME-Zarr ``multiscales``, levels coded with ``config.codec_setting``, the quantisation
+    and normalisation figures as side info) and marks the item complete with its metric rows. Each level is also
+    coded in memory with the further ``config.rate_distortion`` settings and measured.
+    Returns the item's :class:`ItemResult`: table ``geometry_images`` (one row per parameterization x level) and
+    ``rate_distortion`` (one row per parameterization x level x codec setting).
     """
     item = record.item
     if record.result.skipped or record.fingerprint is None:  # finished earlier, or unreadable (no group to finish)
@@ -210,7 +273,13 @@ def encode_geometry_images(record: ParameterizedMesh, store: str, run_id: str,
         disk_vertices = item_store.read_array("disk/vertices")
         disk_faces = item_store.read_array("disk/faces").astype(np.int64)
     n_vertices, n_faces = attrs["mesh_vertices"], attrs["mesh_faces"]
+    normalization = {"normalization_offset": np.asarray(attrs["normalization"]["offset"], dtype=np.float64),
+                     "normalization_scale": np.asarray([attrs["normalization"]["scale"]], dtype=np.float64)}
+    side_info_bytes = 2 * 3 * 8 + sum(v.nbytes for v in normalization.values())  # + quantisation offset, scale
+    item_columns = {"run_id": run_id, "item_id": item.item_id, "source_uri": item.uri, "mesh_vertices": n_vertices,
+                    "mesh_faces": n_faces, "distance_normalization": "unit_bbox_diagonal"}
     rows: list[dict[str, Any]] = []
+    rate_distortion: list[dict[str, Any]] = []
     failures = list(record.result.failures)
     for method, stats in record.parameterizations.items():  # empty when the cut failed: finish with failures
         start = time.perf_counter()
@@ -224,10 +293,20 @@ def encode_geometry_images(record: ParameterizedMesh, store: str, run_id: str,
             levels = encode_pyramid(
                 item_store, f"{method}/geometry_image", image, source_vertices, source_faces, config,
                 {"domain": "octahedral (equal-area), seamless" if config.domain == "sphere" else "square"},
+                codec=config.codec_setting, side_info=normalization,
             )
+            measured = rate_distortion_rows(image, config.rate_distortion_settings[1:], config.levels,
+                                            side_info_bytes, source_vertices, source_faces, config.samples,
+                                            config.seed)
         except ValueError as error:
             failures.append(_failure(run_id, item, f"geometry_image[{method}]", error))
             continue
+        stored_setting = {**setting_columns(config.codec_setting), "stored": True, "side_info_bytes": side_info_bytes,
+                          "coding_seconds": None}
+        stored_rows = [{**level, **stored_setting, "image_raw_bytes": 6 * level["resolution"] ** 2} for level in levels]
+        for row in stored_rows + measured:
+            rate_distortion.append({**item_columns, "parameterization": method, **row,
+                                    "compression_ratio": compression_ratio(n_vertices, n_faces, row["stored_bytes"])})
         for level in levels:
             stored_bytes = level["stored_bytes"]
             rows.append({
@@ -239,5 +318,6 @@ def encode_geometry_images(record: ParameterizedMesh, store: str, run_id: str,
                 "feature_weight": config.feature_weight, "seconds": time.perf_counter() - start,
                 **stats,
             })
-    item_store.finish(rows, failures)
-    return ItemResult(item.item_id, {"geometry_images": rows}, failures)
+    result = ItemResult(item.item_id, {"geometry_images": rows, "rate_distortion": rate_distortion}, failures)
+    item_store.finish(result.stored_rows(), failures)
+    return result

@@ -30,6 +30,7 @@ __all__ = [
     "image_grid_png",
     "picture_markdown",
     "publish_pictures",
+    "rate_distortion_png",
     "table_records",
 ]
 
@@ -130,3 +131,49 @@ def publish_pictures(key: str, title: str, pictures: dict[str, bytes], descripti
     """Create the markdown artifact ``key`` holding ``pictures`` (see :func:`picture_markdown`)."""
     markdown = picture_markdown(title, pictures, locations) if pictures else f"# {title}\n\nno pictures"
     create_markdown_artifact(key=key, markdown=markdown, description=description)
+
+
+def rate_distortion_png(frame: pd.DataFrame, title: str = "") -> bytes:
+    """Rate–distortion plot: bytes (log) against Hausdorff and against Chamfer-L2 (log), one curve per mesh x method.
+
+    Every point is a marker; the curve joins the Pareto-optimal ones (no point of that mesh and method has fewer
+    bytes and a lower error), so settings that mix levels and qualities read as one front.
+
+    Args:
+        frame: one row per point, columns ``mesh``, ``method``, ``stored_bytes``, ``hausdorff``, ``chamfer_l2``
+            (distances in unit-bbox-diagonal units). Colour encodes the mesh, line style and marker the method.
+        title: figure title.
+
+    Returns:
+        PNG bytes.
+
+    Raises:
+        ValueError: if ``frame`` is empty.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if frame.empty:
+        raise ValueError("no rate-distortion points to plot")
+    meshes, methods = sorted(frame["mesh"].unique()), sorted(frame["method"].unique())
+    colours = {mesh: plt.get_cmap("tab10")(i % 10) for i, mesh in enumerate(meshes)}
+    styles = {method: ("-", "--", ":", "-.")[i % 4] + "osd^vx*"[i % 7] for i, method in enumerate(methods)}
+    figure, axes = plt.subplots(1, 2, figsize=(12, 5.5), layout="constrained")
+    for (mesh, method), curve in frame.groupby(["mesh", "method"]):
+        curve = curve.sort_values(["stored_bytes", "hausdorff", "chamfer_l2"])
+        for axis, metric in zip(axes, ("hausdorff", "chamfer_l2"), strict=True):
+            front = curve[curve[metric] < curve[metric].cummin().shift(fill_value=np.inf)]
+            axis.plot(curve["stored_bytes"], curve[metric], marker=styles[method][-1], color=colours[mesh],
+                      markersize=3, alpha=0.35, linestyle="none")
+            axis.plot(front["stored_bytes"], front[metric], styles[method], color=colours[mesh], markersize=4,
+                      linewidth=1.2, label=f"{mesh} {method}")
+    for axis, label in zip(axes, ("Hausdorff", "Chamfer-L2"), strict=True):
+        axis.set(xscale="log", yscale="log", xlabel="bytes", ylabel=f"{label} (unit bbox diagonal)")
+        axis.grid(True, which="both", alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    if title:
+        figure.suptitle(title)
+    return figure_png(figure)

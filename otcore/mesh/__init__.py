@@ -4,8 +4,9 @@ parameterization, geometry images, octahedral maps and surface metrics.
 
 from __future__ import annotations
 
+from otcore.mesh.convex_combination import ConvexCombinationMap, convex_combination_map, mean_value_weights
 from otcore.mesh.cut_augmentation import AugmentedCut, augment_cut, map_area_ratios
-from otcore.mesh.disk_cut import DiskMesh, cut_to_disk, topological_cut
+from otcore.mesh.disk_cut import DiskMesh, cut_to_disk, split_pinched_vertices, topological_cut
 from otcore.mesh.geometry_image import (
     QuantizedImage,
     dequantize,
@@ -38,9 +39,11 @@ from otcore.mesh.metrics import (
 from otcore.mesh.octahedral import octahedral_decode, octahedral_encode, resample_spherical_geometry_image
 from otcore.mesh.parameterization import (
     OT_SOLVERS,
+    REPAIRS,
     Parameterization,
     SquareParameterizations,
     area_distortion,
+    cut_and_map,
     feature_masses,
     harmonic_parameterization,
     mean_curvature,
@@ -66,10 +69,12 @@ from otcore.mesh.spherical_parameterization import (
 
 __all__ = [
     "AugmentedCut",
+    "ConvexCombinationMap",
     "DiskMesh",
     "OT_SOLVERS",
     "Parameterization",
     "QuantizedImage",
+    "REPAIRS",
     "SPHERE_OT_CONFIG",
     "SphericalParameterization",
     "SquareParameterizations",
@@ -79,6 +84,8 @@ __all__ = [
     "augment_cut",
     "check_closed_genus0",
     "compression_ratio",
+    "convex_combination_map",
+    "cut_and_map",
     "cut_to_disk",
     "dequantize",
     "face_masses",
@@ -91,6 +98,7 @@ __all__ = [
     "initial_spherical_map",
     "map_area_ratios",
     "mean_curvature",
+    "mean_value_weights",
     "mipmap_pyramid",
     "neural_spherical_ot_map",
     "normalize_to_unit_diagonal",
@@ -114,6 +122,7 @@ __all__ = [
     "spherical_flips",
     "spherical_parameterizations",
     "spherical_triangle_areas",
+    "split_pinched_vertices",
     "square_boundary",
     "square_sites",
     "surface_distances",

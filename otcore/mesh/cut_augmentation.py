@@ -10,14 +10,14 @@ the cut tree at one end only keeps the result a disk.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import igl
 import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import dijkstra
 
-from otcore.mesh.disk_cut import DiskMesh, cut_to_disk
+from otcore.mesh.disk_cut import DiskMesh, cut_to_disk, split_pinched_vertices
 from otcore.mesh.harmonic import harmonic_map
 
 __all__ = ["AugmentedCut", "augment_cut", "map_area_ratios"]
@@ -42,7 +42,8 @@ class AugmentedCut:
     Attributes:
         disk: the final :class:`~otcore.mesh.disk_cut.DiskMesh`.
         uv: ``[Vd, 2]`` float64 harmonic map of ``disk`` onto the unit square.
-        extra_edges: ``[E, 2]`` int64 source-mesh edges added to the topological cut.
+        extra_edges: ``[E, 2]`` int64 source-mesh edges added to the topological cut (a pinched source vertex may
+            stand for the copy of one of its fans).
         min_area_ratios: smallest :func:`map_area_ratios` value before each round and at the end.
     """
 
@@ -69,8 +70,10 @@ def augment_cut(
     Raises:
         NonManifoldMeshError, UnsupportedTopologyError: from :func:`otcore.mesh.disk_cut.cut_to_disk`.
     """
-    vertices = np.asarray(vertices, dtype=np.float64)
-    faces = np.asarray(faces, dtype=np.int64)
+    # Paths run on the mesh with pinched vertices split: a path through a pinched vertex of the source could
+    # otherwise end on a copy that is not on the cut and open a second boundary loop (cow).
+    vertices, faces, source = split_pinched_vertices(np.asarray(vertices, dtype=np.float64),
+                                                     np.asarray(faces, dtype=np.int64))
     edges = igl.edges(faces)
     lengths = np.linalg.norm(vertices[edges[:, 0]] - vertices[edges[:, 1]], axis=1)
     n = len(vertices)
@@ -93,4 +96,4 @@ def augment_cut(
         while predecessors[path[-1]] >= 0:
             path.append(int(predecessors[path[-1]]))
         extra = np.concatenate([extra, np.column_stack([path[:-1], path[1:]])])
-    return AugmentedCut(disk, uv, extra, ratios)
+    return AugmentedCut(replace(disk, source=source[disk.source]), uv, source[extra], ratios)

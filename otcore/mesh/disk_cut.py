@@ -5,6 +5,12 @@ libigl's ``cut_to_disk`` (the triangle-deletion cut graph of Gu, Gortler, Hoppe,
 Closed genus-0 meshes, which that routine leaves whole, are cut along the shortest edge path between two
 extreme vertices. Pinched (non-manifold) vertices are split first, which changes no geometry.
 
+Meshes with several connected components are rejected with :class:`~otcore.errors.UnsupportedTopologyError`
+rather than packed as one chart per component into the image: a packed atlas needs a chart layout, per-chart
+seams and a codec that does not bleed across chart borders, and the scans it would serve (meshes-more/truck, 66
+components, most of them small parts) would spend most of the image on gutters. The rejection is a typed
+failure row in the geometry-image flow.
+
 Interior edges whose two ends both lie on the cut boundary ("chords") are split at their midpoint, because a
 Tutte/harmonic map onto a convex polygon is only guaranteed bijective without them (Floater 2003): a chord whose
 ends land on the same side of the square flattens its triangles.
@@ -21,7 +27,7 @@ from scipy.sparse.csgraph import dijkstra
 
 from otcore.errors import NonManifoldMeshError, UnsupportedTopologyError
 
-__all__ = ["DiskMesh", "cut_to_disk", "topological_cut"]
+__all__ = ["DiskMesh", "cut_to_disk", "split_pinched_vertices", "topological_cut"]
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,27 @@ def _sphere_cut(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
         path.append(predecessors[path[-1]])
     path = np.asarray(path)
     return np.column_stack([path[:-1], path[1:]])
+
+
+def split_pinched_vertices(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Drop unreferenced vertices and give each fan of faces around a pinched vertex its own copy.
+
+    A pinched (non-manifold) vertex joins several fans of faces that share no edge there (cow: 4 such vertices);
+    splitting it changes no geometry.
+
+    Args:
+        vertices: ``[V, 3]`` float64 positions; faces: ``[F, 3]`` int64 edge-manifold triangles.
+
+    Returns:
+        ``(vertices [V', 3] float64, faces [F, 3] int64, source [V'] int64)``; new vertex ``i`` is source vertex
+        ``source[i]``.
+    """
+    used, faces = np.unique(faces, return_inverse=True)
+    vertices, faces = vertices[used], faces.reshape(-1, 3)
+    if not igl.is_vertex_manifold(faces).all():
+        vertices, faces, index = igl.split_nonmanifold(vertices, faces)
+        used = used[index]
+    return vertices, faces, used
 
 
 def _split_chords(
@@ -155,12 +182,7 @@ def cut_to_disk(vertices: np.ndarray, faces: np.ndarray, extra_edges: np.ndarray
         raise NonManifoldMeshError(
             f"faces are inconsistently oriented: {(uses > 1).sum()} edges are traversed twice in the same direction"
         )
-    used, faces = np.unique(faces, return_inverse=True)  # drop unreferenced vertices
-    vertices, faces = vertices[used], faces.reshape(-1, 3)
-    if not igl.is_vertex_manifold(faces).all():
-        # Pinched vertices: give each fan of faces its own copy of the vertex.
-        vertices, faces, index = igl.split_nonmanifold(vertices, faces)
-        used = used[index]
+    vertices, faces, used = split_pinched_vertices(vertices, faces)
     source = np.repeat(used[:, None], 2, axis=1)
     components = igl.facet_components(faces)[0]
     if components != 1:

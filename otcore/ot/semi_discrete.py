@@ -15,6 +15,7 @@ gradient norm decreases by the factor ``1 - step/2``.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,6 +63,7 @@ def solve_semi_discrete_ot(
     tol: float = 1e-6,
     max_iterations: int = 60,
     initial_weights: np.ndarray | None = None,
+    progress: Callable[[int, float], None] | None = None,
 ) -> SemiDiscreteOTResult:
     """Damped Newton solve of semi-discrete OT: uniform measure on ``[0,1]^2`` -> ``sum_i masses_i delta_{sites_i}``.
 
@@ -73,6 +75,8 @@ def solve_semi_discrete_ot(
         initial_weights: ``[N]`` float64 warm start (e.g. the previous frame's solution); zeros (the Voronoi
             diagram) by default. Every cell must be non-empty at the start: damped Newton cannot revive an empty
             cell (its row of the Hessian is zero).
+        progress: called after every Newton iteration with ``(iteration, max relative mass error)``, for logging
+            long solves.
 
     Returns:
         :class:`SemiDiscreteOTResult`; ``cells.centroids`` are the images of the area-preserving map.
@@ -136,5 +140,7 @@ def solve_semi_discrete_ot(
         error = float(np.max(np.abs(cells.areas - nu) / nu))
         history.append(error)
         iteration += 1
+        if progress is not None:
+            progress(iteration, error)
 
     return SemiDiscreteOTResult(weights, cells, iteration, error, time.perf_counter() - start, tuple(history))

@@ -1,5 +1,5 @@
-"""The geometry-image pyramid step shared by the geometry-image and sequence tasks: quantise, mipmap, store, restore
-and measure every level (:mod:`otcore.mesh.geometry_image`)."""
+"""The geometry-image pyramid step shared by the geometry-image and sequence tasks: quantise, mipmap, code and store,
+decode, restore and measure every level (:mod:`otcore.mesh.geometry_image`, :mod:`storage.image_codecs`)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from otcore.mesh.geometry_image import quantized_pyramid, restored_level_distances
+from storage.image_codecs import CodecSetting
 from storage.zarr_store import ItemStore
 
 __all__ = ["encode_pyramid"]
@@ -21,8 +22,14 @@ def encode_pyramid(
     source_faces: np.ndarray,
     config: Any,
     attrs: dict[str, Any] | None = None,
+    codec: CodecSetting | None = None,
+    side_info: dict[str, np.ndarray] | None = None,
 ) -> list[dict[str, Any]]:
-    """Quantise a geometry image, store its mipmap pyramid at ``path`` and measure every restored level.
+    """Quantise a geometry image, store its image-coded mipmap pyramid at ``path`` and measure every level.
+
+    Each level is decoded back from the store, so lossy coding shows in the distances. The quantisation offset
+    and scale are stored as side info (``quantization_offset``, ``quantization_scale``) with ``side_info``, and
+    every level's ``stored_bytes`` counts them.
 
     Args:
         item_store: the item's Zarr group.
@@ -31,6 +38,8 @@ def encode_pyramid(
         source_vertices, source_faces: ``[V, 3]`` float64 / ``[F, 3]`` int64 mesh the levels are measured against.
         config: any config with ``bits``, ``levels``, ``resolution``, ``samples`` and ``seed``.
         attrs: extra pyramid attributes.
+        codec: image codec of the levels; default JPEG 2000 lossless at ``config.bits``.
+        side_info: further ``[n]`` arrays a decoder needs (e.g. the normalisation offset and scale).
 
     Returns:
         One dict per level: ``level``, ``resolution``, ``chamfer_l2``, ``hausdorff``, ``samples``, ``stored_bytes``.
@@ -38,14 +47,19 @@ def encode_pyramid(
     Raises:
         ValueError: if the image cannot be quantised or subsampled into ``config.levels`` levels.
     """
-    quantized, levels = quantized_pyramid(image, config.bits, config.levels)
+    codec = codec or CodecSetting(bits=config.bits)
+    quantized, levels = quantized_pyramid(image, codec.bits, config.levels)
     stored = item_store.write_pyramid(
         path, levels,
-        {"quantization": {"bits": config.bits, "offset": quantized.offset.tolist(), "scale": quantized.scale.tolist()},
+        {"quantization": {"bits": codec.bits, "offset": quantized.offset.tolist(), "scale": quantized.scale.tolist()},
          "filter": "vertex-preserving subsampling", "channels": ["x", "y", "z"], **(attrs or {})},
+        codec=codec,
+        side_info={"quantization_offset": quantized.offset, "quantization_scale": quantized.scale,
+                   **(side_info or {})},
     )
+    decoded, _ = item_store.read_pyramid(path)
     measured = []
-    for level, (codes, stored_bytes) in enumerate(zip(levels, stored)):
+    for level, (codes, stored_bytes) in enumerate(zip(decoded, stored)):
         distances = restored_level_distances(codes, quantized, config.resolution, source_vertices, source_faces,
                                              config.samples, config.seed)
         measured.append({"level": level, "resolution": int(codes.shape[-1]), "chamfer_l2": distances.chamfer_l2,

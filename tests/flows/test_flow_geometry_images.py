@@ -60,10 +60,12 @@ def test_flow_on_real_meshes_with_bad_inputs(dataset: Path, tmp_path: Path) -> N
     assert (ot["mass_error"] < FAST.tol).all() and (ot["flipped_triangles"] == 0).all()
     assert rows["parameterization"].eq("harmonic").sum() == 6
     assert rows.loc[rows.parameterization == "harmonic", "newton_iterations"].isna().all()
-    # Finer levels are more faithful; compression grows as levels get coarser.
+    # Finer levels are more faithful (up to the squared quantisation step, where a flat mesh's error is only
+    # quantisation noise); compression grows as levels get coarser.
+    quantisation_floor = (2.0 ** -FAST.bits) ** 2
     for (_, _), group in rows.groupby(["item_id", "parameterization"]):
         group = group.sort_values("level")
-        assert group["chamfer_l2"].is_monotonic_increasing
+        assert (group["chamfer_l2"].diff().dropna() >= -quantisation_floor).all()
         assert group["compression_ratio"].is_monotonic_increasing
 
     failures = read_table(result["tables"]["failures"]).set_index("item_id")

@@ -21,6 +21,7 @@ from storage.tables import (
     FAILURES_SCHEMA,
     GAUSSIAN_REDUCTION_SCHEMA,
     GEOMETRY_IMAGES_SCHEMA,
+    RATE_DISTORTION_SCHEMA,
     SEQUENCE_FRAMES_SCHEMA,
     SEQUENCE_GEOMETRY_IMAGES_SCHEMA,
     TABLE_SCHEMAS,
@@ -49,6 +50,7 @@ def _ot_row(level: int) -> dict[str, object]:
         "area_distortion": 0.05,
         "flipped_triangles": 0,
         "untangled_vertices": 12,
+        "centroid_flips": 40,
         "compression_ratio": 12.5,
         "raw_bytes": 3 * 257 * 257 * 2,
         "stored_bytes": 31700,
@@ -67,6 +69,7 @@ def _ot_row(level: int) -> dict[str, object]:
 def test_schemas_cover_every_table() -> None:
     assert TABLE_SCHEMAS == {
         "geometry_images": GEOMETRY_IMAGES_SCHEMA,
+        "rate_distortion": RATE_DISTORTION_SCHEMA,
         "autodecoder_epochs": AUTODECODER_EPOCHS_SCHEMA,
         "autodecoder_shapes": AUTODECODER_SHAPES_SCHEMA,
         "autodecoder_models": AUTODECODER_MODELS_SCHEMA,

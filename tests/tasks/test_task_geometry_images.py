@@ -39,18 +39,33 @@ def test_woody_pyramid_shapes_and_bounded_error(tmp_path: Path) -> None:
 
 
 def test_ot_failure_keeps_the_harmonic_result(tmp_path: Path) -> None:
-    """cow's harmonic map is too crowded for the OT step: the item still gets its harmonic images."""
+    """On the plain cut cow's harmonic map is too crowded for the OT step: the item still gets its harmonic images."""
     item = MeshItem("cow", str(SAMPLES / "cow.obj"))
-    record = parameterize_mesh.fn(item, str(tmp_path), "run", FAST)
+    plain_cut = FAST.model_copy(update={"cut_paths": 0})
+    record = parameterize_mesh.fn(item, str(tmp_path), "run", plain_cut)
     assert list(record.parameterizations) == ["harmonic"]
     assert [f["stage"] for f in record.result.failures] == ["ot_parameterization"]
     assert record.result.failures[0]["error_type"] == "OTConvergenceError"
-    encoded = encode_geometry_images.fn(record, str(tmp_path), "run", FAST)
+    encoded = encode_geometry_images.fn(record, str(tmp_path), "run", plain_cut)
     assert {r["parameterization"] for r in encoded.rows("geometry_images")} == {"harmonic"}
     assert len(encoded.rows("geometry_images")) == 3
     store = ItemStore(str(tmp_path), "run", "cow")
     assert store.is_complete(record.fingerprint)
     assert store.completed_failures()[0]["error_type"] == "OTConvergenceError"
+
+
+def test_cow_gets_an_ot_geometry_image_by_default(tmp_path: Path) -> None:
+    """The default augmented cut (8 paths) opens cow up: both parameterizations are encoded, the OT one is better."""
+    item = MeshItem("cow", str(SAMPLES / "cow.obj"))
+    record = parameterize_mesh.fn(item, str(tmp_path), "run", FAST)
+    assert record.result.failures == [] and list(record.parameterizations) == ["harmonic", "ot"]
+    ot = record.parameterizations["ot"]
+    assert ot["flipped_triangles"] == 0 and ot["untangled_vertices"] == 0 and ot["centroid_flips"] > 0
+    assert ot["area_distortion"] < record.parameterizations["harmonic"]["area_distortion"]
+    rows = encode_geometry_images.fn(record, str(tmp_path), "run", FAST).rows("geometry_images")
+    finest = {r["parameterization"]: r for r in rows if r["level"] == 0}
+    assert finest["ot"]["centroid_flips"] == ot["centroid_flips"] and finest["harmonic"]["centroid_flips"] is None
+    assert finest["ot"]["hausdorff"] < finest["harmonic"]["hausdorff"]
 
 
 def test_interrupted_item_is_not_complete_and_is_redone(tmp_path: Path) -> None:

@@ -50,8 +50,9 @@ def test_defaults_are_the_models_and_run_ids_are_unchanged() -> None:
     """The demo's run id (README, runs/demo/<run_id>) is the one the hand-written run ids produced."""
     args = parse("geometry-images meshes")
     assert args.get("config", GeometryImageConfig()) == GeometryImageConfig()
-    assert GeometryImageConfig().default_run_id() == "geometry-images-75e0ecd77f"
-    assert SequenceConfig().default_run_id() == "geometry-image-sequence-525f717fb8"
+    # pipeline version 2 (cut augmentation, convex repair, image-coded levels): new geometry-image run ids
+    assert GeometryImageConfig().default_run_id() == "geometry-images-0369b3717b"
+    assert SequenceConfig().default_run_id() == "geometry-image-sequence-08f78c3b61"
     assert AutodecoderConfig().default_run_id() == "autodecoder-7eefa9da95"
     assert GaussianReductionConfig().default_run_id() == "reduce-66eb7b5b7e"
     assert AlignmentConfig().default_run_id() == "align-83baa48c4c"

@@ -34,8 +34,11 @@ def test_uniform_masses_on_jittered_grid() -> None:
     rng = np.random.default_rng(0)
     sites = _grid_sites(12) + rng.uniform(-0.03, 0.03, (144, 2))
     masses = np.full(144, 3.0)  # any positive scale: normalised by the solver
-    result = solve_semi_discrete_ot(sites, masses, tol=1e-6)
+    reported: list[tuple[int, float]] = []
+    result = solve_semi_discrete_ot(sites, masses, tol=1e-6, progress=lambda *args: reported.append(args))
     _check_result(result, sites, masses, 1e-6)
+    # One progress call per Newton iteration, with that iteration's max relative mass error.
+    assert reported == list(zip(range(1, result.iterations + 1), result.history[1:]))
     np.testing.assert_allclose(result.cells.areas, 1.0 / 144, rtol=1e-6)
     assert result.history[0] > 1e-2  # the jitter made the initial Voronoi cells unequal
     assert result.iterations < 30
