@@ -21,12 +21,13 @@ from flows.runtime.artifacts import (
     Progress,
     geometry_image_rgb,
     image_grid_png,
+    normal_map_rgb,
     publish_pictures,
     rate_distortion_png,
     table_records,
 )
 from tasks.dataset import list_items, read_arrays
-from tasks.geometry_images import GeometryImageConfig, encode_geometry_images, parameterize_mesh
+from tasks.geometry_images import PREVIEW_RESTORED, GeometryImageConfig, encode_geometry_images, parameterize_mesh
 
 __all__ = ["geometry_images", "summarize", "preview_tiles"]
 
@@ -101,14 +102,17 @@ def geometry_images(
     tiles = preview_tiles(store, run_id, sorted({row["item_id"] for row in rows})[:PREVIEW_MESHES])
     publish_pictures(
         "geometry-images-preview", f"Geometry images, run `{run_id}`",
-        {"finest level, x y z as red green blue: harmonic | OT": image_grid_png(tiles, columns=4)} if tiles else {},
-        description="Geometry images of the harmonic and the OT parameterization of each mesh",
+        {"finest level, x y z as red green blue: harmonic | OT (| normal maps of OT restored from 33², bilinear | "
+         "neural, with --restoration)": image_grid_png(tiles, columns=4)} if tiles else {},
+        description="Geometry images of the harmonic and the OT parameterization of each mesh, and the two "
+                    "restorations of its OT image from a coarse level",
     )
     curves = pd.DataFrame(gathered.rows("rate_distortion"))
     publish_pictures(
         "geometry-images-rate-distortion", f"Rate–distortion, run `{run_id}`",
         {"bytes per level against Hausdorff and Chamfer-L2": rate_distortion_png(curves.assign(
-            mesh=curves["item_id"], method=curves["parameterization"] + " " + curves["codec_setting"]))}
+            mesh=curves["item_id"],
+            method=curves["parameterization"] + " " + curves["codec_setting"] + " " + curves["restore"]))}
         if not curves.empty else {},
         description="Stored bytes of each pyramid level and codec setting against the restored mesh's error",
         locations={"bytes per level against Hausdorff and Chamfer-L2": tables["rate_distortion"]},
@@ -127,10 +131,14 @@ def preview_tiles(store: str, run_id: str, item_ids: list[str]) -> dict[str, np.
     """Finest-level geometry images of ``item_ids``: ``"<item> harmonic"`` and ``"<item> ot"`` ``[H, W, 3]`` uint8.
 
     A parameterization without a stored pyramid (it failed) gets a grey tile labelled ``"<item> ot: none"``, so
-    the two pictures of a mesh stay side by side in a grid of even width. Items with neither are left out.
+    the two pictures of a mesh stay side by side in a grid of even width. Items with neither are left out. When
+    the run restored with a network (``--restoration``), each mesh also gets the normal maps of its OT image
+    restored from the preview level by bilinear upsampling and by the network, side by side.
     """
     tiles: dict[str, np.ndarray] = {}
     for item_id in item_ids:
+        restored = read_arrays(store, run_id, item_id, [f"ot/{PREVIEW_RESTORED}/{name}"
+                                                        for name in ("bilinear", "neural")])
         stored = read_arrays(store, run_id, item_id, [f"{method}/geometry_image/0" for method in ("harmonic", "ot")])
         found = {path.split("/")[0]: None if image is None else geometry_image_rgb(image)
                  for path, image in stored.items()}
@@ -142,4 +150,7 @@ def preview_tiles(store: str, run_id: str, item_ids: list[str]) -> dict[str, np.
                 tiles[f"{item_id} {method}: none"] = np.full(shape, 200, dtype=np.uint8)
             else:
                 tiles[f"{item_id} {method}"] = tile
+        if all(image is not None for image in restored.values()):
+            for path, image in restored.items():
+                tiles[f"{item_id} normals, {path.split('/')[-1]}"] = normal_map_rgb(image)
     return tiles

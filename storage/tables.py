@@ -26,6 +26,8 @@ __all__ = [
     "FAILURES_SCHEMA",
     "GEOMETRY_IMAGES_SCHEMA",
     "RATE_DISTORTION_SCHEMA",
+    "RESTORATION_EPOCHS_SCHEMA",
+    "RESTORATION_MODELS_SCHEMA",
     "SEQUENCE_FRAMES_SCHEMA",
     "SEQUENCE_GEOMETRY_IMAGES_SCHEMA",
     "TABLE_SCHEMAS",
@@ -94,10 +96,13 @@ RATE_DISTORTION_SCHEMA: pa.Schema = pa.schema(
         ("samples", pa.int64()),
         ("distance_normalization", pa.string()),  # "unit_bbox_diagonal"
         ("coding_seconds", pa.float64()),  # encode + decode of the level
+        ("restore", pa.string()),  # "bilinear" | "neural" (the restoration network of --restoration)
+        ("restore_seconds", pa.float64()),  # restoring the level to the finest resolution
+        ("model_bytes", pa.int64()),  # the restoration network's file (null for bilinear); amortise over a dataset
     ],
     metadata={"distance_normalization": "unit bounding-box diagonal"},
 )
-"""One row per item x parameterization x pyramid level x codec setting of the geometry-image flow."""
+"""One row per item x parameterization x pyramid level x codec setting x restoration of the geometry-image flow."""
 
 FAILURES_SCHEMA: pa.Schema = pa.schema(
     [
@@ -275,7 +280,48 @@ EMBEDDING_ALIGNMENT_SCHEMA: pa.Schema = pa.schema(
 )
 """One row per aligned pair of embedding sets (HOTS3D spherical OT): distances before/after."""
 
+RESTORATION_EPOCHS_SCHEMA: pa.Schema = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("item_id", pa.string()),  # "model"
+        ("epoch", pa.int32()),
+        ("step", pa.int64()),  # steps done at the end of the epoch
+        ("loss", pa.float64()),  # weighted sum of tangential, normal, edge and surface terms
+        ("position_l1", pa.float64()),  # vs the 257^2 geometry image, unit bbox diagonal
+        ("normal_l1", pa.float64()),  # its component along the reference's normal
+        ("edge_l1", pa.float64()),  # differences of neighbouring outputs vs the reference's, unit bbox diagonal
+        ("surface_l1", pa.float64()),  # point-to-plane distance to the original mesh's samples, unit bbox diagonal
+        ("bilinear_position_l1", pa.float64()),  # bilinear upsampling's position_l1 on the same queries
+        ("learning_rate", pa.float64()),
+        ("seconds", pa.float64()),
+    ]
+)
+"""One row per training epoch of the train-restoration flow."""
+
+RESTORATION_MODELS_SCHEMA: pa.Schema = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("item_id", pa.string()),
+        ("model_uri", pa.string()),  # the safetensors file (storage.models)
+        ("model_sha256", pa.string()),  # content hash of its tensors
+        ("model_bytes", pa.int64()),  # file size
+        ("parameters", pa.int64()),
+        ("geometry_run_id", pa.string()),  # run whose OT geometry images were the training pairs
+        ("training_meshes", pa.int32()),
+        ("trained_on", pa.string()),  # comma-separated item ids
+        ("epochs", pa.int32()),
+        ("steps", pa.int64()),
+        ("final_position_ratio", pa.float64()),  # last epoch's position_l1 / bilinear_position_l1
+        ("device", pa.string()),
+        ("resumed_from_step", pa.int64()),  # null: trained from scratch
+        ("train_seconds", pa.float64()),
+    ]
+)
+"""One row per trained restoration network."""
+
 TABLE_SCHEMAS: dict[str, pa.Schema] = {
+    "restoration_epochs": RESTORATION_EPOCHS_SCHEMA,
+    "restoration_models": RESTORATION_MODELS_SCHEMA,
     "embedding_alignment": EMBEDDING_ALIGNMENT_SCHEMA,
     "geometry_images": GEOMETRY_IMAGES_SCHEMA,
     "rate_distortion": RATE_DISTORTION_SCHEMA,

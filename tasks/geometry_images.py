@@ -20,7 +20,7 @@ from pydantic import Field, model_validator
 
 from otcore.device import resolve_device
 from otcore.errors import GeometryError
-from otcore.mesh.geometry_image import resample_geometry_image
+from otcore.mesh.geometry_image import dequantize, resample_geometry_image
 from otcore.mesh.metrics import compression_ratio, normalize_to_unit_diagonal, raw_mesh_bytes
 from otcore.mesh.octahedral import resample_spherical_geometry_image
 from otcore.mesh.parameterization import Parameterization, parameterize_to_square
@@ -37,15 +37,20 @@ from storage.zarr_store import ItemStore
 from tasks.shared.pyramid import encode_pyramid
 from tasks.shared.rate_distortion import rate_distortion_rows, setting_columns
 from tasks.shared.records import ItemResult, PipelineConfig, failure_row
+from tasks.shared.restoration import BILINEAR, Restoration, load_restoration
 
 __all__ = ["GeometryImageConfig", "ParameterizedMesh", "parameterize_mesh", "encode_geometry_images",
-           "PIPELINE_VERSION"]
+           "PIPELINE_VERSION", "PREVIEW_RESTORED"]
 
-PIPELINE_VERSION = "2"  # bump when outputs of unchanged inputs would change: invalidates finished items
+PIPELINE_VERSION = "3"  # bump when outputs of unchanged inputs would change: invalidates finished items
 # 2: cut augmentation by default, convex-combination repair of centroid flips; image-coded pyramid levels with
 #    side info, rate_distortion rows stored with the item
+# 3: rate_distortion rows per restoration (restore, restore_seconds, model_bytes); --restoration
 
 PROGRESS_LOG_SECONDS = 30.0  # OT solves running longer than this log every Newton iteration
+
+PREVIEW_RESTORED = "restored_33"  # <method>/restored_33/{bilinear,neural}: the 33^2 level restored both ways
+PREVIEW_RESOLUTION = 33
 
 TASK_TIMEOUT_SECONDS = 3600  # a hung solve fails (then retries once) instead of holding a worker forever
 
@@ -69,6 +74,9 @@ class GeometryImageConfig(PipelineConfig):
     rate_distortion: list[str] = Field(
         default_factory=list, description="further codec settings ('jpeg2k:60', 'jpegxl:lossless', ...) coded in "
         "memory and measured per level for the rate_distortion table, besides the stored one")
+    restoration: str | None = Field(
+        None, description="model file of a trained restoration network (brenier train-restoration): adds "
+        "restore=neural rows beside restore=bilinear to the rate_distortion table")
     samples: int = Field(50_000, ge=1, description="area-uniform samples per surface for chamfer_l2 / hausdorff")
     seed: int = Field(0, description="sampling seed")
     tol: float = Field(1e-6, gt=0.0, description="Newton tolerance on max relative cell-mass error")
@@ -88,6 +96,15 @@ class GeometryImageConfig(PipelineConfig):
             CodecSetting.parse(text, self.bits)
         CodecSetting(self.codec, self.codec_quality, self.bits)
         return self
+
+    @property
+    def restorations(self) -> list[Restoration]:
+        """Bilinear, then the neural restoration of :attr:`restoration` when one is set.
+
+        Raises:
+            storage.models.ModelFileError: the model file is missing or not a restoration model.
+        """
+        return [BILINEAR] + ([load_restoration(self.restoration)] if self.restoration else [])
 
     @property
     def codec_setting(self) -> CodecSetting:
@@ -251,6 +268,18 @@ def parameterize_mesh(item: MeshItem, store: str, run_id: str, config: GeometryI
     return record
 
 
+def _write_restored_preview(item_store: ItemStore, method: str, restorations: list[Restoration]) -> None:
+    """``<method>/restored_33/<restore>``: the stored 33^2 level restored to the finest resolution each way."""
+    codes, attrs = item_store.read_pyramid(f"{method}/geometry_image")
+    quantization = attrs["quantization"]
+    level = next((c for c in codes if c.shape[-1] == PREVIEW_RESOLUTION), codes[-1])
+    image = dequantize(level, np.asarray(quantization["offset"]), np.asarray(quantization["scale"]))
+    for restoration in restorations:
+        item_store.write_array(f"{method}/{PREVIEW_RESTORED}/{restoration.name}",
+                               restoration.restore(image, codes[0].shape[-1]),
+                               attrs={"from_resolution": int(level.shape[-1]), "units": "unit_bbox_diagonal"})
+
+
 @task(name="encode-geometry-images", retries=1, retry_delay_seconds=2, timeout_seconds=TASK_TIMEOUT_SECONDS)
 def encode_geometry_images(record: ParameterizedMesh, store: str, run_id: str,
                            config: GeometryImageConfig) -> ItemResult:
@@ -281,6 +310,11 @@ def encode_geometry_images(record: ParameterizedMesh, store: str, run_id: str,
     rows: list[dict[str, Any]] = []
     rate_distortion: list[dict[str, Any]] = []
     failures = list(record.result.failures)
+    try:
+        restorations = config.restorations
+    except InputError as error:  # a bad model file: bilinear rows only, and say why
+        restorations = [BILINEAR]
+        failures.append(_failure(run_id, item, "restoration", error))
     for method, stats in record.parameterizations.items():  # empty when the cut failed: finish with failures
         start = time.perf_counter()
         try:
@@ -293,11 +327,13 @@ def encode_geometry_images(record: ParameterizedMesh, store: str, run_id: str,
             levels = encode_pyramid(
                 item_store, f"{method}/geometry_image", image, source_vertices, source_faces, config,
                 {"domain": "octahedral (equal-area), seamless" if config.domain == "sphere" else "square"},
-                codec=config.codec_setting, side_info=normalization,
+                codec=config.codec_setting, side_info=normalization, restorations=restorations,
             )
             measured = rate_distortion_rows(image, config.rate_distortion_settings[1:], config.levels,
                                             side_info_bytes, source_vertices, source_faces, config.samples,
-                                            config.seed)
+                                            config.seed, restorations)
+            if method == "ot" and len(restorations) > 1:
+                _write_restored_preview(item_store, method, restorations)
         except ValueError as error:
             failures.append(_failure(run_id, item, f"geometry_image[{method}]", error))
             continue
@@ -308,6 +344,9 @@ def encode_geometry_images(record: ParameterizedMesh, store: str, run_id: str,
             rate_distortion.append({**item_columns, "parameterization": method, **row,
                                     "compression_ratio": compression_ratio(n_vertices, n_faces, row["stored_bytes"])})
         for level in levels:
+            if level["restore"] != BILINEAR.name:
+                continue
+            level = {k: v for k, v in level.items() if k not in ("restore", "restore_seconds", "model_bytes")}
             stored_bytes = level["stored_bytes"]
             rows.append({
                 "run_id": run_id, "item_id": item.item_id, "source_uri": item.uri,

@@ -27,6 +27,7 @@ __all__ = [
     "Progress",
     "figure_png",
     "geometry_image_rgb",
+    "normal_map_rgb",
     "image_grid_png",
     "picture_markdown",
     "publish_pictures",
@@ -81,6 +82,27 @@ def geometry_image_rgb(geometry_image: np.ndarray) -> np.ndarray:
     low = image.min(axis=(1, 2), keepdims=True)
     span = np.maximum(image.max(axis=(1, 2), keepdims=True) - low, 1e-12)
     return np.rint(255 * (image - low) / span).astype(np.uint8).transpose(1, 2, 0)
+
+
+def normal_map_rgb(geometry_image: np.ndarray) -> np.ndarray:
+    """Normal map of a geometry image: unit normals of the grid surface (cross product of the central differences
+    along u and v) mapped from ``[-1, 1]`` to ``[0, 255]``. Shows the surface detail a restoration recovers.
+
+    Args:
+        geometry_image: ``[3, H, W]`` float positions (``H, W >= 2``).
+
+    Returns:
+        ``[H, W, 3]`` uint8.
+
+    Raises:
+        ValueError: if the array is not ``[3, H, W]`` with ``H, W >= 2``.
+    """
+    image = np.asarray(geometry_image, dtype=np.float64)
+    if image.ndim != 3 or image.shape[0] != 3 or min(image.shape[1:]) < 2:
+        raise ValueError(f"geometry image must be [3, H, W] with H, W >= 2, got {image.shape}")
+    normals = np.cross(np.gradient(image, axis=2), np.gradient(image, axis=1), axis=0)
+    normals /= np.maximum(np.linalg.norm(normals, axis=0, keepdims=True), 1e-12)
+    return np.rint(127.5 * (normals + 1.0)).astype(np.uint8).transpose(1, 2, 0)
 
 
 def image_grid_png(tiles: dict[str, np.ndarray], columns: int = 4, size: int = 160) -> bytes:

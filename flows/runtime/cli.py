@@ -22,6 +22,7 @@ from flows.autodecoder import autodecoder, encode_shapes
 from flows.gaussian_reduction import DEFAULT_RATIOS, gaussian_reduction, summary_frame
 from flows.geometry_image_sequence import geometry_image_sequence, summarize_sequence
 from flows.geometry_images import geometry_images, summarize
+from flows.restoration import train_restoration
 from flows.runtime.prefect_server import prefect_api
 from flows.runtime.server_cli import server_app
 from flows.runtime.task_runner import make_task_runner
@@ -31,6 +32,7 @@ from tasks.dataset import read_run_table as read_table
 from tasks.gaussian_reduction import GaussianReductionConfig
 from tasks.geometry_image_sequence import SequenceConfig
 from tasks.geometry_images import GeometryImageConfig
+from tasks.restoration import TrainRestorationConfig
 
 __all__ = ["app", "main", "RunOptions"]
 
@@ -157,6 +159,29 @@ def _print_failures(failures: pd.DataFrame) -> None:
 def _print_tables(result: dict) -> None:
     for name, uri in result["tables"].items():
         console.print(f"table {name}: {uri}")
+
+
+@app.command(name="train-restoration")
+def train_restoration_command(
+    path: Annotated[str, Parameter(help="folder, glob or fsspec URL of the training meshes")],
+    /,
+    *,
+    config: Annotated[TrainRestorationConfig, Flat] = TrainRestorationConfig(),
+    run: Annotated[RunOptions, Flat] = RunOptions(),
+) -> None:
+    """Train the geometry-image restoration network (use it with `geometry-images --restoration MODEL`)."""
+    with prefect_api(announce=console.print):
+        result = run.flow(train_restoration)(path, run.root(), config, run.run_id)
+    epochs = read_table(result["tables"]["restoration_epochs"])
+    if not epochs.empty:
+        _print_frame("restoration training, last epochs (L1 in unit-bbox-diagonal units)",
+                     epochs[["epoch", "loss", "position_l1", "bilinear_position_l1", "edge_l1", "surface_l1",
+                             "seconds"]].tail(5))
+    _print_failures(read_table(result["tables"]["failures"]))
+    console.print(f"run [bold]{result['run_id']}[/]: {result['items']} meshes (geometry images in run "
+                  f"{result['geometry_run_id']}), {result['skipped_items']} skipped as finished")
+    console.print(f"model: {result['model']}")
+    _print_tables(result)
 
 
 @app.command(name="autodecoder")

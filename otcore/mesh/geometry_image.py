@@ -13,6 +13,7 @@ spread the samples evenly over the surface's area.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -203,8 +204,9 @@ def restored_level_distances(
     source_faces: np.ndarray,
     samples: int,
     seed: int,
+    restore: Callable[[np.ndarray, int], np.ndarray] = restore_level,
 ) -> SurfaceDistances:
-    """How far one stored level is from the source surface: dequantise, :func:`restore_level` to ``resolution``,
+    """How far one stored level is from the source surface: dequantise, ``restore`` to ``resolution``,
     triangulate the grid (:func:`geometry_image_to_mesh`) and measure :func:`otcore.mesh.metrics.surface_distances`.
 
     Args:
@@ -213,10 +215,12 @@ def restored_level_distances(
         resolution: side of the finest level (``2^n + 1``).
         source_vertices, source_faces: ``[V, 3]`` float64 / ``[F, 3]`` int64 surface measured against.
         samples, seed: area-uniform samples per surface and their seed.
+        restore: ``(level_image [3, h, w] float32, resolution) -> [3, resolution, resolution]``; default
+            :func:`restore_level` (bilinear), or e.g. a bound :func:`otcore.mesh.neural_restoration.restore_neural`.
 
     Returns:
         :class:`~otcore.mesh.metrics.SurfaceDistances` (Chamfer-L2, Hausdorff, in the units of the vertices).
     """
-    restored = restore_level(dequantize(codes, quantized.offset, quantized.scale), resolution)
+    restored = restore(dequantize(codes, quantized.offset, quantized.scale), resolution)
     restored_vertices, restored_faces = geometry_image_to_mesh(restored)
     return surface_distances(restored_vertices, restored_faces, source_vertices, source_faces, samples, seed)

@@ -3,15 +3,50 @@ decode, restore and measure every level (:mod:`otcore.mesh.geometry_image`, :mod
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
 
-from otcore.mesh.geometry_image import quantized_pyramid, restored_level_distances
+from otcore.mesh.geometry_image import QuantizedImage, quantized_pyramid, restored_level_distances
 from storage.image_codecs import CodecSetting
 from storage.zarr_store import ItemStore
+from tasks.shared.restoration import BILINEAR, Restoration
 
-__all__ = ["encode_pyramid"]
+__all__ = ["encode_pyramid", "measure_levels"]
+
+
+def measure_levels(levels: list[np.ndarray], quantized: QuantizedImage, restorations: list[Restoration],
+                   resolution: int, source_vertices: np.ndarray, source_faces: np.ndarray, samples: int,
+                   seed: int) -> list[dict[str, Any]]:
+    """Restore every decoded level to ``resolution`` with each restoration and measure it against the source.
+
+    Returns:
+        One dict per level x restoration (levels outer; restorations other than bilinear skip the finest level):
+        ``level``, ``resolution`` (of the level), ``restore``,
+        ``chamfer_l2``, ``hausdorff``, ``samples``, ``restore_seconds`` (restoration alone, not the measurement),
+        ``model_bytes``.
+    """
+    rows = []
+    for level, codes in enumerate(levels):
+        for restoration in restorations:
+            if restoration is not BILINEAR and codes.shape[-1] >= resolution:
+                continue  # the finest level is the image itself: only bilinear (the identity) measures it
+            seconds = []
+
+            def timed(image: np.ndarray, size: int, restore=restoration.restore) -> np.ndarray:
+                start = time.perf_counter()
+                restored = restore(image, size)
+                seconds.append(time.perf_counter() - start)
+                return restored
+
+            distances = restored_level_distances(codes, quantized, resolution, source_vertices, source_faces,
+                                                 samples, seed, restore=timed)
+            rows.append({"level": level, "resolution": int(codes.shape[-1]), "restore": restoration.name,
+                         "chamfer_l2": distances.chamfer_l2, "hausdorff": distances.hausdorff,
+                         "samples": distances.samples, "restore_seconds": seconds[0],
+                         "model_bytes": restoration.model_bytes})
+    return rows
 
 
 def encode_pyramid(
@@ -24,6 +59,7 @@ def encode_pyramid(
     attrs: dict[str, Any] | None = None,
     codec: CodecSetting | None = None,
     side_info: dict[str, np.ndarray] | None = None,
+    restorations: list[Restoration] | None = None,
 ) -> list[dict[str, Any]]:
     """Quantise a geometry image, store its image-coded mipmap pyramid at ``path`` and measure every level.
 
@@ -40,9 +76,10 @@ def encode_pyramid(
         attrs: extra pyramid attributes.
         codec: image codec of the levels; default JPEG 2000 lossless at ``config.bits``.
         side_info: further ``[n]`` arrays a decoder needs (e.g. the normalisation offset and scale).
+        restorations: how levels are restored for measuring; default bilinear alone.
 
     Returns:
-        One dict per level: ``level``, ``resolution``, ``chamfer_l2``, ``hausdorff``, ``samples``, ``stored_bytes``.
+        The :func:`measure_levels` rows, each with ``stored_bytes``.
 
     Raises:
         ValueError: if the image cannot be quantised or subsampled into ``config.levels`` levels.
@@ -58,11 +95,6 @@ def encode_pyramid(
                    **(side_info or {})},
     )
     decoded, _ = item_store.read_pyramid(path)
-    measured = []
-    for level, (codes, stored_bytes) in enumerate(zip(decoded, stored)):
-        distances = restored_level_distances(codes, quantized, config.resolution, source_vertices, source_faces,
-                                             config.samples, config.seed)
-        measured.append({"level": level, "resolution": int(codes.shape[-1]), "chamfer_l2": distances.chamfer_l2,
-                         "hausdorff": distances.hausdorff, "samples": distances.samples,
-                         "stored_bytes": stored_bytes})
-    return measured
+    rows = measure_levels(decoded, quantized, restorations or [BILINEAR], config.resolution, source_vertices,
+                          source_faces, config.samples, config.seed)
+    return [{**row, "stored_bytes": stored[row["level"]]} for row in rows]

@@ -1,9 +1,10 @@
 """Rate–distortion of geometry-image pyramids: the bytes and the restored mesh's error per level and codec setting.
 
 Used by the geometry-image task (:mod:`tasks.geometry_images`) for the ``rate_distortion`` table and by
-``bench/rate_distortion.py``. A level is restored the one way the flow restores it
-(:func:`otcore.mesh.geometry_image.restored_level_distances`: dequantise, bilinear upsampling to the finest
-resolution, grid triangulation); the error is point-to-surface against the source mesh, unit bounding-box diagonal.
+``bench/rate_distortion.py``. A level is restored the ways the flow restores it
+(:func:`tasks.shared.pyramid.measure_levels`: dequantise, bilinear upsampling or the restoration network to the
+finest resolution, grid triangulation); the error is point-to-surface against the source mesh, unit bounding-box
+diagonal.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from otcore.mesh.geometry_image import quantized_pyramid, restored_level_distances
+from otcore.mesh.geometry_image import quantized_pyramid
 from storage.image_codecs import CodecSetting, decode_image, encode_image
+from tasks.shared.pyramid import measure_levels
+from tasks.shared.restoration import BILINEAR, Restoration
 
 __all__ = ["rate_distortion_rows", "setting_columns"]
 
@@ -27,7 +30,7 @@ def setting_columns(setting: CodecSetting) -> dict[str, Any]:
 
 def rate_distortion_rows(image: np.ndarray, settings: list[CodecSetting], levels: int, side_info_bytes: int,
                          source_vertices: np.ndarray, source_faces: np.ndarray, samples: int,
-                         seed: int) -> list[dict[str, Any]]:
+                         seed: int, restorations: list[Restoration] | None = None) -> list[dict[str, Any]]:
     """Code every pyramid level of a geometry image with each setting in memory, restore it and measure it.
 
     Args:
@@ -37,11 +40,12 @@ def rate_distortion_rows(image: np.ndarray, settings: list[CodecSetting], levels
         side_info_bytes: bytes a decoder needs besides the codestream (added to every level's ``stored_bytes``).
         source_vertices, source_faces: ``[V, 3]`` float64 / ``[F, 3]`` int64 mesh the levels are measured against.
         samples, seed: area-uniform samples per surface and their seed.
+        restorations: how each level is restored (default bilinear alone).
 
     Returns:
-        One row per setting x level: ``level``, ``resolution``, the :func:`setting_columns`, ``stored=False``,
-        ``stored_bytes`` (codestream + side info), ``side_info_bytes``, ``image_raw_bytes`` (uint16 samples),
-        ``chamfer_l2``, ``hausdorff``, ``samples``, ``coding_seconds`` (encode + decode).
+        One row per setting x level x restoration: the :func:`tasks.shared.pyramid.measure_levels` columns, the
+        :func:`setting_columns`, ``stored=False``, ``stored_bytes`` (codestream + side info), ``side_info_bytes``,
+        ``image_raw_bytes`` (uint16 samples), ``coding_seconds`` (encode + decode).
 
     Raises:
         ValueError: if the image cannot be quantised or subsampled into ``levels`` levels.
@@ -50,16 +54,16 @@ def rate_distortion_rows(image: np.ndarray, settings: list[CodecSetting], levels
     rows = []
     for setting in settings:
         quantized, pyramid = quantized_pyramid(image, setting.bits, levels)
-        for level, codes in enumerate(pyramid):
+        decoded, coded = [], []
+        for codes in pyramid:
             start = time.perf_counter()
             data = encode_image(codes, setting)
-            decoded = decode_image(data, setting, codes.shape)
-            seconds = time.perf_counter() - start
-            distances = restored_level_distances(decoded, quantized, resolution, source_vertices, source_faces,
-                                                 samples, seed)
-            rows.append({"level": level, "resolution": int(codes.shape[-1]), **setting_columns(setting),
-                         "stored": False, "stored_bytes": len(data) + side_info_bytes,
-                         "side_info_bytes": side_info_bytes, "image_raw_bytes": int(codes.nbytes),
-                         "chamfer_l2": distances.chamfer_l2, "hausdorff": distances.hausdorff,
-                         "samples": distances.samples, "coding_seconds": seconds})
+            decoded.append(decode_image(data, setting, codes.shape))
+            coded.append((len(data), time.perf_counter() - start, int(codes.nbytes)))
+        for row in measure_levels(decoded, quantized, restorations or [BILINEAR], resolution, source_vertices,
+                                  source_faces, samples, seed):
+            data_bytes, seconds, raw_bytes = coded[row["level"]]
+            rows.append({**row, **setting_columns(setting), "stored": False,
+                         "stored_bytes": data_bytes + side_info_bytes, "side_info_bytes": side_info_bytes,
+                         "image_raw_bytes": raw_bytes, "coding_seconds": seconds})
     return rows

@@ -22,6 +22,8 @@ from storage.tables import (
     GAUSSIAN_REDUCTION_SCHEMA,
     GEOMETRY_IMAGES_SCHEMA,
     RATE_DISTORTION_SCHEMA,
+    RESTORATION_EPOCHS_SCHEMA,
+    RESTORATION_MODELS_SCHEMA,
     SEQUENCE_FRAMES_SCHEMA,
     SEQUENCE_GEOMETRY_IMAGES_SCHEMA,
     TABLE_SCHEMAS,
@@ -70,6 +72,8 @@ def test_schemas_cover_every_table() -> None:
     assert TABLE_SCHEMAS == {
         "geometry_images": GEOMETRY_IMAGES_SCHEMA,
         "rate_distortion": RATE_DISTORTION_SCHEMA,
+        "restoration_epochs": RESTORATION_EPOCHS_SCHEMA,
+        "restoration_models": RESTORATION_MODELS_SCHEMA,
         "autodecoder_epochs": AUTODECODER_EPOCHS_SCHEMA,
         "autodecoder_shapes": AUTODECODER_SHAPES_SCHEMA,
         "autodecoder_models": AUTODECODER_MODELS_SCHEMA,

@@ -11,6 +11,7 @@ from tasks.autodecoder import AutodecoderConfig
 from tasks.gaussian_reduction import GaussianReductionConfig
 from tasks.geometry_image_sequence import SequenceConfig
 from tasks.geometry_images import GeometryImageConfig
+from tasks.restoration import TrainRestorationConfig
 
 
 def parse(command: str) -> dict:
@@ -50,8 +51,9 @@ def test_defaults_are_the_models_and_run_ids_are_unchanged() -> None:
     """The demo's run id (README, runs/demo/<run_id>) is the one the hand-written run ids produced."""
     args = parse("geometry-images meshes")
     assert args.get("config", GeometryImageConfig()) == GeometryImageConfig()
-    # pipeline version 2 (cut augmentation, convex repair, image-coded levels): new geometry-image run ids
-    assert GeometryImageConfig().default_run_id() == "geometry-images-0369b3717b"
+    # pipeline version 3 (rate_distortion rows per restoration, --restoration): new geometry-image run ids
+    assert GeometryImageConfig().default_run_id() == "geometry-images-5d908da349"
+    assert TrainRestorationConfig().default_run_id() == TrainRestorationConfig(device="cpu").default_run_id()
     assert SequenceConfig().default_run_id() == "geometry-image-sequence-08f78c3b61"
     assert AutodecoderConfig().default_run_id() == "autodecoder-7eefa9da95"
     assert GaussianReductionConfig().default_run_id() == "reduce-66eb7b5b7e"
