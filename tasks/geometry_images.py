@@ -76,7 +76,7 @@ class GeometryImageConfig(PipelineConfig):
         "memory and measured per level for the rate_distortion table, besides the stored one")
     restoration: str | None = Field(
         None, description="model file of a trained restoration network (brenier train-restoration): adds "
-        "restore=neural rows beside restore=bilinear to the rate_distortion table")
+        "restore=neural rows of the OT map's levels beside restore=bilinear to the rate_distortion table")
     samples: int = Field(50_000, ge=1, description="area-uniform samples per surface for chamfer_l2 / hausdorff")
     seed: int = Field(0, description="sampling seed")
     tol: float = Field(1e-6, gt=0.0, description="Newton tolerance on max relative cell-mass error")
@@ -311,10 +311,12 @@ def encode_geometry_images(record: ParameterizedMesh, store: str, run_id: str,
     rate_distortion: list[dict[str, Any]] = []
     failures = list(record.result.failures)
     try:
-        restorations = config.restorations
+        neural = config.restorations
     except InputError as error:  # a bad model file: bilinear rows only, and say why
-        restorations = [BILINEAR]
+        neural = [BILINEAR]
         failures.append(_failure(run_id, item, "restoration", error))
+    # The network restores the square OT images it was trained on; the other maps are restored bilinearly.
+    restorations = {method: neural if method == "ot" else [BILINEAR] for method in record.parameterizations}
     for method, stats in record.parameterizations.items():  # empty when the cut failed: finish with failures
         start = time.perf_counter()
         try:
@@ -327,13 +329,13 @@ def encode_geometry_images(record: ParameterizedMesh, store: str, run_id: str,
             levels = encode_pyramid(
                 item_store, f"{method}/geometry_image", image, source_vertices, source_faces, config,
                 {"domain": "octahedral (equal-area), seamless" if config.domain == "sphere" else "square"},
-                codec=config.codec_setting, side_info=normalization, restorations=restorations,
+                codec=config.codec_setting, side_info=normalization, restorations=restorations[method],
             )
             measured = rate_distortion_rows(image, config.rate_distortion_settings[1:], config.levels,
                                             side_info_bytes, source_vertices, source_faces, config.samples,
-                                            config.seed, restorations)
-            if method == "ot" and len(restorations) > 1:
-                _write_restored_preview(item_store, method, restorations)
+                                            config.seed, restorations[method])
+            if len(restorations[method]) > 1:
+                _write_restored_preview(item_store, method, restorations[method])
         except ValueError as error:
             failures.append(_failure(run_id, item, f"geometry_image[{method}]", error))
             continue

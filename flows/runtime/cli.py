@@ -8,6 +8,7 @@ options every flow command shares are the fields of :class:`RunOptions`.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -128,11 +129,26 @@ def geometry_images_command(
     rows = read_table(result["tables"]["geometry_images"])
     failures = read_table(result["tables"]["failures"])
     console.print(_summary_table(summarize(rows)))
+    _print_restorations(read_table(result["tables"]["rate_distortion"]))
     _print_failures(failures)
     console.print(f"run [bold]{result['run_id']}[/]: {result['items']} meshes, "
                   f"{result['skipped_items']} skipped as finished")
     console.print(f"Zarr store:  {result['store']}/{result['run_id']}/<mesh>/{{harmonic,ot}}/geometry_image")
     _print_tables(result)
+
+
+def _print_restorations(rate_distortion: pd.DataFrame) -> None:
+    """With --restoration: the OT map's 33² and 65² levels restored bilinearly and by the network, per mesh."""
+    if rate_distortion.empty or "neural" not in set(rate_distortion["restore"]):
+        return
+    stored = rate_distortion[rate_distortion["stored"] & (rate_distortion["parameterization"] == "ot")
+                             & rate_distortion["resolution"].isin([33, 65])]
+    table = stored.pivot_table(index="item_id", columns=["resolution", "restore"],
+                               values=["chamfer_l2", "hausdorff"])
+    table.columns = [f"{'CD' if metric == 'chamfer_l2' else 'HD'} {side}² {restore}"
+                     for metric, side, restore in table.columns]
+    _print_frame("OT map restored from 33² and 65² to 257²: bilinear vs neural (unit bbox diagonal)",
+                 table.reset_index().rename(columns={"item_id": "mesh"}))
 
 
 def _print_frame(title: str, frame: pd.DataFrame) -> None:
@@ -170,6 +186,7 @@ def train_restoration_command(
     run: Annotated[RunOptions, Flat] = RunOptions(),
 ) -> None:
     """Train the geometry-image restoration network (use it with `geometry-images --restoration MODEL`)."""
+    started = time.perf_counter()
     with prefect_api(announce=console.print):
         result = run.flow(train_restoration)(path, run.root(), config, run.run_id)
     epochs = read_table(result["tables"]["restoration_epochs"])
@@ -180,7 +197,13 @@ def train_restoration_command(
     _print_failures(read_table(result["tables"]["failures"]))
     console.print(f"run [bold]{result['run_id']}[/]: {result['items']} meshes (geometry images in run "
                   f"{result['geometry_run_id']}), {result['skipped_items']} skipped as finished")
-    console.print(f"model: {result['model']}")
+    models = read_table(result["tables"]["restoration_models"])
+    if not models.empty:
+        model = models.iloc[0]
+        console.print(f"model: {result['model']} ({model['parameters']:,} parameters, {model['model_bytes']:,} "
+                      f"bytes, position L1 {model['final_position_ratio']:.2f} of bilinear's; training "
+                      f"{model['train_seconds']:.0f} s on {model['device']})")
+    console.print(f"wall time: {time.perf_counter() - started:.0f} s (geometry images and training)")
     _print_tables(result)
 
 

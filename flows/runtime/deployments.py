@@ -22,10 +22,11 @@ from flows.autodecoder import encode_shapes as _encode_shapes
 from flows.gaussian_reduction import gaussian_reduction as _gaussian_reduction
 from flows.geometry_image_sequence import geometry_image_sequence as _geometry_image_sequence
 from flows.geometry_images import geometry_images as _geometry_images
+from flows.restoration import train_restoration as _train_restoration
 from flows.runtime.task_runner import make_task_runner
 
 __all__ = ["geometry_images", "geometry_image_sequence", "autodecoder", "encode_shapes", "gaussian_reduction",
-           "task_runner_from_env"]
+           "train_restoration", "task_runner_from_env"]
 
 
 def task_runner_from_env() -> DaskTaskRunner:
@@ -45,3 +46,4 @@ geometry_image_sequence = _geometry_image_sequence.with_options(task_runner=task
 autodecoder = _autodecoder.with_options(task_runner=task_runner_from_env())
 encode_shapes = _encode_shapes.with_options(task_runner=task_runner_from_env())
 gaussian_reduction = _gaussian_reduction.with_options(task_runner=task_runner_from_env())
+train_restoration = _train_restoration.with_options(task_runner=task_runner_from_env())

@@ -108,7 +108,7 @@ class RestorationNetwork(nn.Module):
             nn.Linear(config.width + 3, config.decoder_width), nn.GELU(),
             nn.Linear(config.decoder_width, config.decoder_width), nn.GELU(),
             nn.Linear(config.decoder_width, 3))
-        nn.init.zeros_(self.decoder[-1].weight)  # starts as bilinear upsampling exactly
+        nn.init.zeros_(self.decoder[-1].weight)  # starts as bicubic interpolation exactly
         nn.init.zeros_(self.decoder[-1].bias)
 
     def encode(self, coarse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

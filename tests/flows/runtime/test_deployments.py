@@ -25,6 +25,7 @@ FLOWS = {  # deployment name -> flow name
     "encode-shapes": "encode-shapes",
     "gaussian-reduction": "gaussian_reduction",
     "geometry-image-sequence": "geometry-image-sequence",
+    "train-restoration": "train-restoration",
 }
 
 pytestmark = pytest.mark.slow
