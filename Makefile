@@ -24,7 +24,8 @@ demo: setup
 # Re-train the bundled restoration network on the 20 meshes of $(TRAINING_MESHES) (never on the evaluation meshes
 # of data/samples/meshes) and copy it to $(MODEL). It prints the training time: the 60-minute budget of issue 16.
 restoration-model: setup
-	$(BIN)/brenier train-restoration $(TRAINING_MESHES) --store runs/restoration --run-id restoration-bundled
+	$(BIN)/brenier train-restoration $(TRAINING_MESHES) --store runs/restoration --run-id restoration-bundled \
+		--threads $$(nproc)
 	cp runs/restoration/restoration-bundled/model/restoration.safetensors $(MODEL)
 
 demo-autodecoder: setup

@@ -15,6 +15,7 @@ from dataclasses import asdict
 from typing import ClassVar
 
 import numpy as np
+import torch
 from prefect import get_run_logger, task
 from pydantic import Field
 
@@ -48,7 +49,7 @@ class TrainRestorationConfig(PipelineConfig):
 
     RUN_PREFIX: ClassVar[str] = "restoration"
     PIPELINE_VERSION: ClassVar[str] = PIPELINE_VERSION
-    IDENTITY_EXCLUDE: ClassVar[frozenset[str]] = frozenset({"device", "checkpoint_every"})
+    IDENTITY_EXCLUDE: ClassVar[frozenset[str]] = frozenset({"device", "checkpoint_every", "threads"})
 
     epochs: int = Field(40, ge=1, description="training epochs")
     steps_per_epoch: int = Field(150, ge=1, description="steps per epoch")
@@ -67,6 +68,8 @@ class TrainRestorationConfig(PipelineConfig):
     seed: int = 0
     device: str = Field("auto", description="'auto' (CUDA when the worker has it), 'cpu', 'cuda', ...")
     checkpoint_every: int = Field(50, ge=1, description="training steps between checkpoints")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads of the training task (default: the "
+                                "worker's, one in a Dask worker process); the task runs alone after the images")
 
     def training(self) -> RestorationTrainingConfig:
         return RestorationTrainingConfig(
@@ -125,6 +128,8 @@ def train_restoration_model(item_ids: list[str], geometry_run_id: str, store: st
         return ItemResult(MODEL_ITEM, failures=failures)
 
     device = resolve_device(config.device)
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
     training = config.training()
     resumed_from_step = item_store.checkpoint_step(fingerprint)
     if resumed_from_step is not None:
