@@ -311,12 +311,12 @@ def encode_geometry_images(record: ParameterizedMesh, store: str, run_id: str,
     rate_distortion: list[dict[str, Any]] = []
     failures = list(record.result.failures)
     try:
-        neural = config.restorations
+        configured = config.restorations
     except InputError as error:  # a bad model file: bilinear rows only, and say why
-        neural = [BILINEAR]
+        configured = [BILINEAR]
         failures.append(_failure(run_id, item, "restoration", error))
     # The network restores the square OT images it was trained on; the other maps are restored bilinearly.
-    restorations = {method: neural if method == "ot" else [BILINEAR] for method in record.parameterizations}
+    restorations = {method: configured if method == "ot" else [BILINEAR] for method in record.parameterizations}
     for method, stats in record.parameterizations.items():  # empty when the cut failed: finish with failures
         start = time.perf_counter()
         try:

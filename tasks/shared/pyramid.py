@@ -22,8 +22,8 @@ def measure_levels(levels: list[np.ndarray], quantized: QuantizedImage, restorat
     """Restore every decoded level to ``resolution`` with each restoration and measure it against the source.
 
     Returns:
-        One dict per level x restoration (levels outer; restorations other than bilinear skip the finest level):
-        ``level``, ``resolution`` (of the level), ``restore``,
+        One dict per level x restoration (levels outer; at the finest level every restoration is the identity and
+        shares bilinear's measurement): ``level``, ``resolution`` (of the level), ``restore``,
         ``chamfer_l2``, ``hausdorff``, ``samples``, ``restore_seconds`` (restoration alone, not the measurement),
         ``model_bytes``.
     """
@@ -31,7 +31,12 @@ def measure_levels(levels: list[np.ndarray], quantized: QuantizedImage, restorat
     for level, codes in enumerate(levels):
         for restoration in restorations:
             if restoration is not BILINEAR and codes.shape[-1] >= resolution:
-                continue  # the finest level is the image itself: only bilinear (the identity) measures it
+                # The finest level is the image itself: every restoration returns it (measured once, by bilinear,
+                # the identity here).
+                identity = next(row for row in rows if row["level"] == level and row["restore"] == BILINEAR.name)
+                rows.append({**identity, "restore": restoration.name, "restore_seconds": 0.0,
+                             "model_bytes": restoration.model_bytes})
+                continue
             seconds = []
 
             def timed(image: np.ndarray, size: int, restore=restoration.restore) -> np.ndarray:

@@ -62,7 +62,7 @@ def test_train_then_restore_with_the_trained_model(samples_dir: Path, tmp_path: 
     assert "bilinear | neural" in artifacts["geometry-images-preview"].data
     table = read_table(restored["tables"]["rate_distortion"])
     ot = table[table["parameterization"] == "ot"]
-    assert sorted(ot.loc[ot["restore"] == "neural", "resolution"]) == [17, 33, 65, 129]
+    assert sorted(ot.loc[ot["restore"] == "neural", "resolution"]) == [17, 33, 65, 129, 257]
     assert (ot.loc[ot["restore"] == "neural", "model_bytes"] == size).all()
     item = ItemStore(store, restored["run_id"], "woody")
     for name in ("bilinear", "neural"):
