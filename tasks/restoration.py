@@ -21,13 +21,13 @@ from pydantic import Field
 
 from otcore.device import resolve_device
 from otcore.mesh.geometry_image import dequantize
+from otcore.mesh.metrics import sample_surface_with_normals
 from otcore.mesh.neural_restoration import RestorationConfig
 from otcore.mesh.restoration_training import (
     RestorationTrainingConfig,
     RestorationTrainingState,
     TrainingPair,
     new_restoration_state,
-    surface_samples,
     train_restoration,
 )
 from storage.models import decode_model, encode_model
@@ -96,7 +96,7 @@ def _pairs(store: str, geometry_run_id: str, item_ids: list[str], samples: int,
         offset, scale = np.asarray(quantization["offset"]), np.asarray(quantization["scale"])
         vertices = item_store.read_array("source/vertices").astype(np.float64)
         faces = item_store.read_array("source/faces").astype(np.int64)
-        points, normals = surface_samples(vertices, faces, samples, seed)
+        points, normals = sample_surface_with_normals(vertices, faces, samples, seed)
         pairs.append(TrainingPair(item_id, [dequantize(c, offset, scale) for c in codes], points, normals))
     return pairs, missing
 

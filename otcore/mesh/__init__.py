@@ -34,6 +34,7 @@ from otcore.mesh.metrics import (
     point_to_surface_distances,
     raw_mesh_bytes,
     sample_surface,
+    sample_surface_with_normals,
     surface_distances,
 )
 from otcore.mesh.octahedral import octahedral_decode, octahedral_encode, resample_spherical_geometry_image
@@ -117,6 +118,7 @@ __all__ = [
     "restore_level",
     "restored_level_distances",
     "sample_surface",
+    "sample_surface_with_normals",
     "signed_areas",
     "spherical_area_distortion",
     "spherical_flips",

@@ -17,6 +17,7 @@ __all__ = [
     "SurfaceDistances",
     "normalize_to_unit_diagonal",
     "sample_surface",
+    "sample_surface_with_normals",
     "point_to_surface_distances",
     "surface_distances",
     "raw_mesh_bytes",
@@ -50,18 +51,33 @@ def sample_surface(vertices: np.ndarray, faces: np.ndarray, count: int, seed: in
     Raises:
         ValueError: if the mesh has zero total area or ``count < 1``.
     """
+    return sample_surface_with_normals(vertices, faces, count, seed)[0]
+
+
+def sample_surface_with_normals(vertices: np.ndarray, faces: np.ndarray, count: int,
+                                seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`sample_surface` (the same points for the same seed) and the unit normal of each point's face.
+
+    Returns:
+        ``points`` and ``normals``, ``[count, 3]`` float64 each.
+
+    Raises:
+        ValueError: if the mesh has zero total area or ``count < 1``.
+    """
     if count < 1:
         raise ValueError(f"count must be >= 1, got {count}")
     vertices = np.asarray(vertices, dtype=np.float64)
     a, b, c = (vertices[faces[:, k]] for k in range(3))
-    area = 0.5 * np.linalg.norm(np.cross(b - a, c - a), axis=1)
+    cross = np.cross(b - a, c - a)
+    area = 0.5 * np.linalg.norm(cross, axis=1)
     if not area.sum() > 0.0:
         raise ValueError("mesh has zero surface area")
     rng = np.random.default_rng(seed)
     face = rng.choice(len(faces), size=count, p=area / area.sum())
     r1 = np.sqrt(rng.random(count))[:, None]
     r2 = rng.random(count)[:, None]
-    return (1.0 - r1) * a[face] + r1 * (1.0 - r2) * b[face] + r1 * r2 * c[face]
+    points = (1.0 - r1) * a[face] + r1 * (1.0 - r2) * b[face] + r1 * r2 * c[face]
+    return points, cross[face] / np.maximum(2.0 * area[face], 1e-300)[:, None]
 
 
 def point_to_surface_distances(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:

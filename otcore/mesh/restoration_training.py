@@ -32,7 +32,7 @@ from scipy.spatial import cKDTree
 from otcore.mesh.neural_restoration import RestorationConfig, RestorationNetwork
 
 __all__ = ["RestorationTrainingConfig", "TrainingPair", "EpochRecord", "RestorationTrainingState",
-           "new_restoration_state", "train_restoration", "surface_samples"]
+           "new_restoration_state", "train_restoration"]
 
 
 @dataclass(frozen=True)
@@ -82,25 +82,6 @@ class RestorationTrainingConfig:
         values["input_levels"] = tuple(values["input_levels"])
         values["level_weights"] = tuple(values["level_weights"])
         return cls(**values)
-
-
-def surface_samples(vertices: np.ndarray, faces: np.ndarray, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``count`` area-uniform samples of a triangle mesh and their unit face normals, ``[count, 3]`` float64 each.
-
-    Raises:
-        ValueError: if the mesh has zero area.
-    """
-    vertices = np.asarray(vertices, dtype=np.float64)
-    a, b, c = (vertices[faces[:, k]] for k in range(3))
-    cross = np.cross(b - a, c - a)
-    area = np.linalg.norm(cross, axis=1)
-    if not area.sum() > 0:
-        raise ValueError("mesh has zero surface area")
-    rng = np.random.default_rng(seed)
-    face = rng.choice(len(faces), size=count, p=area / area.sum())
-    r1, r2 = np.sqrt(rng.random(count))[:, None], rng.random(count)[:, None]
-    points = (1 - r1) * a[face] + r1 * (1 - r2) * b[face] + r1 * r2 * c[face]
-    return points, cross[face] / np.maximum(area[face], 1e-300)[:, None]
 
 
 @dataclass

@@ -10,6 +10,7 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from otcore.mesh.geometry_image import mipmap_pyramid, resample_geometry_image
+from otcore.mesh.metrics import sample_surface_with_normals
 from otcore.mesh.neural_restoration import (
     RestorationConfig,
     RestorationNetwork,
@@ -22,7 +23,6 @@ from otcore.mesh.restoration_training import (
     RestorationTrainingState,
     TrainingPair,
     new_restoration_state,
-    surface_samples,
     train_restoration,
 )
 
@@ -89,7 +89,7 @@ def test_rejects_images_it_cannot_restore() -> None:
 
 
 def test_training_resumes_bit_for_bit_from_its_arrays(spot, spot_pyramid) -> None:
-    points, normals = surface_samples(spot.vertices, spot.faces, 5_000, 0)
+    points, normals = sample_surface_with_normals(spot.vertices, spot.faces, 5_000, 0)
     pairs = [TrainingPair("spot", spot_pyramid, points, normals)]
     config = RestorationTrainingConfig(epochs=2, steps_per_epoch=3, images_per_step=2, crop=8)
     straight = train_restoration(new_restoration_state(config), pairs)
