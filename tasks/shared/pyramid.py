@@ -30,7 +30,7 @@ def measure_levels(levels: list[np.ndarray], quantized: QuantizedImage, restorat
     rows = []
     for level, codes in enumerate(levels):
         for restoration in restorations:
-            if restoration is not BILINEAR and codes.shape[-1] >= resolution:
+            if restoration.name != BILINEAR.name and codes.shape[-1] >= resolution:
                 # The finest level is the image itself: every restoration returns it (measured once, by bilinear,
                 # the identity here).
                 identity = next(row for row in rows if row["level"] == level and row["restore"] == BILINEAR.name)

@@ -12,6 +12,7 @@ from prefect.testing.utilities import prefect_test_harness
 
 from flows.geometry_images import geometry_images
 from flows.restoration import train_restoration
+from flows.runtime.task_runner import make_task_runner
 from storage.models import read_model
 from storage.tables import RESTORATION_EPOCHS_SCHEMA, RESTORATION_MODELS_SCHEMA, read_table
 from storage.zarr_store import ItemStore
@@ -55,7 +56,9 @@ def test_train_then_restore_with_the_trained_model(samples_dir: Path, tmp_path: 
         3, 257, 257)
 
     config = GeometryImageConfig(samples=3_000, restoration=result["model"])
-    state = geometry_images(str(dataset / "woody.obj"), store, config, return_state=True)
+    # On a Dask process worker: the restorations travel pickled (no identity checks on module globals).
+    state = geometry_images.with_options(task_runner=make_task_runner(workers=1))(
+        str(dataset / "woody.obj"), store, config, return_state=True)
     restored = state.result()
     artifacts = check_ui_artifacts(PREFECT_API_URL.value(), str(state.state_details.flow_run_id),
                                    "geometry-images", "geometry-images-preview")
