@@ -24,8 +24,7 @@ rotates or translates the output (tested), so 3D rotation augmentation is built 
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -58,13 +57,6 @@ class RestorationConfig:
             raise ValueError(f"window must be odd and >= 3, got {self.window}")
         if min(self.width, self.decoder_width) < 1 or self.blocks < 0:
             raise ValueError(f"width, decoder_width must be >= 1 and blocks >= 0, got {self}")
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> RestorationConfig:
-        return cls(**json.loads(text))
 
 
 def local_frames(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
-from otcore.mesh.neural_restoration import RestorationConfig, RestorationNetwork
+from otcore.mesh.neural_restoration import RestorationConfig, RestorationNetwork, local_frames
 
 __all__ = ["RestorationTrainingConfig", "TrainingPair", "EpochRecord", "RestorationTrainingState",
            "new_restoration_state", "train_restoration"]
@@ -229,15 +229,6 @@ def _sample_fine(fine: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.grid_sample(fine, grid, mode="bilinear", align_corners=True)[..., 0].transpose(1, 2)
 
 
-def _grid_normals(images: torch.Tensor) -> torch.Tensor:
-    """Unit normals ``[B, 3, H, W]`` of geometry images (cross product of the central differences along u, v)."""
-    padded = torch.nn.functional.pad(images, (1, 1, 1, 1), mode="replicate")
-    along_u = padded[:, :, 1:-1, 2:] - padded[:, :, 1:-1, :-2]
-    along_v = padded[:, :, 2:, 1:-1] - padded[:, :, :-2, 1:-1]
-    normals = torch.linalg.cross(along_u, along_v, dim=1)
-    return normals / (normals.norm(dim=1, keepdim=True) + 1e-12)
-
-
 def _losses(state: RestorationTrainingState, pairs: list[TrainingPair], batch) -> dict[str, torch.Tensor]:
     chosen, coarse, fine, queries, crop, cell = batch
     config = state.config
@@ -247,7 +238,7 @@ def _losses(state: RestorationTrainingState, pairs: list[TrainingPair], batch) -
     reference = _sample_fine(fine, queries)
     with torch.no_grad():
         bilinear = _sample_fine(coarse, queries)  # the baseline the table compares against
-        normals = _sample_fine(_grid_normals(fine), queries)
+        normals = _sample_fine(local_frames(fine)[0][..., 2, :].permute(0, 3, 1, 2), queries)  # the grid's normals
         normals = normals / (normals.norm(dim=-1, keepdim=True) + 1e-12)
     error = predicted - reference
     normal_error = (error * normals).sum(-1, keepdim=True)

@@ -25,15 +25,13 @@ class Restoration:
 
     Attributes:
         name: ``"bilinear"`` or ``"neural"`` (the ``restore`` column of the rate_distortion table).
-        model_bytes, model_sha256, parameters: the model file's size, content hash and parameter count (None for
-            bilinear).
+        model_bytes, model_sha256: the model file's size and content hash (None for bilinear).
     """
 
     name: str
     restore: Callable[[np.ndarray, int], np.ndarray]
     model_bytes: int | None = None
     model_sha256: str | None = None
-    parameters: int | None = None
 
 
 BILINEAR = Restoration("bilinear", restore_level)
@@ -61,5 +59,4 @@ def load_restoration(uri: str) -> Restoration:
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise ModelFileError(uri, f"tensors do not fit the recorded network config ({error})") from error
     network.eval()
-    return Restoration("neural", functools.partial(restore_neural, network), size, metadata["content_sha256"],
-                       network.parameter_count())
+    return Restoration("neural", functools.partial(restore_neural, network), size, metadata["content_sha256"])
