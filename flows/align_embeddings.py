@@ -12,7 +12,7 @@ from typing import Any
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_table_artifact
 
-from flows.publish import gather, publish_tables
+from flows.publish import gather, open_tables, publish_tables
 from tasks.align_embeddings import AlignmentConfig, align_embedding_sets
 from tasks.shared.records import ItemResult
 
@@ -46,9 +46,10 @@ def align_embeddings(
     run_id = run_id or config.default_run_id()
     targets = [targets] if isinstance(targets, str) else list(targets)
     logger.info("run %s: %s -> %d targets -> %s", run_id, source, len(targets), store)
+    open_tables(store, run_id, ["embedding_alignment"])
     futures = align_embedding_sets.map(unmapped(source), targets, unmapped(store), unmapped(run_id), unmapped(config))
     gathered = gather(list(futures), [f"{source} -> {target}" for target in targets], run_id, ["embedding_alignment"],
-                      crash_keys=[("pair", target) for target in targets], describe=_status)
+                      crash_keys=[("pair", target) for target in targets], describe=_status, store=store)
     rows, failures = gathered.rows("embedding_alignment"), gathered.failures
     tables = publish_tables(store, run_id, gathered)
     create_table_artifact(

@@ -16,7 +16,7 @@ import pandas as pd
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.publish import Gathered, failures_markdown, gather, publish_tables
+from flows.publish import Gathered, failures_markdown, gather, open_tables, publish_tables
 from flows.runtime.artifacts import Progress, figure_png, publish_pictures, table_records
 from flows.runtime.task_runner import gpu_annotation
 from tasks.autodecoder import VARIANTS, AutodecoderConfig, encode_collection, train_autodecoder
@@ -75,9 +75,11 @@ def autodecoder(
     logger.info("run %s: %d collections x %d variants from %s -> %s", run_id, len(collections), len(variants),
                 path, store)
     progress = Progress("autodecoder-progress", len(pairs), f"autodecoder, run {run_id}")
+    open_tables(store, run_id, TABLES)
     with gpu_annotation():  # training is GPU-bound: GPU workers only, when the cluster has any
         futures = [train_autodecoder.submit(c, v, store, run_id, config) for c, v in pairs]
-    gathered = gather(futures, [f"{c} [{v}]" for c, v in pairs], run_id, TABLES, progress, describe=_status)
+    gathered = gather(futures, [f"{c} [{v}]" for c, v in pairs], run_id, TABLES, progress, describe=_status,
+                      store=store)
     uris = publish_tables(store, run_id, gathered)
     _publish(run_id, gathered, uris)
     return {"run_id": run_id, "store": store, "tables": uris, "items": len(pairs),
@@ -189,11 +191,13 @@ def encode_shapes(
     run_id = run_id or derive_run_id("encode", f"{model_run_id}/{model_item_id}")
     collections = list_items(path, "collections")
     progress = Progress("encode-shapes-progress", len(collections), f"encode shapes, run {run_id}")
+    open_tables(store, run_id, ["autodecoder_shapes"])
     with gpu_annotation():  # code fitting is GPU-bound
         futures = encode_collection.map(collections, unmapped(model_store), unmapped(model_run_id),
                                         unmapped(model_item_id), unmapped(store), unmapped(run_id), unmapped(config),
                                         unmapped(chamfer_steps), unmapped(qaad_steps))
-    gathered = gather(list(futures), collections, run_id, ["autodecoder_shapes"], progress, describe=_status)
+    gathered = gather(list(futures), collections, run_id, ["autodecoder_shapes"], progress, describe=_status,
+                      store=store)
     uris = publish_tables(store, run_id, gathered)
     shapes = pd.DataFrame(gathered.rows("autodecoder_shapes"))
     columns = ["item_id", "shape_id", "em_kd", "chamfer_l2"]

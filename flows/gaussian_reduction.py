@@ -14,7 +14,7 @@ import pandas as pd
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.publish import failures_markdown, gather, publish_tables
+from flows.publish import failures_markdown, gather, open_tables, publish_tables
 from flows.runtime.artifacts import Progress, publish_pictures, table_records
 from flows.runtime.task_runner import gpu_annotation
 from tasks.dataset import list_items, read_files
@@ -71,10 +71,11 @@ def gaussian_reduction(
     logger.info("run %s: %d scenes x %d ratios x %d methods from %s -> %s", run_id, len(scenes), len(ratios),
                 len(config.methods), path, store)
     progress = Progress("gaussian-reduction-progress", len(pairs), f"Gaussian reduction, run {run_id}")
+    open_tables(store, run_id, ["gaussian_reduction"])
     with gpu_annotation():  # rendering and appearance fine-tuning are GPU-bound
         futures = [reduce_scene.submit(s, r, store, run_id, config) for s, r in pairs]
     gathered = gather(futures, [f"{s} @ {r:g}" for s, r in pairs], run_id, ["gaussian_reduction"], progress,
-                      describe=_status)
+                      describe=_status, store=store)
     previews = {r.item_id: r.artifacts["preview"] for r in gathered.results if "preview" in r.artifacts}
     uris = publish_tables(store, run_id, gathered)
     rows, failures = gathered.rows("gaussian_reduction"), gathered.failures

@@ -1,8 +1,10 @@
 """Flow ``geometry-images``: OT geometry images and their mipmaps for every mesh of a dataset.
 
-One task chain per mesh (``parameterize_mesh -> encode_geometry_images``) is mapped over a Dask task runner.
-The flow gathers the small records, writes the Parquet tables (``geometry_images``, ``rate_distortion``,
-``failures``), publishes the Prefect artifacts (``geometry-images-progress`` while it runs, ``-summary`` table,
+The meshes are cut into batches (:func:`tasks.shared.batching.batch_size`: one mesh per task for a handful, up
+to 64 for thousands) and each batch runs ``parameterize_mesh -> encode_geometry_images`` per mesh in one task
+(:func:`tasks.geometry_images.geometry_images_batch`) on a Dask task runner. Each mesh's rows land in the run's
+Parquet tables (``geometry_images``, ``rate_distortion``, ``failures``) as it finishes; at the end the flow
+compacts them, publishes the Prefect artifacts (``geometry-images-progress`` while it runs, ``-summary`` table,
 ``-report`` markdown, ``-preview`` picture of the geometry images and ``-rate-distortion`` plot;
 :mod:`flows.runtime.artifacts`), and returns where everything is.
 """
@@ -13,10 +15,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from prefect import flow, get_run_logger, unmapped
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.publish import failures_markdown, gather, publish_tables
+from flows.publish import failures_markdown, gather_batches, open_tables, publish_tables
 from flows.runtime.artifacts import (
     Progress,
     geometry_image_rgb,
@@ -26,12 +28,15 @@ from flows.runtime.artifacts import (
     rate_distortion_png,
     table_records,
 )
+from flows.runtime.task_runner import cluster_workers
 from tasks.dataset import list_items, read_arrays
-from tasks.geometry_images import PREVIEW_RESTORED, GeometryImageConfig, encode_geometry_images, parameterize_mesh
+from tasks.geometry_images import PREVIEW_RESTORED, GeometryImageConfig, geometry_images_batch
+from tasks.shared.batching import batch_size as default_batch_size
 
 __all__ = ["geometry_images", "summarize", "preview_tiles"]
 
 PREVIEW_MESHES = 12  # meshes shown in the geometry-images-preview artifact (the first ones by item id)
+TABLES = ["geometry_images", "rate_distortion"]
 
 
 def summarize(rows: pd.DataFrame) -> pd.DataFrame:
@@ -52,7 +57,8 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
 
 @flow(name="geometry-images", log_prints=True)
 def geometry_images(
-    path: str, store: str, config: GeometryImageConfig | None = None, run_id: str | None = None
+    path: str, store: str, config: GeometryImageConfig | None = None, run_id: str | None = None,
+    batch_size: int | None = None,
 ) -> dict[str, Any]:
     """Parameterize, encode and measure every mesh under ``path``.
 
@@ -61,6 +67,7 @@ def geometry_images(
         store: root of the Zarr store and tables (local path or fsspec URL).
         config: pipeline parameters (defaults documented on :class:`GeometryImageConfig`).
         run_id: defaults to one derived from the config, so a re-run skips finished meshes.
+        batch_size: meshes per task (default: sized from the mesh count and the cluster's workers).
 
     Returns:
         ``{"run_id", "store", "tables": {name: uri}, "items", "failed_items", "skipped_items"}``.
@@ -75,11 +82,14 @@ def geometry_images(
     logger.info("run %s: %d meshes from %s -> %s", run_id, len(items), path, store)
     progress = Progress("geometry-images-progress", len(items), f"geometry images, run {run_id}")
 
-    parameterized = parameterize_mesh.map(items, unmapped(store), unmapped(run_id), unmapped(config))
-    encoded = encode_geometry_images.map(parameterized, unmapped(store), unmapped(run_id), unmapped(config))
-    gathered = gather(list(encoded), [item.item_id for item in items], run_id,
-                      ["geometry_images", "rate_distortion"], progress,
-                      crash_keys=[(item.item_id, item.uri) for item in items])
+    open_tables(store, run_id, TABLES)
+    size = default_batch_size(len(items), cluster_workers(), batch_size)
+
+    def submit(indices: list[int], queue: str | None):
+        return geometry_images_batch.submit([items[i] for i in indices], store, run_id, config, TABLES, queue)
+
+    gathered = gather_batches(submit, [(item.item_id, item.uri) for item in items], size, run_id, store, TABLES,
+                              progress)
     rows, failures, skipped = gathered.rows("geometry_images"), gathered.failures, gathered.skipped
     tables = publish_tables(store, run_id, gathered)
     summary = summarize(pd.DataFrame(rows))

@@ -1,8 +1,11 @@
 """The one path from task futures to a run's outputs: gather the :class:`~tasks.shared.records.ItemResult` of
-every item as it completes (progress and a log line each), then write the run's tables and publish them.
+every item as it completes (progress and a log line each, its rows landed in the run's tables at once), then
+compact the run's tables and publish them.
 
 Every flow uses it (docs/architecture.md): a task that crashes or whose worker dies becomes a failure row at
-stage ``task`` and never stops the others.
+stage ``task`` and never stops the others. :func:`gather` takes one future per item; :func:`gather_batches`
+submits and gathers batches of items (:mod:`tasks.shared.batching`), re-running the items of a batch that died
+one by one so that only the item that kills its worker fails.
 """
 
 from __future__ import annotations
@@ -12,14 +15,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prefect import get_run_logger
-from prefect.futures import PrefectFuture, as_completed
+from prefect.futures import PrefectFuture, as_completed, wait
 
 from flows.runtime.artifacts import Progress
-from flows.runtime.task_runner import task_outcome
-from tasks.dataset import crash_result, write_tables
-from tasks.shared.records import ItemResult, Row
+from flows.runtime.task_runner import progress_queue, task_outcome
+from tasks.dataset import begin_tables, crash_result, write_tables
+from tasks.shared.batching import batches
+from tasks.shared.records import ItemResult, Row, write_item_tables
 
-__all__ = ["Gathered", "gather", "publish_tables", "failures_markdown"]
+__all__ = ["Gathered", "gather", "gather_batches", "open_tables", "publish_tables", "failures_markdown",
+           "PROGRESS_POLL_SECONDS"]
+
+PROGRESS_POLL_SECONDS = 2.0
+"""How often :func:`gather_batches` moves the progress artifact while batches run."""
 
 
 @dataclass
@@ -33,6 +41,19 @@ class Gathered:
 
     def rows(self, table: str) -> list[Row]:
         return self.tables.get(table, [])
+
+    def add(self, result: ItemResult) -> None:
+        for name, rows in result.tables.items():
+            self.tables.setdefault(name, []).extend(rows)
+        self.failures += result.failures
+        self.skipped += bool(result.skipped)
+        self.results.append(result)
+
+
+def open_tables(store: str, run_id: str, tables: Sequence[str]) -> None:
+    """Call before submitting a run's tasks: a re-run's earlier table rows become item fragments, which the
+    items computed again replace (:func:`tasks.dataset.begin_tables`)."""
+    begin_tables(store, run_id, list(tables))
 
 
 def _status(result: ItemResult) -> str:
@@ -52,6 +73,7 @@ def gather(
     describe: Callable[[ItemResult], str] = _status,
     progress_offset: int = 0,
     on_crash: Callable[[int, BaseException], ItemResult] | None = None,
+    store: str | None = None,
 ) -> Gathered:
     """Collect the results of ``futures`` in completion order.
 
@@ -64,6 +86,8 @@ def gather(
         crash_keys: ``(item_id, source_uri)`` of each future's failure row if it crashes (default: its label).
         describe: log text of a finished result.
         on_crash: the result of the ``i``-th future when it crashes (default: :func:`tasks.dataset.crash_result`).
+        store: with it, each item's rows land in the run's tables as the item finishes (call :func:`open_tables`
+            before submitting).
     """
     logger = get_run_logger()
     keys = list(crash_keys) if crash_keys is not None else [(label, label) for label in labels]
@@ -78,19 +102,90 @@ def gather(
         else:
             result = outcome
             status = describe(result)
-        for name, rows in result.tables.items():
-            gathered.tables.setdefault(name, []).extend(rows)
-        gathered.failures += result.failures
-        gathered.skipped += bool(result.skipped)
-        gathered.results.append(result)
+        if store is not None and not result.tables_written:
+            write_item_tables(store, run_id, result, list(tables))
+        gathered.add(result)
         logger.info("[%d/%d] %s: %s", done, len(futures), label, status)
         if progress is not None:
             progress.update(progress_offset + done)
     return gathered
 
 
+def gather_batches(
+    submit: Callable[[list[int], str | None], PrefectFuture],
+    keys: Sequence[tuple[str, str]],
+    size: int,
+    run_id: str,
+    store: str,
+    tables: Sequence[str],
+    progress: Progress | None = None,
+) -> Gathered:
+    """Submit the items in batches and collect every item's :class:`ItemResult`.
+
+    Args:
+        submit: ``submit(indices, queue_name)`` submits one task for the items at ``indices`` that returns their
+            results in order (:func:`tasks.shared.batching.run_batch`), reporting each finished item to the
+            ``distributed.Queue`` named ``queue_name`` (None: no queue).
+        keys: ``(item_id, source_uri)`` of every item, in item order.
+        size: items per batch (:func:`tasks.shared.batching.batch_size`).
+        run_id, store, tables: the run, its store and its table names (call :func:`open_tables` first).
+        progress: moved item by item as the batches report, every :data:`PROGRESS_POLL_SECONDS`.
+
+    A batch whose task crashed (its worker died ``allowed-failures`` times, e.g. one item runs it out of memory)
+    is submitted again one item per task; an item that crashes alone gets a failure row at stage ``task``. Items
+    finished before the crash are skipped by the re-run (their fingerprint is complete in the store).
+    """
+    logger = get_run_logger()
+    queue = progress_queue(f"brenier-progress-{run_id}")
+    queue_name = queue.name if queue is not None else None
+    pending: dict[PrefectFuture, list[int]] = {}
+    for indices in batches(range(len(keys)), size):
+        pending[submit(indices, queue_name)] = indices
+    logger.info("%d items in %d tasks of up to %d", len(keys), len(pending), size)
+    gathered = Gathered({name: [] for name in tables})
+    reported: set[str] = set()
+    finished = 0
+    while pending:
+        done = wait(list(pending), timeout=PROGRESS_POLL_SECONDS).done
+        reported |= _drain(queue)
+        for future in done:
+            indices = pending.pop(future)
+            outcome: Any = task_outcome(future)
+            if isinstance(outcome, BaseException) and len(indices) > 1:
+                logger.warning("a task of %d items crashed (%s: %s); its items run again one per task",
+                               len(indices), type(outcome).__name__, outcome)
+                for i in indices:
+                    pending[submit([i], queue_name)] = [i]
+                continue
+            if isinstance(outcome, BaseException):
+                item_id, uri = keys[indices[0]]
+                outcome = [crash_result(run_id, item_id, uri, outcome)]
+                write_item_tables(store, run_id, outcome[0], list(tables))
+                logger.info("%s: crashed: %s", item_id, outcome[0].failures[0]["message"])
+            for result in outcome:
+                gathered.add(result)
+            finished += len(indices)
+        if progress is not None:
+            progress.update(min(len(keys), max(finished, len(reported))))
+    return gathered
+
+
+def _drain(queue: Any) -> set[str]:
+    """Item ids waiting in the progress queue (none when there is no queue or it cannot be read)."""
+    found: set[str] = set()
+    if queue is None:
+        return found
+    try:
+        while queue.qsize():
+            found.update(queue.get(batch=True))
+    except Exception as error:  # noqa: BLE001 - progress is best effort
+        get_run_logger().debug("progress queue unreadable: %s", error)
+    return found
+
+
 def publish_tables(store: str, run_id: str, gathered: Gathered) -> dict[str, str]:
-    """Write the gathered tables and the ``failures`` table; returns ``{name: uri}`` (``failures`` last)."""
+    """Compact the gathered tables and the ``failures`` table (one fragment each); returns ``{name: uri}``
+    (``failures`` last)."""
     return write_tables(store, run_id, gathered.tables, gathered.failures)
 
 

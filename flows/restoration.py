@@ -1,7 +1,7 @@
 """Flow ``train-restoration``: train the geometry-image restoration network on a dataset of meshes.
 
 It builds (or reuses: same store, same default config, same run id) the OT geometry-image pyramids of every mesh
-through the geometry-image tasks (``parameterize_mesh -> encode_geometry_images``, run
+through the geometry-image batch tasks (``parameterize_mesh -> encode_geometry_images`` per mesh, run
 :meth:`tasks.geometry_images.GeometryImageConfig.default_run_id`), then trains one network on them
 (:func:`tasks.restoration.train_restoration_model`, routed to a GPU worker when the cluster has one). It writes the
 Parquet tables ``restoration_epochs`` (losses per epoch) and ``restoration_models``, and publishes the artifacts
@@ -13,15 +13,16 @@ from __future__ import annotations
 from typing import Any
 
 import pandas as pd
-from prefect import flow, get_run_logger, unmapped
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.publish import failures_markdown, gather, publish_tables
+from flows.publish import failures_markdown, gather, gather_batches, open_tables, publish_tables
 from flows.runtime.artifacts import Progress, figure_png, publish_pictures, table_records
-from flows.runtime.task_runner import gpu_annotation
+from flows.runtime.task_runner import cluster_workers, gpu_annotation
 from tasks.dataset import list_items
-from tasks.geometry_images import GeometryImageConfig, encode_geometry_images, parameterize_mesh
+from tasks.geometry_images import GeometryImageConfig, geometry_images_batch
 from tasks.restoration import MODEL_ITEM, TrainRestorationConfig, train_restoration_model
+from tasks.shared.batching import batch_size
 
 __all__ = ["train_restoration", "training_curve_png", "TABLES"]
 
@@ -55,17 +56,21 @@ def train_restoration(path: str, store: str, config: TrainRestorationConfig | No
     logger.info("run %s: %d training meshes from %s; geometry images in run %s", run_id, len(items), path,
                 geometry_run_id)
     progress = Progress("train-restoration-progress", len(items) + 1, f"train-restoration, run {run_id}")
-    parameterized = parameterize_mesh.map(items, unmapped(store), unmapped(geometry_run_id), unmapped(geometry))
-    encoded = encode_geometry_images.map(parameterized, unmapped(store), unmapped(geometry_run_id),
-                                         unmapped(geometry))
-    images = gather(list(encoded), [item.item_id for item in items], geometry_run_id,
-                    ["geometry_images", "rate_distortion"], progress,
-                    crash_keys=[(item.item_id, item.uri) for item in items])
+    image_tables = ["geometry_images", "rate_distortion"]
+    open_tables(store, geometry_run_id, image_tables)
+
+    def submit(indices: list[int], queue: str | None):
+        return geometry_images_batch.submit([items[i] for i in indices], store, geometry_run_id, geometry,
+                                            image_tables, queue)
+
+    images = gather_batches(submit, [(item.item_id, item.uri) for item in items],
+                            batch_size(len(items), cluster_workers()), geometry_run_id, store, image_tables, progress)
     publish_tables(store, geometry_run_id, images)
     with gpu_annotation():  # training is GPU-bound: GPU workers only, when the cluster has any
         future = train_restoration_model.submit([item.item_id for item in items], geometry_run_id, store, run_id,
                                                 config)
-    trained = gather([future], [MODEL_ITEM], run_id, TABLES, progress, progress_offset=len(items))
+    open_tables(store, run_id, TABLES)
+    trained = gather([future], [MODEL_ITEM], run_id, TABLES, progress, progress_offset=len(items), store=store)
     uris = publish_tables(store, run_id, trained)
     epochs = pd.DataFrame(trained.rows("restoration_epochs"))
     models = pd.DataFrame(trained.rows("restoration_models"))

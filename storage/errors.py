@@ -8,7 +8,9 @@ any item exists (the dataset location itself is wrong) and therefore fails the w
 from __future__ import annotations
 
 __all__ = [
+    "CoordinateMagnitudeError",
     "DatasetNotFoundError",
+    "DegenerateExtentError",
     "DegenerateFacesError",
     "EmptyMeshError",
     "InputError",
@@ -16,6 +18,8 @@ __all__ = [
     "UndecodableFileNameError",
     "NonFiniteVerticesError",
     "NotAMeshError",
+    "StoreWriteError",
+    "SymlinkOutsideDatasetError",
     "UnreadableMeshError",
     # shape collections in correspondence (storage.collections)
     "EmptyCollectionError",
@@ -65,6 +69,13 @@ class UndecodableFileNameError(InputError):
     reason shows the name with its undecodable bytes as ``\\xNN``."""
 
 
+class SymlinkOutsideDatasetError(InputError):
+    """A file is a symbolic link whose target (every link on the way resolved, folder links included) lies
+    outside the folder that holds the link, and following such links was not asked for (``follow_symlinks=False``,
+    the default; CLI ``--follow-symlinks``); the reason names the link, its resolved target and the folder. See
+    :func:`storage.inputs.read_input`."""
+
+
 class UnreadableMeshError(InputError):
     """The file is missing, cannot be read, is corrupt or truncated, or its parser failed."""
 
@@ -85,6 +96,18 @@ class NonFiniteVerticesError(InputError):
 class DegenerateFacesError(InputError):
     """Some faces repeat a vertex (after vertices at the same position are merged) or repeat another face's
     vertices (either orientation); the reason says how many and gives the first."""
+
+
+class CoordinateMagnitudeError(InputError):
+    """Some vertex coordinates are larger in magnitude than :data:`storage.meshes.MAX_COORDINATE` (finite, but
+    beyond what merging and normalisation handle exactly); the reason gives how many vertices and the largest
+    magnitude."""
+
+
+class DegenerateExtentError(InputError):
+    """The mesh's bounding box collapses to a point: its diagonal is zero, or so small next to its coordinates'
+    magnitude (below :data:`storage.meshes.MIN_RELATIVE_EXTENT` times the largest ``|coordinate|``) that
+    normalising it to a unit diagonal would keep only a few significant bits; the reason gives both figures."""
 
 
 class DatasetNotFoundError(Exception):
@@ -140,3 +163,25 @@ class NonFiniteGaussiansError(InputError):
 
 class EmptySceneError(InputError):
     """A scene PLY has zero Gaussians (an empty ``vertex`` element)."""
+
+
+class GaussianMagnitudeError(InputError):
+    """Some Gaussian means or scales are finite but beyond the bounds :data:`storage.gaussians.MAX_ABS_MEAN` /
+    :data:`storage.gaussians.MAX_SCALE` (e.g. a mean at 1e30 from a corrupt or mis-scaled export); the reason
+    names the field, how many Gaussians and the worst value."""
+
+
+# --- writing a run's outputs (storage.zarr_store) ---------------------------------------------------------------
+
+
+class StoreWriteError(OSError):
+    """Writing an item's output failed (disk full, file too large, permission denied, ...).
+
+    Raised as ``StoreWriteError(errno, message, path)``: ``errno`` is the original error's, ``filename`` the path
+    being written, and ``str(error)`` is the message ``"writing <path>: <original error>"`` (e.g.
+    ``writing /store/run/item/ot/uv: [Errno 27] File too large``), so a failure row names what was written.
+    Not an :class:`InputError`: the input is fine, the output location is not. Pickles like any ``OSError``.
+    """
+
+    def __str__(self) -> str:
+        return str(self.strerror)

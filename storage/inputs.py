@@ -5,7 +5,10 @@ A dataset folder is untrusted input. Before the bytes of a file reach trimesh, p
 1. refuses a file name that is not valid UTF-8 (tables, Zarr attributes and the Prefect API are UTF-8; such a
    name could not be recorded or found again) — :class:`~storage.errors.UndecodableFileNameError`;
 2. ``stat``\\ s the path (following symbolic links, so a link loop fails at once with ``ELOOP``) and refuses
-   anything but a regular file — a FIFO would block ``open`` forever, a device could be endless;
+   anything but a regular file — a FIFO would block ``open`` forever, a device could be endless, a folder named
+   ``x.obj`` is no mesh; and, unless ``follow_symlinks`` is set, refuses a symbolic link that resolves outside the
+   folder holding it (a link in a dataset folder to ``/etc/passwd``) —
+   :class:`~storage.errors.SymlinkOutsideDatasetError`;
 3. refuses a file larger than :func:`max_input_bytes` (``BRENIER_MAX_INPUT_BYTES``, default 2 GiB) without
    opening it — :class:`~storage.errors.InputTooLargeError`;
 4. reads the first :data:`HEAD_BYTES` and lets a format *sniffer* check them against the file size: magic bytes,
@@ -36,7 +39,7 @@ import fsspec
 import numpy as np
 from fsspec.implementations.local import LocalFileSystem
 
-from storage.errors import InputError, InputTooLargeError, UndecodableFileNameError
+from storage.errors import InputError, InputTooLargeError, SymlinkOutsideDatasetError, UndecodableFileNameError
 
 __all__ = [
     "DEFAULT_MAX_INPUT_BYTES",
@@ -166,12 +169,25 @@ def _stat_size(fs: fsspec.AbstractFileSystem, path: str, uri: str, item_id: str,
     return int(info.get("size") or 0)
 
 
+def _link_outside_folder(path: str) -> tuple[str, str] | None:
+    """``(resolved target, real folder)`` when the local ``path`` is a symbolic link whose target (all links
+    resolved) lies outside the real path of the folder holding the link, else None. Folders above the link are
+    not judged: they are the dataset location the user chose."""
+    if not os.path.islink(path):
+        return None  # a plain entry's real path is inside its folder's real path
+    absolute = os.path.abspath(path)
+    folder = os.path.realpath(os.path.dirname(absolute))
+    target = os.path.realpath(absolute)
+    return None if os.path.commonpath([folder, target]) == folder else (target, folder)
+
+
 def read_input(
     uri: str,
     item_id: str,
     unreadable: type[InputError],
     wrong_format: type[InputError],
     sniff: Sniffer | None = None,
+    follow_symlinks: bool = False,
 ) -> bytes:
     """Read one input file's bytes after the checks of the module docstring.
 
@@ -187,6 +203,10 @@ def read_input(
         Error class for bytes that ``sniff`` finds to be no file of the expected format.
     sniff : Sniffer, optional
         Format check of the first :data:`HEAD_BYTES` (see :func:`sniffer_for`).
+    follow_symlinks : bool
+        Read a local file that is a symbolic link resolving outside the folder holding the link (its real path
+        not inside that folder's real path). False (default): refuse it. Links within the folder (e.g. to a
+        sibling or into a sub-folder) are always read; link loops and broken links are refused either way.
 
     Returns
     -------
@@ -197,10 +217,14 @@ def read_input(
     ------
     UndecodableFileNameError
         The path is not valid UTF-8.
+    SymlinkOutsideDatasetError
+        ``follow_symlinks`` is False and the file is a symbolic link resolving outside its folder; the reason
+        names the link, its target and the folder (checked after the file type, before anything is read).
     InputTooLargeError
         The file is larger than :func:`max_input_bytes` (checked before opening, and again while reading).
     InputError
-        ``unreadable`` or ``wrong_format`` as described above; the reason names the file.
+        ``unreadable`` or ``wrong_format`` as described above (a directory, FIFO, link loop or broken link is
+        ``unreadable``, its reason saying which); the reason names the file.
     """
     shown = printable(uri)
     if shown != uri:
@@ -210,6 +234,13 @@ def read_input(
     limit = max_input_bytes()
     fs, path = fsspec.core.url_to_fs(uri)
     size = _stat_size(fs, path, uri, item_id, unreadable)
+    outside = None if follow_symlinks or not isinstance(fs, LocalFileSystem) else _link_outside_folder(path)
+    if outside is not None:
+        target, folder = (printable(p) for p in outside)
+        raise SymlinkOutsideDatasetError(
+            item_id, f"{shown} is a symbolic link to {target}, outside its folder {folder}; "
+            "set follow_symlinks (CLI: --follow-symlinks) to read it",
+        )
     if size > limit:
         raise InputTooLargeError(
             item_id, f"{shown} has {_size_text(size)} ({size} bytes), more than the input limit of {_size_text(limit)} "

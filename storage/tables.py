@@ -1,12 +1,25 @@
 """Parquet metric tables: one canonical pyarrow schema per table, defined here and nowhere else.
 
-Every table is written with its full schema (Parquet datasets take the first file's schema and silently drop
-columns added later), at ``<root>/<run_id>/tables/<table>.parquet``, atomically: readers see the old file or the
-new one, never a partial one.
+A run's table ``<root>/<run_id>/tables/<table>.parquet`` is a Parquet *dataset*: a folder of fragments that
+``pandas.read_parquet``, ``pyarrow.dataset`` and :func:`read_table` read as one table, while the run goes on and
+after it dies.
+
+- While a run goes on, each finished item's rows land at once in their own fragment ``item-<key>.parquet``
+  (:func:`write_item_rows`; ``<key>`` is a hash of the item id, so re-running an item replaces its fragment).
+- At the end of a run, :func:`write_table` compacts the table into one fragment ``part-<uuid>.parquet`` holding
+  every item's rows, and removes the item fragments.
+- A re-run first splits the previous compacted fragment back into item fragments (:func:`split_table`), so an
+  item computed again replaces its rows instead of adding a second copy.
+
+Every fragment is written with the table's full schema (datasets take the first file's schema and silently drop
+columns added later), under a hidden temporary name that is then moved into place: readers see whole fragments
+only (files starting with ``.`` are ignored by pyarrow). During the final compaction a reader may, for the
+moment between the new fragment's move and the old fragments' removal, see rows twice.
 """
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from typing import Any
 
@@ -34,7 +47,9 @@ __all__ = [
     "failure_row",
     "read_table",
     "rows_to_table",
+    "split_table",
     "table_uri",
+    "write_item_rows",
     "write_table",
 ]
 
@@ -49,6 +64,9 @@ GEOMETRY_IMAGES_SCHEMA: pa.Schema = pa.schema(
         ("resolution", pa.int32()),  # H = W of that level
         ("mesh_vertices", pa.int64()),  # of the input mesh
         ("mesh_faces", pa.int64()),
+        ("merged_vertices", pa.int64()),  # read repair: raw vertices minus mesh_vertices (seams merged, unused)
+        ("degenerate_faces_dropped", pa.int64()),  # read repair: faces that repeated a vertex
+        ("duplicate_faces_dropped", pa.int64()),  # read repair: faces that repeated another face's vertices
         ("chamfer_l2", pa.float64()),  # unit-bbox-diagonal normalised units (squared distance)
         ("hausdorff", pa.float64()),  # unit-bbox-diagonal normalised units
         ("area_distortion", pa.float64()),  # std of log area ratio of the parameterization
@@ -405,16 +423,124 @@ def rows_to_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays([_column(rows, field) for field in schema], schema=schema)
 
 
-def write_table(rows: list[dict[str, Any]], root: str, run_id: str, table: str) -> str:
-    """Write a run's table as one Parquet file, atomically.
+def _schema(table: str) -> pa.Schema:
+    if table not in TABLE_SCHEMAS:
+        raise ValueError(f"unknown table {table!r}; known: {sorted(TABLE_SCHEMAS)}")
+    return TABLE_SCHEMAS[table]
 
-    The file is written under a hidden temporary name in the same folder and then moved onto
-    :func:`table_uri` (a rename on local disks; on object stores the single upload is the commit).
+
+def _item_key(item_id: str) -> str:
+    return hashlib.sha256(item_id.encode("utf-8", "surrogateescape")).hexdigest()[:20]
+
+
+def _write_fragment(fs: fsspec.AbstractFileSystem, folder: str, name: str, data: pa.Table) -> None:
+    """Write ``folder/name`` under a hidden temporary name, then move it into place."""
+    tmp = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
+    fs.makedirs(folder, exist_ok=True)
+    try:
+        with fs.open(tmp, "wb") as f:
+            pq.write_table(data, f)
+        fs.mv(tmp, f"{folder}/{name}")
+    finally:
+        if fs.exists(tmp):
+            fs.rm(tmp)
+
+
+def _fragments(fs: fsspec.AbstractFileSystem, folder: str) -> list[str]:
+    """The visible ``.parquet`` files of a table folder (hidden temporaries left out)."""
+    if not fs.isdir(folder):
+        return []
+    names = [entry.rstrip("/") for entry in fs.ls(folder, detail=False)]
+    return sorted(p for p in names if p.endswith(".parquet") and not p.rsplit("/", 1)[-1].startswith((".", "_")))
+
+
+def _table_location(root: str, run_id: str, table: str) -> tuple[fsspec.AbstractFileSystem, str, str]:
+    uri = table_uri(root, run_id, table)
+    fs, path = fsspec.core.url_to_fs(uri)
+    if fs.isfile(path):  # a single-file table of an earlier version: becomes the folder's first fragment
+        data = pq.read_table(path, filesystem=fs)
+        fs.rm(path)
+        _write_fragment(fs, path, f"part-{uuid.uuid4().hex}.parquet", data)
+    return fs, path, uri
+
+
+def write_item_rows(rows: list[dict[str, Any]], root: str, run_id: str, table: str, item_id: str) -> str:
+    """Write (or replace) one item's rows of a run's table as the item's own fragment, atomically.
 
     Parameters
     ----------
     rows : list of dict
-        Rows as accepted by :func:`rows_to_table`.
+        The item's rows, as accepted by :func:`rows_to_table`. Empty: the item's fragment is removed (an item
+        computed again that no longer fails loses its old ``failures`` rows).
+    root, run_id : str
+        Store root (local directory or fsspec URL) and run id.
+    table : str
+        A key of :data:`TABLE_SCHEMAS`.
+    item_id : str
+        The item the rows belong to; its fragment is ``item-<hash of item_id>.parquet``.
+
+    Returns
+    -------
+    str
+        The table's uri (the dataset folder).
+
+    Raises
+    ------
+    ValueError, TypeError
+        As :func:`write_table`.
+    """
+    data = rows_to_table(rows, _schema(table))
+    fs, path, uri = _table_location(root, run_id, table)
+    name = f"item-{_item_key(item_id)}.parquet"
+    if rows:
+        _write_fragment(fs, path, name, data)
+    elif fs.exists(f"{path}/{name}"):
+        fs.rm(f"{path}/{name}")
+    return uri
+
+
+def split_table(root: str, run_id: str, table: str) -> int:
+    """Split a run's compacted fragments into one fragment per item (before a re-run writes item fragments).
+
+    Rows are grouped by their ``item_id`` column. Each item fragment is written before the compacted fragment
+    is removed, so no row is ever missing; a reader may see rows twice meanwhile.
+
+    Returns
+    -------
+    int
+        Number of item fragments written (0 when the table holds no compacted fragment).
+
+    Raises
+    ------
+    ValueError
+        If ``table`` is not a known table.
+    """
+    schema = _schema(table)
+    fs, path, _ = _table_location(root, run_id, table)
+    compacted = [p for p in _fragments(fs, path) if p.rsplit("/", 1)[-1].startswith("part-")]
+    written = 0
+    for fragment in compacted:
+        data = pq.read_table(fragment, filesystem=fs).cast(schema)
+        item_ids = data.column("item_id").to_pylist()
+        for item_id in dict.fromkeys(item_ids):
+            mask = pa.array([i == item_id for i in item_ids])
+            _write_fragment(fs, path, f"item-{_item_key(item_id or '')}.parquet", data.filter(mask))
+            written += 1
+        fs.rm(fragment)
+    return written
+
+
+def write_table(rows: list[dict[str, Any]], root: str, run_id: str, table: str) -> str:
+    """Write a run's whole table as one compacted fragment and remove every other fragment of it.
+
+    The fragment is written under a hidden temporary name in the table's folder and then moved into place (a
+    rename on local disks; on object stores the single upload is the commit); the item fragments that
+    :func:`write_item_rows` wrote during the run are removed after it.
+
+    Parameters
+    ----------
+    rows : list of dict
+        All rows of the table, as accepted by :func:`rows_to_table`.
     root : str
         Store root: local directory or fsspec URL.
     run_id : str
@@ -425,7 +551,7 @@ def write_table(rows: list[dict[str, Any]], root: str, run_id: str, table: str) 
     Returns
     -------
     str
-        The table's uri.
+        The table's uri (the dataset folder).
 
     Raises
     ------
@@ -434,42 +560,50 @@ def write_table(rows: list[dict[str, Any]], root: str, run_id: str, table: str) 
     TypeError
         As :func:`rows_to_table`.
     """
-    if table not in TABLE_SCHEMAS:
-        raise ValueError(f"unknown table {table!r}; known: {sorted(TABLE_SCHEMAS)}")
-    data = rows_to_table(rows, TABLE_SCHEMAS[table])
-    uri = table_uri(root, run_id, table)
-    fs, path = fsspec.core.url_to_fs(uri)
-    folder = path.rsplit("/", 1)[0]
-    tmp = f"{folder}/.{table}.{uuid.uuid4().hex}.tmp"
-    fs.makedirs(folder, exist_ok=True)
-    try:
-        with fs.open(tmp, "wb") as f:
-            pq.write_table(data, f)
-        fs.mv(tmp, path)
-    finally:
-        if fs.exists(tmp):
-            fs.rm(tmp)
+    data = rows_to_table(rows, _schema(table))
+    fs, path, uri = _table_location(root, run_id, table)
+    old = _fragments(fs, path)
+    name = f"part-{uuid.uuid4().hex}.parquet"
+    _write_fragment(fs, path, name, data)
+    for fragment in old:
+        fs.rm(fragment)
     return uri
 
 
 def read_table(uri: str) -> pd.DataFrame:
-    """Read a table written by :func:`write_table`.
+    """Read a table written by :func:`write_table` / :func:`write_item_rows`, also while its run goes on.
 
     Parameters
     ----------
     uri : str
-        Local path or fsspec URL of a Parquet file.
+        Local path or fsspec URL of a table: its dataset folder (``.../tables/<table>.parquet``) or a single
+        Parquet file.
 
     Returns
     -------
     pandas.DataFrame
         One column per schema field. Integer columns use pandas nullable integer dtypes (``Int16``, ``Int64``,
-        ...) so nulls keep the integer type; floats are float64 (null -> NaN); strings are pandas strings.
+        ...) so nulls keep the integer type; floats are float64 (null -> NaN); strings are pandas strings. A
+        folder with no fragment yet gives an empty frame with the table's columns (when the name is a known
+        table).
 
     Raises
     ------
     FileNotFoundError
-        If no file exists at ``uri``.
+        If nothing exists at ``uri``.
     """
     fs, path = fsspec.core.url_to_fs(uri)
-    return pq.read_table(path, filesystem=fs).to_pandas(types_mapper=_PANDAS_INTEGERS.get)
+    if not fs.exists(path):
+        raise FileNotFoundError(uri)
+    if fs.isfile(path):
+        data = pq.read_table(path, filesystem=fs)
+    else:
+        schema = TABLE_SCHEMAS.get(path.rstrip("/").rsplit("/", 1)[-1].removesuffix(".parquet"))
+        fragments = _fragments(fs, path)
+        if fragments:
+            data = pa.concat_tables([pq.read_table(f, filesystem=fs) for f in fragments], promote_options="default")
+            if schema is not None:
+                data = data.select(schema.names).cast(schema)
+        else:
+            data = (schema or pa.schema([])).empty_table()
+    return data.to_pandas(types_mapper=_PANDAS_INTEGERS.get)

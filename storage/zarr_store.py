@@ -11,6 +11,10 @@ marks the group incomplete; :meth:`ItemStore.finish` sets ``complete`` in the sa
 the result rows, after every array is written. Different items never touch each other's groups (parent groups
 are only created if missing). Arrays are unsharded and written whole, because concurrent writers of different
 chunks inside one zarr 3 shard lose data.
+
+An ``OSError`` while writing (disk full, file too large, permission denied) is raised as
+:class:`storage.errors.StoreWriteError`, whose message names what was being written
+(``writing <root>/<run_id>/<item_id>/<path>: [Errno 27] File too large``) and which keeps the ``errno``.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import fsspec
@@ -26,6 +32,7 @@ import zarr
 import zarr.storage
 from zarr.abc.store import Store
 
+from storage.errors import StoreWriteError
 from storage.image_codecs import CodecSetting, ImageCodec
 
 __all__ = ["ItemStore", "open_root", "read_file"]
@@ -57,6 +64,17 @@ def open_root(root: str) -> Store:
 def _check_component(kind: str, value: str) -> None:
     if not value or "/" in value or value in {".", ".."} or value.startswith("__"):
         raise ValueError(f"{kind} {value!r} is not a valid path component")
+
+
+@contextmanager
+def _writing(where: str) -> Iterator[None]:
+    """Re-raise an ``OSError`` of the block as :class:`StoreWriteError` naming ``where`` (errno kept)."""
+    try:
+        yield
+    except StoreWriteError:
+        raise
+    except OSError as e:
+        raise StoreWriteError(e.errno, f"writing {where}: {e}", os.fsdecode(e.filename) if e.filename else where) from e
 
 
 def _encode_rows(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[list[Any]]]:
@@ -145,18 +163,21 @@ class ItemStore:
             If ``attrs`` uses a reserved key (``complete``, ``fingerprint``, ``rows``, ``rows_nonfinite``).
         TypeError
             If ``attrs`` is not JSON-serialisable (checked before anything is deleted).
+        StoreWriteError
+            If writing fails (an ``OSError``); the message names the item's group.
         """
         reserved = _RESERVED_ATTRS.intersection(attrs)
         if reserved:
             raise ValueError(f"attrs use reserved keys: {sorted(reserved)}")
         json.dumps(attrs)  # fail before the old group is deleted
-        zarr.open_group(
-            self._store,
-            path=self._path,
-            mode="w",
-            zarr_format=3,
-            attributes={**attrs, "fingerprint": fingerprint, "complete": False},
-        )
+        with _writing(self.uri):
+            zarr.open_group(
+                self._store,
+                path=self._path,
+                mode="w",
+                zarr_format=3,
+                attributes={**attrs, "fingerprint": fingerprint, "complete": False},
+            )
 
     def write_array(
         self,
@@ -187,15 +208,19 @@ class ItemStore:
         ------
         FileNotFoundError
             If :meth:`begin` has not created the item's group.
+        StoreWriteError
+            If writing fails (an ``OSError``: disk full, file too large, ...); the message names the array.
         """
-        stored = self._group("r+").create_array(
-            path,
-            data=np.asarray(array),
-            chunks=chunks if chunks is not None else "auto",
-            chunk_key_encoding=_CHUNK_KEY_ENCODING,
-            attributes=attrs,
-            overwrite=True,
-        )
+        group = self._group("r+")
+        with _writing(f"{self.uri}/{path}"):
+            stored = group.create_array(
+                path,
+                data=np.asarray(array),
+                chunks=chunks if chunks is not None else "auto",
+                chunk_key_encoding=_CHUNK_KEY_ENCODING,
+                attributes=attrs,
+                overwrite=True,
+            )
         return self._chunk_bytes(stored.path)
 
     def _chunk_bytes(self, array_path: str) -> int:
@@ -236,9 +261,13 @@ class ItemStore:
         return zarr.open_array(self._store, path=f"{self._path}/{path}", mode=mode, zarr_format=3)
 
     def write_file(self, name: str, data: bytes) -> str:
-        """Write a plain file (e.g. a PNG preview) next to the item's arrays; returns its uri."""
+        """Write a plain file (e.g. a PNG preview) next to the item's arrays; returns its uri.
+
+        Raises:
+            StoreWriteError: writing fails (an ``OSError``); the message names the file.
+        """
         uri = f"{self.uri}/{name}"
-        with fsspec.open(uri, "wb", auto_mkdir=True) as f:
+        with _writing(uri), fsspec.open(uri, "wb", auto_mkdir=True) as f:
             f.write(data)
         return uri
 
@@ -314,6 +343,8 @@ class ItemStore:
             ``codec``) a level is not uint16 below ``2**codec.bits``.
         FileNotFoundError
             If :meth:`begin` has not created the item's group.
+        StoreWriteError
+            If writing fails (an ``OSError``); the message names the pyramid.
         """
         if not levels:
             raise ValueError("a pyramid needs at least one level")
@@ -351,26 +382,28 @@ class ItemStore:
                 np.asarray(level).dtype != np.uint16 or int(np.max(level)) >= 2**codec.bits for level in levels):
             raise ValueError(f"levels coded with {codec.label} must be uint16 below 2**{codec.bits}")
         codec_attrs = {"codec": {"setting": codec.label, "bits": codec.bits}} if codec is not None else {}
-        group = self._group("r+").create_group(
-            path, overwrite=True, attributes={**attrs, "multiscales": multiscales, **codec_attrs})
-        side_bytes = 0
-        for name, values in (side_info or {}).items():
-            stored = group.create_array(f"side_info/{name}", data=np.asarray(values), compressors=None,
-                                        chunk_key_encoding=_CHUNK_KEY_ENCODING)
-            side_bytes += self._chunk_bytes(stored.path)
-        if codec is None:
-            return [
-                side_bytes + self.write_array(
-                    f"{path}/{k}", level, chunks=(c, min(h, _PYRAMID_CHUNK), min(w, _PYRAMID_CHUNK)))
-                for k, (level, (c, h, w)) in enumerate(zip(levels, shapes, strict=True))
-            ]
-        coded = []
-        for k, level in enumerate(levels):
-            stored = group.create_array(
-                str(k), data=np.asarray(level), chunks=np.shape(level), serializer=ImageCodec(codec),
-                compressors=None, chunk_key_encoding=_CHUNK_KEY_ENCODING)
-            coded.append(side_bytes + self._chunk_bytes(stored.path))
-        return coded
+        parent = self._group("r+")
+        with _writing(f"{self.uri}/{path}"):
+            group = parent.create_group(
+                path, overwrite=True, attributes={**attrs, "multiscales": multiscales, **codec_attrs})
+            side_bytes = 0
+            for name, values in (side_info or {}).items():
+                stored = group.create_array(f"side_info/{name}", data=np.asarray(values), compressors=None,
+                                            chunk_key_encoding=_CHUNK_KEY_ENCODING)
+                side_bytes += self._chunk_bytes(stored.path)
+            if codec is None:
+                return [
+                    side_bytes + self.write_array(
+                        f"{path}/{k}", level, chunks=(c, min(h, _PYRAMID_CHUNK), min(w, _PYRAMID_CHUNK)))
+                    for k, (level, (c, h, w)) in enumerate(zip(levels, shapes, strict=True))
+                ]
+            coded = []
+            for k, level in enumerate(levels):
+                stored = group.create_array(
+                    str(k), data=np.asarray(level), chunks=np.shape(level), serializer=ImageCodec(codec),
+                    compressors=None, chunk_key_encoding=_CHUNK_KEY_ENCODING)
+                coded.append(side_bytes + self._chunk_bytes(stored.path))
+            return coded
 
     def read_side_info(self, path: str) -> dict[str, np.ndarray]:
         """The side-info arrays of the pyramid at ``path`` (empty if it has none), as given to :meth:`write_pyramid`.
@@ -437,11 +470,15 @@ class ItemStore:
             If :meth:`begin` has not created the item's group.
         TypeError
             If a row value is not JSON-serialisable.
+        StoreWriteError
+            If writing fails (an ``OSError``); the message names the item's group.
         """
         encoded, nonfinite = _encode_rows(rows)
-        self._group("r+").attrs.update(
-            {"rows": encoded, "rows_nonfinite": nonfinite, "failures": list(failures or []), "complete": True}
-        )
+        group = self._group("r+")
+        with _writing(self.uri):
+            group.attrs.update(
+                {"rows": encoded, "rows_nonfinite": nonfinite, "failures": list(failures or []), "complete": True}
+            )
 
     def checkpoint_step(self, fingerprint: str) -> int | None:
         """Progress counter of the last complete checkpoint of an unfinished group with this fingerprint, else None."""
@@ -475,21 +512,25 @@ class ItemStore:
             If :meth:`begin` has not created the item's group.
         TypeError
             If ``meta`` is not JSON-serialisable (checked before anything is written).
+        StoreWriteError
+            If writing fails (an ``OSError``); the message names the checkpoint slot.
         """
         json.dumps(meta)
         group = self._group("r+")
         current = group.attrs.asdict().get("checkpoint", {}).get("slot")
         slot = "b" if current == "a" else "a"
-        if f"checkpoint/{slot}" in group:
-            del group[f"checkpoint/{slot}"]
-        for name, value in arrays.items():
-            group.create_array(
-                f"checkpoint/{slot}/{name}",
-                data=np.asarray(value),
-                chunk_key_encoding=_CHUNK_KEY_ENCODING,
-                overwrite=True,
-            )
-        group.attrs.update({"checkpoint": {"slot": slot, "step": int(step), "names": sorted(arrays), "meta": meta}})
+        with _writing(f"{self.uri}/checkpoint/{slot}"):
+            if f"checkpoint/{slot}" in group:
+                del group[f"checkpoint/{slot}"]
+            for name, value in arrays.items():
+                group.create_array(
+                    f"checkpoint/{slot}/{name}",
+                    data=np.asarray(value),
+                    chunk_key_encoding=_CHUNK_KEY_ENCODING,
+                    overwrite=True,
+                )
+            group.attrs.update(
+                {"checkpoint": {"slot": slot, "step": int(step), "names": sorted(arrays), "meta": meta}})
 
     def read_checkpoint(self) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
         """The arrays and metadata of the last complete checkpoint, or None if there is none."""

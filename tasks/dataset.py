@@ -15,11 +15,12 @@ import pandas as pd
 from storage.collections import list_collections
 from storage.gaussians import list_scenes
 from storage.meshes import MeshItem, list_mesh_items
-from storage.tables import read_table, write_table
+from storage.tables import read_table, split_table, write_table
 from storage.zarr_store import ItemStore, read_file
 from tasks.shared.records import ItemResult, Row, failure_row
 
-__all__ = ["list_items", "write_tables", "read_run_table", "read_arrays", "read_files", "crash_result"]
+__all__ = ["list_items", "begin_tables", "write_tables", "read_run_table", "read_arrays",
+           "read_files", "crash_result"]
 
 ItemKind = Literal["meshes", "collections", "scenes"]
 
@@ -39,6 +40,13 @@ def list_items(path: str, kind: ItemKind) -> list[MeshItem] | list[str]:
     if kind not in listers:
         raise ValueError(f"unknown item kind {kind!r}; expected one of {sorted(listers)}")
     return listers[kind](path)
+
+
+def begin_tables(store: str, run_id: str, tables: list[str]) -> None:
+    """Prepare a run's tables (and ``failures``) for item-by-item writing: a re-run's earlier compacted rows are
+    split into item fragments (:func:`storage.tables.split_table`), so items computed again replace their rows."""
+    for name in dict.fromkeys([*tables, "failures"]):
+        split_table(store, run_id, name)
 
 
 def write_tables(store: str, run_id: str, tables: dict[str, list[Row]], failures: list[Row]) -> dict[str, str]:

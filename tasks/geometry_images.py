@@ -34,13 +34,14 @@ from storage.errors import InputError
 from storage.image_codecs import CodecName, CodecSetting
 from storage.meshes import MeshItem, read_mesh
 from storage.zarr_store import ItemStore
+from tasks.shared.batching import ItemReporter, run_batch
 from tasks.shared.pyramid import encode_pyramid
 from tasks.shared.rate_distortion import rate_distortion_rows, setting_columns
 from tasks.shared.records import ItemResult, PipelineConfig, failure_row
 from tasks.shared.restoration import BILINEAR, Restoration, load_restoration
 
 __all__ = ["GeometryImageConfig", "ParameterizedMesh", "parameterize_mesh", "encode_geometry_images",
-           "PIPELINE_VERSION", "PREVIEW_RESTORED"]
+           "geometry_images_batch", "PIPELINE_VERSION", "PREVIEW_RESTORED"]
 
 PIPELINE_VERSION = "3"  # bump when outputs of unchanged inputs would change: invalidates finished items
 # 2: cut augmentation by default, convex-combination repair of centroid flips; image-coded pyramid levels with
@@ -60,6 +61,9 @@ class GeometryImageConfig(PipelineConfig):
 
     RUN_PREFIX: ClassVar[str] = "geometry-images"
     PIPELINE_VERSION: ClassVar[str] = PIPELINE_VERSION
+    # strict / follow_symlinks only decide whether a mesh is read at all (refused or repaired / followed), never
+    # what a readable mesh gives: default run ids are unchanged
+    IDENTITY_EXCLUDE: ClassVar[frozenset[str]] = frozenset({"strict", "follow_symlinks"})
 
     resolution: int = Field(257, description="geometry image side, 2^n + 1")
     levels: int = Field(5, ge=1, description="mipmap levels (257 -> 129, 65, 33, 17)")
@@ -89,6 +93,9 @@ class GeometryImageConfig(PipelineConfig):
         "spherical OT (HOTS3D) + seamless octahedral geometry image")
     sphere_ot_steps: int = Field(100, ge=1, description="domain=sphere: HOTS3D min-max steps")
     sphere_polish_iterations: int = Field(1000, ge=0, description="domain=sphere: L-BFGS iterations of the polish")
+    strict: bool = Field(False, description="refuse meshes with degenerate or duplicate faces instead of repairing "
+                         "them")
+    follow_symlinks: bool = Field(False, description="read symbolic links that point outside the dataset folder")
 
     @model_validator(mode="after")
     def _check_codec(self) -> GeometryImageConfig:
@@ -220,7 +227,7 @@ def parameterize_mesh(item: MeshItem, store: str, run_id: str, config: GeometryI
     """
     record = ParameterizedMesh(item, ItemResult(item.item_id))
     try:
-        mesh = read_mesh(item)
+        mesh = read_mesh(item, strict=config.strict, follow_symlinks=config.follow_symlinks)
     except InputError as error:
         record.result.failures.append(_failure(run_id, item, "read", error))
         return record
@@ -240,6 +247,9 @@ def parameterize_mesh(item: MeshItem, store: str, run_id: str, config: GeometryI
             "source_sha256": mesh.sha256,
             "mesh_vertices": len(mesh.vertices),
             "mesh_faces": len(mesh.faces),
+            "mesh_repair": {"merged_vertices": mesh.merged_vertices,
+                            "degenerate_faces_dropped": mesh.degenerate_faces_dropped,
+                            "duplicate_faces_dropped": mesh.duplicate_faces_dropped},
             "normalization": {"offset": offset.tolist(), "scale": scale, "units": "unit_bbox_diagonal"},
             "config": config.model_dump(),
             "pipeline_version": PIPELINE_VERSION,
@@ -353,7 +363,7 @@ def encode_geometry_images(record: ParameterizedMesh, store: str, run_id: str,
             rows.append({
                 "run_id": run_id, "item_id": item.item_id, "source_uri": item.uri,
                 "source_sha256": attrs["source_sha256"], "parameterization": method, **level,
-                "mesh_vertices": n_vertices, "mesh_faces": n_faces,
+                "mesh_vertices": n_vertices, "mesh_faces": n_faces, **attrs.get("mesh_repair", {}),
                 "compression_ratio": compression_ratio(n_vertices, n_faces, stored_bytes),
                 "raw_bytes": raw_mesh_bytes(n_vertices, n_faces), "distance_normalization": "unit_bbox_diagonal",
                 "feature_weight": config.feature_weight, "seconds": time.perf_counter() - start,
@@ -362,3 +372,26 @@ def encode_geometry_images(record: ParameterizedMesh, store: str, run_id: str,
     result = ItemResult(item.item_id, {"geometry_images": rows, "rate_distortion": rate_distortion}, failures)
     item_store.finish(result.stored_rows(), failures)
     return result
+
+
+@task(name="geometry-images-batch", retries=1, retry_delay_seconds=2)
+def geometry_images_batch(items: list[MeshItem], store: str, run_id: str, config: GeometryImageConfig,
+                          tables: list[str], progress_queue: str | None = None) -> list[ItemResult]:
+    """Parameterize and encode a batch of meshes in one task (:func:`tasks.shared.batching.run_batch`).
+
+    Each mesh runs ``parameterize_mesh`` then ``encode_geometry_images`` (their plain functions); its rows land
+    in the run's tables as it finishes; an unexpected exception becomes its failure row with the original type
+    and message. A retry of the task (its worker died) skips the meshes it already finished.
+
+    Returns:
+        One :class:`ItemResult` per mesh, in order.
+    """
+    def work(item: MeshItem) -> ItemResult:
+        return encode_geometry_images.fn(parameterize_mesh.fn(item, store, run_id, config), store, run_id, config)
+
+    try:
+        logger = get_run_logger()
+    except MissingContextError:  # called as a plain function
+        logger = logging.getLogger(__name__)
+    return run_batch(items, work, lambda item: (item.item_id, item.uri), store, run_id, tables,
+                     ItemReporter(progress_queue), logger)

@@ -2,8 +2,8 @@
 
 Nothing here is committed as data: every case is built in a temporary folder by :func:`build_meshes`,
 :func:`build_scenes` or :func:`build_collections` — truncated and corrupt files cut from the real samples,
-NaN/Inf coordinates, degenerate and duplicate faces, indices out of range, a non-UTF-8 name, symbolic link loops,
-a broken link, a FIFO, 1 GiB sparse files (``truncate``: no disk blocks, no memory), 3DGS PLYs with missing
+NaN/Inf and huge (1e30, 1e39) coordinates, a mesh collapsed to a point, indices out of range, a non-UTF-8 name,
+symbolic link loops, a broken link, a link out of the dataset folder, a folder named like a mesh, a FIFO, 1 GiB sparse files (``truncate``: no disk blocks, no memory), 3DGS PLYs with missing
 properties, and shape collections with wrong shapes, ragged or pickled arrays, NaNs and unequal counts.
 
 Each :class:`BadInput` says which reader must reject it, with which typed error, and a regular expression the
@@ -24,7 +24,8 @@ import trimesh
 from plyfile import PlyData, PlyElement
 
 from storage.errors import (
-    DegenerateFacesError,
+    CoordinateMagnitudeError,
+    DegenerateExtentError,
     EmptyCollectionError,
     EmptyMeshError,
     EmptySceneError,
@@ -34,6 +35,7 @@ from storage.errors import (
     NotACollectionError,
     NotAGaussianSceneError,
     NotAMeshError,
+    SymlinkOutsideDatasetError,
     UndecodableFileNameError,
     UnequalPointCountError,
     UnreadableCollectionError,
@@ -120,6 +122,16 @@ def _fifo(path: Path) -> None:
     os.mkfifo(path)
 
 
+def _folder_with(source: Path) -> Callable[[Path], None]:
+    """A folder (named like a file, e.g. ``dir.obj``) holding a copy of ``source``."""
+
+    def build(path: Path) -> None:
+        path.mkdir()
+        shutil.copy(source, path / source.name)
+
+    return build
+
+
 def woody_text() -> str:
     return WOODY.read_text()
 
@@ -138,10 +150,6 @@ def _woody_edit(edit: Callable[[list[str], list[int], list[int]], None]) -> Call
         path.write_text("\n".join(lines) + "\n")
 
     return build
-
-
-def _first_face(lines: list[str], f: list[int]) -> list[str]:
-    return [token.split("/")[0] for token in lines[f[0]].split()[1:]]
 
 
 def woody_mesh() -> trimesh.Trimesh:
@@ -327,13 +335,21 @@ def mesh_cases() -> list[BadInput]:
         BadInput("inf.obj", "inf", NonFiniteVerticesError, r"2 of 694 vertices have NaN or Inf",
                  _woody_edit(lambda lines, v, f: (lines.__setitem__(v[1], "v inf 0 0"),
                                                   lines.__setitem__(v[2], "v 0 -inf 0")))),
-        BadInput("degenerate-face.obj", "degenerate-face", DegenerateFacesError, r"1 of 1268 faces repeat a vertex",
-                 _woody_edit(lambda lines, v, f: lines.append("f {0} {0} {1}".format(*_first_face(lines, f))))),
-        BadInput("collapsed-face.obj", "collapsed-face", DegenerateFacesError, r"repeat a vertex after merging",
-                 _woody_edit(lambda lines, v, f: lines.extend(["v 0 0 0", "v 0 0 0", "v 0 0 0", "f -1 -2 -3"]))),
-        BadInput("duplicate-face.obj", "duplicate-face", DegenerateFacesError,
-                 r"1 of 1268 faces duplicate another face's vertices",
-                 _woody_edit(lambda lines, v, f: lines.append("f " + " ".join(reversed(_first_face(lines, f)))))),
+        # degenerate and duplicate faces are repaired by default (tests/storage/test_storage_meshes.py)
+        BadInput("huge-1e30.obj", "huge-1e30", CoordinateMagnitudeError,
+                 r"1 of 694 vertices have a coordinate beyond \+-1e\+10 \(largest \|coordinate\| 1e\+30\)",
+                 _woody_edit(lambda lines, v, f: lines.__setitem__(v[5], "v 0.1 1e30 0.2"))),
+        BadInput("huge-1e39.obj", "huge-1e39", CoordinateMagnitudeError,  # beyond float32, not float64
+                 r"2 of 694 vertices .* \(largest \|coordinate\| 1e\+39\)",
+                 _woody_edit(lambda lines, v, f: (lines.__setitem__(v[5], "v 1e39 0 0"),
+                                                  lines.__setitem__(v[6], "v 0 0 -1e20")))),
+        BadInput("point.obj", "point", DegenerateExtentError, r"diagonal is 0: all vertices are at one position",
+                 _woody_edit(lambda lines, v, f: [lines.__setitem__(i, "v 0.5 0.25 1") for i in v])),
+        BadInput("dir.obj", "dir", UnreadableMeshError, r"dir\.obj: it is a directory, not a regular file",
+                 _folder_with(WOODY)),
+        BadInput("outside-link.obj", "outside-link", SymlinkOutsideDatasetError,
+                 r"outside-link\.obj is a symbolic link to .*/data/samples/meshes/woody\.obj, outside its folder",
+                 _symlink(str(WOODY))),
         BadInput("index-out-of-range.obj", "index-out-of-range", UnreadableMeshError, r"out of bounds",
                  _woody_edit(lambda lines, v, f: lines.append("f 1 2 9999"))),
         BadInput("index-zero.obj", "index-zero", UnreadableMeshError, r"face index 0",
@@ -361,8 +377,16 @@ def mesh_cases() -> list[BadInput]:
 
 
 def scene_cases() -> list[BadInput]:
-    """Broken 3DGS scene PLYs for :func:`storage.gaussians.read_scene` (and the Gaussian-reduction flow)."""
+    """Broken 3DGS scene files for :func:`storage.gaussians.read_scene` (and the Gaussian-reduction flow): INRIA
+    PLYs cut from the donut sample, and compressed PLY / SPZ files cut from the biker samples."""
+    from storage.errors import GaussianMagnitudeError
+
     data = small_donut(256)
+    biker = SAMPLES / "gaussians" / "biker"
+    compressed = (biker / "biker-2k.compressed.ply").read_bytes()
+    spz = (biker / "biker-2k.spz").read_bytes()
+    first = 32 + 5 * 16 + 9  # the positions stream's first zstd block header (after magic, descriptor, size)
+    corrupt_spz = spz[:first] + b"\xff\xff\xff" + spz[first + 3 :]
     return [
         BadInput("truncated.ply", "truncated", UnreadableSceneError, r"truncated: its header declares 256 vertex",
                  _write(data[: len(data) // 2])),
@@ -396,6 +420,15 @@ def scene_cases() -> list[BadInput]:
         BadInput(NON_UTF8_NAME + b".ply", "caf_", UndecodableFileNameError, r"not valid UTF-8", _write(data)),
         BadInput("loop.ply", "loop", UnreadableSceneError, r"symbolic link loop", _symlink("loop.ply")),
         BadInput("pipe.ply", "pipe", UnreadableSceneError, r"FIFO", _fifo),
+        BadInput("far-mean.ply", "far-mean", GaussianMagnitudeError,
+                 r"^far-mean: 1 of 256 Gaussians have a mean coordinate beyond ±1e\+06 \(MAX_ABS_MEAN\); the largest \|x\|, \|y\| or \|z\| is 1e\+30 \(Gaussian 7\)$",
+                 _donut_edit(_set("x", 7, 1e30))),
+        BadInput("truncated.compressed.ply", "truncated.compressed", UnreadableSceneError,
+                 r"truncated: its header declares 8 chunk, 2048 vertex", _write(compressed[: len(compressed) // 2])),
+        BadInput("corrupt.spz", "corrupt", UnreadableSceneError, r"corrupt SPZ: the positions stream: .*Zstd decompression error",
+                 _write(corrupt_spz)),
+        BadInput("truncated-spz.spz", "truncated-spz", UnreadableSceneError,
+                 r"truncated: its table of contents declares 30845 bytes, the file has 20000", _write(spz[:20000])),
     ]
 
 
@@ -415,6 +448,10 @@ def collection_cases() -> list[BadInput]:
     horse_lines = horse.split(b"\n")
     first_v = next(i for i, line in enumerate(horse_lines) if line.startswith(b"v "))
     nan_horse = b"\n".join(horse_lines[:first_v] + [b"v nan 0 0"] + horse_lines[first_v + 1:])
+    huge_horse = b"\n".join(horse_lines[:first_v + 5] + [b"v 0.1 1e30 0.2"] + horse_lines[first_v + 6:])
+    huge = dict(arrays)
+    huge["vertices"] = arrays["vertices"].copy()
+    huge["vertices"][:, 17, 0] = 1e30  # one value in each shape: every shape fails, so the collection does
     return [
         BadInput("wrong-shape.npz", "wrong-shape", NotACollectionError, r"\[S, V, 3\] array of numbers, got float32 of shape \(4, 500, 2\)",
                  _write(npz_bytes(vertices=arrays["vertices"][..., :2]))),
@@ -459,6 +496,12 @@ def collection_cases() -> list[BadInput]:
                  _write(npy_bytes(np.array([PickleBomb()], dtype=object), allow_pickle=True)), shape_failure=True),
         BadInput(b"horse/" + NON_UTF8_NAME + b".obj", "caf_", UndecodableFileNameError, r"not valid UTF-8",
                  lambda path: shutil.copy(HORSES / "0009.obj", path), shape_failure=True),
+        BadInput("horse/0096-huge.obj", "0096-huge", CoordinateMagnitudeError,
+                 r"0096-huge\.obj: 1 of 8431 vertices have a coordinate beyond \+-1e\+06 \(MAX_COORDINATE of a collection; largest \|coordinate\| 1e\+30, vertex 5\)",
+                 _write(huge_horse), shape_failure=True),
+        BadInput("huge.npz", "huge", EmptyCollectionError,
+                 r"all 4 shapes failed \(first: mesh_0000: huge\.npz\[0\]: 1 of 500 vertices have a coordinate beyond \+-1e\+06 .*1e\+30, vertex 17\)",
+                 _write(npz_bytes(**huge))),
     ]
 
 

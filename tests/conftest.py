@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
@@ -69,7 +70,30 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-# --- one real Prefect server per test session (flows/runtime/prefect_server.py) ----------------------------------
+# --- Prefect servers of the test session --------------------------------------------------------------------------
+
+SERVER_TIMEOUT_ENV = "BRENIER_TEST_SERVER_TIMEOUT"
+"""Seconds a test Prefect server may take to answer its health check (default 600: a loaded lab server at load
+average 30 took longer than Prefect's default 20 s, and the flow tests errored at setup)."""
+
+
+def server_timeout() -> float:
+    return float(os.environ.get(SERVER_TIMEOUT_ENV, "600"))
+
+
+# The servers that the CLI commands of the tests start for themselves (subprocesses inherit it).
+os.environ.setdefault("BRENIER_SERVER_STARTUP_TIMEOUT", str(server_timeout()))
+
+
+@pytest.fixture(scope="session")
+def prefect_test_api():
+    """One ephemeral Prefect API (``prefect_test_harness``, temporary SQLite DB) shared by every flow test of the
+    session, with a startup timeout of ``BRENIER_TEST_SERVER_TIMEOUT`` seconds instead of Prefect's default."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=server_timeout()):
+        yield
+
 
 
 @pytest.fixture(scope="session")
@@ -78,7 +102,7 @@ def prefect_server(tmp_path_factory):
     session's tests; stopped with all its children at the end. Its ``.api_url`` is a ``PREFECT_API_URL``."""
     from flows.runtime.prefect_server import start_server
 
-    server = start_server(tmp_path_factory.mktemp("prefect-home"))
+    server = start_server(tmp_path_factory.mktemp("prefect-home"), timeout=server_timeout())
     yield server
     server.stop()
 

@@ -3,11 +3,18 @@
 Every pipeline option is a field of its config model (``tasks/*.py``): its name, default and help text are declared
 there once, and a command takes the model whole (``Parameter(name="*")`` flattens its fields into options). The
 options every flow command shares are the fields of :class:`RunOptions`.
+
+Exit codes of the flow commands (:func:`exit_code`): 0 every item succeeded (or was finished earlier); 3 some
+items failed (their failure rows say why); 1 every item failed, or the run itself failed; 2 a usage error. A run
+that finished prints its summary and exits with its code whatever the teardown of the Dask cluster or the Prefect
+server does (:class:`flows.runtime.task_runner.BoundedDaskTaskRunner`, :func:`main`).
 """
 
 from __future__ import annotations
 
 import os
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Annotated
@@ -35,7 +42,16 @@ from tasks.geometry_image_sequence import SequenceConfig
 from tasks.geometry_images import GeometryImageConfig
 from tasks.restoration import TrainRestorationConfig
 
-__all__ = ["app", "main", "RunOptions"]
+__all__ = ["app", "main", "RunOptions", "exit_code", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_SOME_FAILED",
+           "EXIT_GRACE_ENV"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_SOME_FAILED = 3
+
+EXIT_GRACE_ENV = "BRENIER_EXIT_GRACE"
+"""Environment variable: seconds the process may spend in teardown after its command finished (default 60)."""
 
 app = App(name="brenier", help="Optimal-transport geometry processing over whole 3D datasets.")
 app.command(server_app, name="server")
@@ -83,9 +99,50 @@ def launcher(
     return app(tokens)
 
 
+def exit_code(items: int, failed: int) -> int:
+    """The command's exit code for a run of ``items`` items of which ``failed`` have failure rows.
+
+    0 when none failed (a run of no items included), 3 when some failed, 1 when all of them failed.
+    """
+    if failed and failed >= items:
+        return EXIT_FAILED
+    return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def _result_code(result: dict) -> int:
+    if "failed_frames" in result:  # the sequence job: frames solved and frames failed
+        return exit_code(result["frames"] + result["failed_frames"], result["failed_frames"])
+    return exit_code(result["items"], len(result["failed_items"]))
+
+
 def main() -> None:
-    """The ``brenier`` console script."""
-    app.meta()
+    """The ``brenier`` console script: runs the command, then exits with its code within a bounded teardown.
+
+    Interpreter shutdown runs atexit hooks and joins threads of Dask and Prefect that can hang or raise on a
+    loaded machine after the command has printed its result. A daemon timer ends the process with the command's
+    own code if shutdown takes longer than ``BRENIER_EXIT_GRACE`` seconds (default 60).
+    """
+    try:
+        app.meta()
+        code = EXIT_OK
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else (EXIT_OK if exit_.code is None else EXIT_FAILED)
+    except KeyboardInterrupt:
+        code = 130
+    except Exception:
+        console.print_exception()
+        code = EXIT_FAILED
+    sys.stdout.flush()
+    sys.stderr.flush()
+    grace = float(os.environ.get(EXIT_GRACE_ENV, "60"))
+    _exit_timer(grace, code)
+    sys.exit(code)
+
+
+def _exit_timer(grace: float, code: int) -> None:
+    timer = threading.Timer(grace, os._exit, (code,))
+    timer.daemon = True
+    timer.start()
 
 
 def _summary_table(summary: pd.DataFrame) -> Table:
@@ -122,10 +179,12 @@ def geometry_images_command(
     *,
     config: Annotated[GeometryImageConfig, Flat] = GeometryImageConfig(),
     run: Annotated[RunOptions, Flat] = RunOptions(),
-) -> None:
+    batch_size: Annotated[int | None, Parameter(help="meshes per Prefect task (default: from the mesh count and "
+                                                     "the workers, 1 to 64)")] = None,
+) -> int:
     """OT-parameterize every mesh, store geometry-image mipmaps in Zarr and their fidelity in Parquet."""
     with prefect_api(announce=console.print):
-        result = run.flow(geometry_images)(path, run.root(), config, run.run_id)
+        result = run.flow(geometry_images)(path, run.root(), config, run.run_id, batch_size)
     rows = read_table(result["tables"]["geometry_images"])
     failures = read_table(result["tables"]["failures"])
     console.print(_summary_table(summarize(rows)))
@@ -135,6 +194,7 @@ def geometry_images_command(
                   f"{result['skipped_items']} skipped as finished")
     console.print(f"Zarr store:  {result['store']}/{result['run_id']}/<mesh>/{{harmonic,ot}}/geometry_image")
     _print_tables(result)
+    return _result_code(result)
 
 
 def _print_restorations(rate_distortion: pd.DataFrame) -> None:
@@ -184,7 +244,7 @@ def train_restoration_command(
     *,
     config: Annotated[TrainRestorationConfig, Flat] = TrainRestorationConfig(),
     run: Annotated[RunOptions, Flat] = RunOptions(),
-) -> None:
+) -> int:
     """Train the geometry-image restoration network (use it with `geometry-images --restoration MODEL`)."""
     started = time.perf_counter()
     with prefect_api(announce=console.print):
@@ -205,6 +265,7 @@ def train_restoration_command(
                       f"{model['train_seconds']:.0f} s on {model['device']})")
     console.print(f"wall time: {time.perf_counter() - started:.0f} s (geometry images and training)")
     _print_tables(result)
+    return _result_code(result)
 
 
 @app.command(name="autodecoder")
@@ -215,7 +276,7 @@ def autodecoder_command(
     variant: Annotated[list[str], Parameter(help=f"repeatable; one of {', '.join(VARIANTS)}")] = ["neuralqaad"],
     config: Annotated[AutodecoderConfig, Flat] = AutodecoderConfig(),
     run: Annotated[RunOptions, Flat] = RunOptions(),
-) -> None:
+) -> int:
     """Train NeuralQAAD autodecoders on shape collections: one network + one code per shape, EM-kD per shape."""
     with prefect_api(announce=console.print):
         result = run.flow(autodecoder)(path, run.root(), config, variant, run.run_id)
@@ -235,6 +296,7 @@ def autodecoder_command(
     console.print(f"Zarr store:  {result['store']}/{result['run_id']}/<collection>--<variant>/"
                   "{latents,decoded,model}")
     _print_tables(result)
+    return _result_code(result)
 
 
 @app.command(name="encode")
@@ -248,7 +310,7 @@ def encode_command(
     qaad_steps: Annotated[int, Parameter(help="QAAD steps of the code fit")] = 300,
     config: Annotated[AutodecoderConfig, Flat] = AutodecoderConfig(),
     run: Annotated[RunOptions, Flat] = RunOptions(),
-) -> None:
+) -> int:
     """Fit latent codes of new shapes with a trained decoder (frozen) and measure their reconstruction.
 
     The config must match the model's point source and sampling.
@@ -265,6 +327,7 @@ def encode_command(
         console.print(shapes[["item_id", "shape_id", "em_kd", "chamfer_l2"]].to_string(index=False))
     _print_failures(read_table(result["tables"]["failures"]))
     _print_tables(result)
+    return _result_code(result)
 
 
 @app.command(name="reduce-gaussians")
@@ -276,7 +339,7 @@ def reduce_gaussians_command(
         DEFAULT_RATIOS),
     config: Annotated[GaussianReductionConfig, Flat] = GaussianReductionConfig(),
     run: Annotated[RunOptions, Flat] = RunOptions(),
-) -> None:
+) -> int:
     """Reduce 3DGS scenes with GHAP and pruning baselines; psnr/ssim of renders against the original."""
     with prefect_api(announce=console.print):
         result = run.flow(gaussian_reduction)(path, run.root(), ratio, config, run.run_id)
@@ -290,6 +353,7 @@ def reduce_gaussians_command(
     for item_id, uri in sorted(result["previews"].items()):
         console.print(f"side by side {item_id}: {uri}")
     _print_tables(result)
+    return _result_code(result)
 
 
 @app.command(name="geometry-image-sequence")
@@ -299,7 +363,7 @@ def geometry_image_sequence_command(
     *,
     config: Annotated[SequenceConfig, Flat] = SequenceConfig(),
     run: Annotated[RunOptions, Flat] = RunOptions(),
-) -> None:
+) -> int:
     """Geometry images of every frame of a sequence: one cut and map, one warm-started OT solve per frame."""
     with prefect_api(announce=console.print):
         result = run.flow(geometry_image_sequence)(path, run.root(), config, run.run_id)
@@ -310,6 +374,7 @@ def geometry_image_sequence_command(
     console.print(f"run [bold]{result['run_id']}[/]: {result['frames']} frames solved"
                   + (" (finished earlier)" if result["skipped"] else ""))
     _print_tables(result)
+    return _result_code(result)
 
 
 @app.command(name="align-embeddings")
@@ -319,7 +384,7 @@ def align_embeddings_command(
     *target: Annotated[str, Parameter(help="one or more sets of [M, d] vectors to align to")],
     config: Annotated[AlignmentConfig, Flat] = AlignmentConfig(),
     run: Annotated[RunOptions, Flat] = RunOptions(),
-) -> None:
+) -> int:
     """HOTS3D spherical OT between embedding distributions: trained map + mapped vectors (Zarr), distances (Parquet)."""
     if not target:
         raise ValueError("align-embeddings needs at least one TARGET")
@@ -333,6 +398,7 @@ def align_embeddings_command(
     console.print(f"run [bold]{result['run_id']}[/]: mapped vectors and the map in "
                   f"{result['store']}/{result['run_id']}/<source>__<target>/{{mapped,potential,dual}}")
     _print_tables(result)
+    return _result_code(result)
 
 
 if __name__ == "__main__":

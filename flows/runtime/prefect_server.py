@@ -61,6 +61,7 @@ DEFAULT_PERSISTENT_PORT = 4200
 STATE_FILE = "brenier-server.json"  # under PREFECT_HOME: {"pid", "url", "port", "host"} of `brenier server start`
 LOG_FILE = "server.log"
 STARTUP_TIMEOUT_S = 180.0  # a fresh database runs all migrations first: 10-35 s measured on a loaded 2-core machine
+STARTUP_TIMEOUT_ENV = "BRENIER_SERVER_STARTUP_TIMEOUT"  # seconds; overrides STARTUP_TIMEOUT_S (a busy lab server)
 
 
 class PrefectServerError(RuntimeError):
@@ -174,7 +175,7 @@ def start_server(
     port: int | None = None,
     *,
     persistent: bool = False,
-    timeout: float = STARTUP_TIMEOUT_S,
+    timeout: float | None = None,
 ) -> LocalServer:
     """Start ``prefect server start --host HOST --port PORT`` under ``PREFECT_HOME`` and wait for its health check.
 
@@ -183,7 +184,8 @@ def start_server(
         host: interface to listen on; keep ``127.0.0.1`` unless the UI must be reachable from other machines.
         port: TCP port (default: a free one).
         persistent: if False the server gets SIGTERM when this process dies (Linux); if True it outlives it.
-        timeout: seconds to wait for ``/api/health`` (a fresh DB is migrated first).
+        timeout: seconds to wait for ``/api/health`` (a fresh DB is migrated first); default
+            ``BRENIER_SERVER_STARTUP_TIMEOUT`` or 180.
 
     Raises:
         PrefectServerError: the server exited or was not healthy within ``timeout``; the message holds the tail
@@ -200,6 +202,7 @@ def start_server(
             start_new_session=True, preexec_fn=None if persistent else _die_with_parent,
         )
     server = LocalServer(process, host, port, home)
+    timeout = timeout or float(os.environ.get(STARTUP_TIMEOUT_ENV, STARTUP_TIMEOUT_S))
     deadline = time.monotonic() + timeout
     try:
         while not is_healthy(server.api_url):

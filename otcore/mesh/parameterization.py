@@ -36,7 +36,7 @@ from dataclasses import dataclass, replace
 import igl
 import numpy as np
 
-from otcore.errors import GeometryError, OTConvergenceError
+from otcore.errors import OTConvergenceError
 from otcore.mesh.convex_combination import convex_combination_map
 from otcore.mesh.cut_augmentation import augment_cut
 from otcore.mesh.disk_cut import DiskMesh, cut_to_disk
@@ -120,7 +120,7 @@ class SquareParameterizations:
     disk: DiskMesh
     harmonic: Parameterization
     ot: Parameterization | None
-    ot_error: GeometryError | OTConvergenceError | None = None
+    ot_error: ValueError | ArithmeticError | OTConvergenceError | None = None
 
 
 def vertex_areas(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
@@ -347,9 +347,10 @@ def parameterize_to_square(
 
     Returns:
         :class:`SquareParameterizations`: the disk mesh, the harmonic baseline and the OT map. When the OT step
-        fails with a :class:`~otcore.errors.GeometryError` (e.g. flips that cannot be untangled) or an
-        :class:`~otcore.errors.OTConvergenceError`, ``ot`` is ``None`` and ``ot_error`` holds the error: the
-        harmonic map is still a result.
+        fails with a :class:`~otcore.errors.GeometryError` (e.g. flips that cannot be untangled), an
+        :class:`~otcore.errors.OTConvergenceError`, or another ``ValueError`` / ``ArithmeticError`` of the
+        numerics (e.g. a power diagram of overflowing coordinates), ``ot`` is ``None`` and ``ot_error`` holds the
+        error with its own type: the harmonic map is still a result.
 
     Raises:
         NonManifoldMeshError, UnsupportedTopologyError: from the cut or the harmonic map (several connected
@@ -361,6 +362,6 @@ def parameterize_to_square(
         masses = feature_masses(vertices, faces, disk, feature_weight)
         ot = ot_parameterization(disk, harmonic.uv, masses, tol, max_iterations, solver=solver,
                                  ot_net_config=ot_net_config, repair=repair, progress=progress)
-    except (GeometryError, OTConvergenceError) as error:
+    except (ValueError, ArithmeticError, OTConvergenceError) as error:  # GeometryError is a ValueError
         return SquareParameterizations(disk, harmonic, None, error)
     return SquareParameterizations(disk, harmonic, ot)

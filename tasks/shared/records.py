@@ -14,9 +14,9 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
-from storage.tables import failure_row
+from storage.tables import failure_row, write_item_rows
 
-__all__ = ["ItemResult", "PipelineConfig", "run_id", "failure_row"]
+__all__ = ["ItemResult", "PipelineConfig", "run_id", "failure_row", "write_item_tables"]
 
 Row = dict[str, Any]
 
@@ -31,6 +31,8 @@ class ItemResult:
         failures: rows of the ``failures`` table (:func:`storage.tables.failure_row`).
         skipped: the item was finished earlier with the same fingerprint; its stored rows are returned.
         artifacts: uris of files a flow publishes (e.g. ``{"preview": ".../preview.png"}``).
+        tables_written: the rows already landed in the run's tables (a batch task writes each item as it
+            finishes; :func:`tasks.shared.batching.run_batch`), so the flow does not write them again.
     """
 
     item_id: str
@@ -38,6 +40,7 @@ class ItemResult:
     failures: list[Row] = field(default_factory=list)
     skipped: bool = False
     artifacts: dict[str, str] = field(default_factory=dict)
+    tables_written: bool = False
 
     def rows(self, table: str) -> list[Row]:
         """Rows of ``table`` (empty if the task produced none)."""
@@ -55,6 +58,19 @@ class ItemResult:
             row = dict(row)
             tables.setdefault(row.pop("table"), []).append(row)
         return tables
+
+
+def write_item_tables(store: str, run_id: str, result: ItemResult, tables: list[str]) -> None:
+    """Land one finished item's rows in the run's tables at once (``failures`` included), one fragment per table
+    and item id, so pandas reads them while the run goes on and after it dies (:mod:`storage.tables`).
+
+    The rows are grouped by their ``item_id`` column; a table where the item has no rows loses its old fragment.
+    """
+    per_table = {name: result.rows(name) for name in tables} | {"failures": result.failures}
+    item_ids = {result.item_id} | {row["item_id"] for rows in per_table.values() for row in rows}
+    for name, rows in per_table.items():
+        for item_id in item_ids:
+            write_item_rows([row for row in rows if row["item_id"] == item_id], store, run_id, name, item_id)
 
 
 def run_id(prefix: str, payload: str) -> str:

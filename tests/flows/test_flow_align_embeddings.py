@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import zarr
-from prefect.testing.utilities import prefect_test_harness
 from von_mises_fisher import sample_vmf_mixture
 
 from flows.align_embeddings import align_embeddings
@@ -17,9 +16,8 @@ FAST = AlignmentConfig(hidden=32, layers=2, steps=60, inner_steps=3, batch_size=
 
 
 @pytest.fixture(scope="module", autouse=True)
-def prefect_api():
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
+def prefect_api(prefect_test_api):
+    yield
 
 
 @pytest.mark.slow

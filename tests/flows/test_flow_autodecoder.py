@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.autodecoder import autodecoder, encode_shapes
 from flows.runtime.task_runner import make_task_runner
@@ -28,9 +27,8 @@ FAST = AutodecoderConfig(latent_size=16, patches=8, points_per_shape=256, shapes
 
 
 @pytest.fixture(scope="module", autouse=True)
-def prefect_api():
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
+def prefect_api(prefect_test_api):
+    yield
 
 
 @pytest.fixture()

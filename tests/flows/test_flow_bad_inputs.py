@@ -26,7 +26,6 @@ from bad_inputs import (
     scene_cases,
     woody_ply,
 )
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.autodecoder import autodecoder
 from flows.gaussian_reduction import gaussian_reduction
@@ -41,9 +40,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module", autouse=True)
-def prefect_api():
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
+def prefect_api(prefect_test_api):
+    yield
 
 
 def _tree(root: Path, skip: Path) -> dict[str, tuple[int, int, int]]:

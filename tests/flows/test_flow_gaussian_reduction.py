@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.gaussian_reduction import gaussian_reduction, summary_frame
 from flows.runtime.task_runner import make_task_runner
@@ -22,9 +21,8 @@ FAST = GaussianReductionConfig(resolution=48, views=3, train_views=3, finetune_s
 
 
 @pytest.fixture(scope="module", autouse=True)
-def prefect_api():
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
+def prefect_api(prefect_test_api):
+    yield
 
 
 @pytest.mark.slow

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.geometry_image_sequence import geometry_image_sequence
 from flows.runtime.task_runner import make_task_runner
@@ -45,9 +44,8 @@ def test_cut_augmentation_uncrowds_the_crane(crane_frame) -> None:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def prefect_api():
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+def prefect_api(prefect_test_api):
+    yield
 
 
 @pytest.mark.slow

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.geometry_images import geometry_images
 from flows.runtime.task_runner import make_task_runner
@@ -20,9 +19,8 @@ FAST = GeometryImageConfig(resolution=129, levels=3, samples=5_000)
 
 
 @pytest.fixture(scope="module", autouse=True)
-def prefect_api():
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
+def prefect_api(prefect_test_api):
+    yield
 
 
 @pytest.fixture()

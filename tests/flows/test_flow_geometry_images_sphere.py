@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import trimesh
 import zarr
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.geometry_images import geometry_images
 from flows.runtime.task_runner import make_task_runner
@@ -24,9 +23,8 @@ SPHERE = GeometryImageConfig(resolution=65, levels=2, samples=3_000, domain="sph
 
 
 @pytest.fixture(scope="module", autouse=True)
-def prefect_api():
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
+def prefect_api(prefect_test_api):
+    yield
 
 
 @pytest.mark.slow

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 from prefect.settings import PREFECT_API_URL
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.geometry_images import geometry_images
 from storage.tables import RATE_DISTORTION_SCHEMA, read_table
@@ -18,9 +17,8 @@ CONFIG = GeometryImageConfig(resolution=65, levels=3, samples=3_000, rate_distor
 
 
 @pytest.fixture(scope="module", autouse=True)
-def prefect_api():
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
+def prefect_api(prefect_test_api):
+    yield
 
 
 @pytest.mark.slow

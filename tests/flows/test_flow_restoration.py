@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 from prefect.settings import PREFECT_API_URL
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.geometry_images import geometry_images
 from flows.restoration import train_restoration
@@ -25,9 +24,8 @@ TINY = TrainRestorationConfig(epochs=2, steps_per_epoch=2, images_per_step=2, cr
 
 
 @pytest.fixture(scope="module", autouse=True)
-def prefect_api():
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
+def prefect_api(prefect_test_api):
+    yield
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
-"""Tests of storage.tables: canonical schemas through Parquet and pandas, row validation, atomic writes."""
+"""Tests of storage.tables: canonical schemas through Parquet and pandas, row validation, atomic writes, tables
+that grow item by item while a run goes on and compact at its end."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import fsspec
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
@@ -29,7 +31,9 @@ from storage.tables import (
     TABLE_SCHEMAS,
     read_table,
     rows_to_table,
+    split_table,
     table_uri,
+    write_item_rows,
     write_table,
 )
 
@@ -47,6 +51,9 @@ def _ot_row(level: int) -> dict[str, object]:
         "resolution": 257 >> level | 1,
         "mesh_vertices": 2930,
         "mesh_faces": 5856,
+        "merged_vertices": 0,
+        "degenerate_faces_dropped": 0,
+        "duplicate_faces_dropped": 0,
         "chamfer_l2": 1.5e-7,
         "hausdorff": np.float64(2.0e-3),
         "area_distortion": 0.05,
@@ -97,7 +104,7 @@ def test_geometry_images_round_trip(tmp_path: Path) -> None:
     rows = [_ot_row(0), _ot_row(1), harmonic]
     uri = write_table(rows, str(tmp_path), RUN, "geometry_images")
     assert uri == table_uri(str(tmp_path), RUN, "geometry_images")
-    assert pq.read_schema(uri).equals(GEOMETRY_IMAGES_SCHEMA, check_metadata=True)
+    assert ds.dataset(uri, format="parquet").schema.equals(GEOMETRY_IMAGES_SCHEMA, check_metadata=True)
     frame = read_table(uri)
     assert list(frame.columns) == GEOMETRY_IMAGES_SCHEMA.names
     assert frame["level"].dtype == pd.Int16Dtype()
@@ -147,7 +154,7 @@ def test_integral_float_into_integer_column_is_accepted() -> None:
 @pytest.mark.parametrize("table", sorted(TABLE_SCHEMAS))
 def test_empty_rows_write_empty_table_with_full_schema(tmp_path: Path, table: str) -> None:
     uri = write_table([], str(tmp_path), RUN, table)
-    assert pq.read_schema(uri).equals(TABLE_SCHEMAS[table], check_metadata=True)
+    assert ds.dataset(uri, format="parquet").schema.equals(TABLE_SCHEMAS[table], check_metadata=True)
     frame = read_table(uri)
     assert len(frame) == 0 and list(frame.columns) == TABLE_SCHEMAS[table].names
 
@@ -178,8 +185,55 @@ def test_failed_write_keeps_previous_table_and_cleans_up(tmp_path: Path, monkeyp
     with pytest.raises(OSError, match="disk full"):
         write_table([], str(tmp_path), RUN, "failures")
     monkeypatch.undo()
-    assert pq.read_schema(uri).equals(FAILURES_SCHEMA)
+    assert ds.dataset(uri, format="parquet").schema.equals(FAILURES_SCHEMA)
     assert [p.name for p in (tmp_path / RUN / "tables").iterdir()] == ["failures.parquet"]
+    assert len(list((tmp_path / RUN / "tables" / "failures.parquet").iterdir())) == 1  # no temporary left
+
+
+def _failure(item_id: str) -> dict[str, str]:
+    return {"run_id": RUN, "item_id": item_id, "source_uri": f"/d/{item_id}.obj", "stage": "read",
+            "error_type": "NotAMeshError", "message": "holds PointCloud"}
+
+
+def test_item_rows_are_readable_at_once_and_compact_at_the_end(tmp_path: Path) -> None:
+    """Each item's rows land as their own fragment (pandas reads them at once); re-writing an item replaces its
+    rows; the final write leaves one fragment with exactly the given rows."""
+    root = str(tmp_path)
+    uri = write_item_rows([_ot_row(0) | {"item_id": "spot"}], root, RUN, "geometry_images", "spot")
+    assert pd.read_parquet(uri)["item_id"].tolist() == ["spot"]
+    write_item_rows([_ot_row(0) | {"item_id": "cow"}, _ot_row(1) | {"item_id": "cow"}], root, RUN,
+                    "geometry_images", "cow")
+    write_item_rows([_ot_row(1) | {"item_id": "spot"}], root, RUN, "geometry_images", "spot")  # computed again
+    frame = read_table(uri)
+    assert sorted(zip(frame["item_id"], frame["level"], strict=True)) == [("cow", 0), ("cow", 1), ("spot", 1)]
+    assert list(frame.columns) == GEOMETRY_IMAGES_SCHEMA.names and frame["level"].dtype == pd.Int16Dtype()
+    write_table(frame.to_dict(orient="records"), root, RUN, "geometry_images")
+    assert len(list(Path(uri).iterdir())) == 1
+    assert sorted(read_table(uri)["item_id"]) == ["cow", "cow", "spot"]
+
+
+def test_rerun_splits_compacted_rows_so_items_replace_theirs(tmp_path: Path) -> None:
+    root = str(tmp_path)
+    uri = write_table([_failure("cow"), _failure("spot")], root, RUN, "failures")
+    assert split_table(root, RUN, "failures") == 2
+    assert sorted(read_table(uri)["item_id"]) == ["cow", "spot"]  # nothing lost by the split
+    write_item_rows([], root, RUN, "failures", "cow")  # cow no longer fails in the re-run
+    assert read_table(uri)["item_id"].tolist() == ["spot"]
+
+
+def test_a_single_file_table_of_an_earlier_version_becomes_a_fragment(tmp_path: Path) -> None:
+    folder = tmp_path / RUN / "tables"
+    folder.mkdir(parents=True)
+    pq.write_table(rows_to_table([_failure("cow")], FAILURES_SCHEMA), folder / "failures.parquet")
+    write_item_rows([_failure("spot")], str(tmp_path), RUN, "failures", "spot")
+    assert sorted(read_table(str(folder / "failures.parquet"))["item_id"]) == ["cow", "spot"]
+
+
+def test_empty_table_folder_reads_with_its_columns(tmp_path: Path) -> None:
+    uri = write_item_rows([], str(tmp_path), RUN, "failures", "cow")
+    Path(uri).mkdir(parents=True, exist_ok=True)
+    frame = read_table(uri)
+    assert frame.empty and list(frame.columns) == FAILURES_SCHEMA.names
 
 
 def test_unknown_table_name(tmp_path: Path) -> None:

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import pickle
+import resource
+import signal
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +20,8 @@ import numpy as np
 import pytest
 import zarr
 
+from storage.errors import StoreWriteError
+from storage.tables import failure_row
 from storage.zarr_store import ItemStore, open_root, read_file
 
 RUN = "run-1"
@@ -260,3 +268,56 @@ def test_open_array_writes_one_frame_at_a_time_and_files_sit_beside_the_arrays(t
     assert uri == f"{store.uri}/preview.png" and read_file(uri) == b"\x89PNG"
     with pytest.raises(FileNotFoundError):
         read_file(f"{store.uri}/none.png")
+
+
+@contextmanager
+def _file_size_limit(limit: int) -> Iterator[None]:
+    """Files written by this process may not grow beyond ``limit`` bytes: writes fail with ``EFBIG`` ("File too
+    large"), as on a file system with a file-size limit or under ``ulimit -f``."""
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the process
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+
+
+@pytest.mark.skipif(not hasattr(resource, "RLIMIT_FSIZE") or not hasattr(signal, "SIGXFSZ"), reason="POSIX only")
+def test_write_failure_names_the_file(tmp_path: Path) -> None:
+    """A write that fails (here: File too large) raises StoreWriteError naming what was written, errno kept."""
+    store = ItemStore(str(tmp_path), RUN, "spot")
+    store.begin("f" * 64, {})
+    noise = np.random.default_rng(0).random((20_000, 2))  # ~300 KB, incompressible
+    with _file_size_limit(4096), pytest.raises(StoreWriteError) as info:
+        store.write_array("ot/uv", noise)
+    error = info.value
+    assert isinstance(error, OSError) and error.errno == errno.EFBIG
+    assert str(error) == f"writing {store.uri}/ot/uv: [Errno 27] File too large"
+    assert failure_row(RUN, "spot", "/data/spot.obj", "task", error)["message"] == str(error)
+    copy = pickle.loads(pickle.dumps(error))  # Dask ships it between processes
+    assert (type(copy), copy.errno, str(copy)) == (StoreWriteError, errno.EFBIG, str(error))
+    preview = rf"^writing {store.uri}/preview\.png: \[Errno 27\]"
+    with _file_size_limit(64), pytest.raises(StoreWriteError, match=preview):
+        store.write_file("preview.png", bytes(1000))
+    with _file_size_limit(64), pytest.raises(StoreWriteError, match=rf"^writing {store.uri}: \[Errno 27\]"):
+        store.finish([{"note": "x" * 1000}])
+    store.write_array("ot/uv", noise)  # without the limit the same write succeeds
+    assert not store.is_complete("f" * 64)
+
+
+def test_write_errors_other_than_os_errors_are_unchanged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(FileNotFoundError):  # no group yet: as documented, not a write failure
+        ItemStore(str(tmp_path), RUN, "spot").write_array("uv", np.zeros(3))
+    store = ItemStore(str(tmp_path), RUN, "spot")
+    store.begin("f" * 64, {})
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied", "/elsewhere/zarr.json")
+
+    monkeypatch.setattr(zarr.Group, "create_array", refuse)
+    with pytest.raises(StoreWriteError) as info:
+        store.write_array("ot/uv", np.zeros(3))
+    assert info.value.errno == errno.EACCES and info.value.filename == "/elsewhere/zarr.json"
+    assert str(info.value) == f"writing {store.uri}/ot/uv: [Errno 13] Permission denied: '/elsewhere/zarr.json'"

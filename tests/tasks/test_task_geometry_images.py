@@ -97,3 +97,37 @@ def test_unreadable_mesh_is_a_read_failure(tmp_path: Path) -> None:
     assert record.fingerprint is None and [f["stage"] for f in record.result.failures] == ["read"]
     result = encode_geometry_images.fn(record, str(tmp_path / "store"), "run", FAST)
     assert result is record.result and not (tmp_path / "store" / "run" / "broken").exists()
+
+
+def test_bad_faces_are_repaired_and_counted_on_every_row(tmp_path: Path) -> None:
+    """woody plus a duplicated and a degenerate face: repaired by default, the counts on every geometry_images
+    row; ``strict`` makes it a read failure. Neither option changes the run id or the fingerprint."""
+    lines = (SAMPLES / "woody.obj").read_text().splitlines()
+    first = [token.split("/")[0] for token in next(line for line in lines if line.startswith("f ")).split()[1:]]
+    bad = tmp_path / "woody-bad.obj"
+    bad.write_text("\n".join(lines + ["f " + " ".join(reversed(first)), f"f {first[0]} {first[0]} {first[1]}"]))
+    item = MeshItem("woody-bad", str(bad))
+    small = GeometryImageConfig(resolution=33, levels=1, samples=1_000)
+    record = parameterize_mesh.fn(item, str(tmp_path / "store"), "run", small)
+    assert record.result.failures == []
+    rows = encode_geometry_images.fn(record, str(tmp_path / "store"), "run", small).rows("geometry_images")
+    assert len(rows) == 2 and all(r["mesh_faces"] == 1267 for r in rows)
+    assert {(r["merged_vertices"], r["degenerate_faces_dropped"], r["duplicate_faces_dropped"]) for r in rows} == {
+        (0, 1, 1)}
+
+    strict = small.model_copy(update={"strict": True})
+    refused = parameterize_mesh.fn(item, str(tmp_path / "store"), "run-strict", strict)
+    assert [(f["stage"], f["error_type"]) for f in refused.result.failures] == [("read", "DegenerateFacesError")]
+    assert refused.fingerprint is None
+    both = GeometryImageConfig(strict=True, follow_symlinks=True)
+    assert both.default_run_id() == GeometryImageConfig().default_run_id()
+    assert both.fingerprint("0" * 64) == GeometryImageConfig().fingerprint("0" * 64)
+
+
+def test_symbolic_link_out_of_the_dataset_is_a_read_failure(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    link = tmp_path / "data" / "woody.obj"
+    link.symlink_to(SAMPLES / "woody.obj")
+    record = parameterize_mesh.fn(MeshItem("woody", str(link)), str(tmp_path / "store"), "run", FAST)
+    assert [(f["stage"], f["error_type"]) for f in record.result.failures] == [("read", "SymlinkOutsideDatasetError")]
+    assert "--follow-symlinks" in record.result.failures[0]["message"]

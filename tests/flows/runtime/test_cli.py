@@ -56,7 +56,8 @@ def test_defaults_are_the_models_and_run_ids_are_unchanged() -> None:
     assert TrainRestorationConfig().default_run_id() == TrainRestorationConfig(device="cpu").default_run_id()
     assert SequenceConfig().default_run_id() == "geometry-image-sequence-08f78c3b61"
     assert AutodecoderConfig().default_run_id() == "autodecoder-7eefa9da95"
-    assert GaussianReductionConfig().default_run_id() == "reduce-66eb7b5b7e"
+    # pipeline version 2 (orbit cameras on opacity-weighted percentiles): a new Gaussian-reduction run id
+    assert GaussianReductionConfig().default_run_id() == "reduce-ee54b6b0aa"
     assert AlignmentConfig().default_run_id() == "align-83baa48c4c"
     # Scheduling fields do not change what a run computes, so they leave its id alone.
     assert SequenceConfig(device="cpu", frames_per_task=1).default_run_id() == SequenceConfig().default_run_id()

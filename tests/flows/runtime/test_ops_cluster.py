@@ -157,7 +157,7 @@ def test_worker_killed_mid_run_completes_without_duplicates_and_rerun_does_nothi
             if run.poll() is None:
                 run.kill()
                 run.wait()
-        assert run.returncode == 0, output[-4000:]
+        assert run.returncode == 3, output[-4000:]  # 3: some items failed (cow, by design)
         seen["workers_left"] = sorted(info["name"] for info in client.scheduler_info()["workers"].values())
 
         complete, incomplete = _groups(store, run_id, names)
@@ -174,7 +174,7 @@ def test_worker_killed_mid_run_completes_without_duplicates_and_rerun_does_nothi
         markers = {name: (store / run_id / name / "zarr.json").stat().st_mtime_ns for name in names}
         again = subprocess.run([sys.executable, "-m", "flows.runtime.cli", *args, "--dask-address", cluster.address],
                                cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-        assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+        assert again.returncode == 3, again.stdout[-3000:] + again.stderr[-3000:]
         assert f"{len(names)} meshes, {len(names)} skipped as finished" in again.stdout
         assert {name: (store / run_id / name / "zarr.json").stat().st_mtime_ns for name in names} == markers
         rerun_rows = read_table(str(store / run_id / "tables" / "geometry_images.parquet"))

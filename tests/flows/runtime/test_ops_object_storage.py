@@ -13,7 +13,6 @@ import fsspec
 import numpy as np
 import pytest
 from ops_helpers import REPO, free_port
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.gaussian_reduction import gaussian_reduction
 from flows.geometry_images import geometry_images
@@ -31,7 +30,7 @@ BUCKET = "brenier-test"
 
 
 @pytest.fixture(scope="module")
-def s3():
+def s3(prefect_test_api):
     """A moto S3 server on 127.0.0.1 with one bucket holding two meshes and a 3DGS scene; yields the filesystem."""
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per request otherwise
     port = free_port()
@@ -48,8 +47,7 @@ def s3():
         for name in ("woody", "cow"):
             fs.put(str(SAMPLES / "meshes" / f"{name}.obj"), f"{BUCKET}/meshes/{name}.obj")
         fs.put(str(SAMPLES / "gaussians" / "donut-8k.ply"), f"{BUCKET}/scenes/donut-8k.ply")
-        with prefect_test_harness(server_startup_timeout=60):
-            yield fs
+        yield fs
         fs.clear_instance_cache()
     server.stop()
 

@@ -1,0 +1,119 @@
+"""Many items per Prefect task: how a dataset is cut into batches, and how a batch runs its items.
+
+A Prefect task costs about a second of orchestration (state reports, serialisation, scheduling), and a few
+thousand mapped tasks overload the Prefect API (docs/architecture.md). So a flow over a large dataset submits one
+task per *batch* of items, sized from the item count and the cluster's worker count (:func:`batch_size`). Inside
+the batch, :func:`run_batch` runs the items one by one and, for each finished item:
+
+- lands its rows in the run's tables at once (:func:`tasks.shared.records.write_item_tables`), so a killed run keeps
+  them;
+- turns any exception into the item's failure row with the original error type and message (one item never ends
+  its batch);
+- reports it to the flow (:class:`ItemReporter`), which moves the progress artifact item by item.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from tasks.shared.records import ItemResult, failure_row, write_item_tables
+
+__all__ = ["MAX_BATCH_SIZE", "BATCHES_PER_WORKER", "batch_size", "batches", "run_batch", "ItemReporter"]
+
+Item = TypeVar("Item")
+
+MAX_BATCH_SIZE = 64
+"""Most items one task runs: a batch that dies with its worker is re-run item by item, so it stays bounded."""
+
+BATCHES_PER_WORKER = 8
+"""Batches per worker to aim for: enough that the workers stay busy to the end when item costs differ."""
+
+
+def batch_size(items: int, workers: int, requested: int | None = None) -> int:
+    """Items per task: ``requested`` if given, else ``ceil(items / (workers * BATCHES_PER_WORKER))`` capped to
+    ``[1, MAX_BATCH_SIZE]`` (8 meshes on 2 workers: 1 per task; 2,000 meshes on 2 workers: 64 per task)."""
+    if requested is not None:
+        return max(1, requested)
+    return max(1, min(MAX_BATCH_SIZE, math.ceil(items / max(1, workers * BATCHES_PER_WORKER))))
+
+
+def batches(items: Sequence[Item], size: int) -> list[list[Item]]:
+    """``items`` cut into consecutive lists of ``size`` (the last one shorter)."""
+    return [list(items[i:i + size]) for i in range(0, len(items), size)]
+
+
+class ItemReporter:
+    """Tells the flow that an item finished, through a named ``distributed.Queue`` of the flow's Dask cluster.
+
+    Outside a Dask worker (a task called with ``.fn``, a test) or without a queue name it does nothing. A lost
+    message only makes the progress bar lag: the flow counts the batch's items when the batch returns.
+    """
+
+    def __init__(self, queue_name: str | None) -> None:
+        self.queue_name = queue_name
+        self._queue: Any = None
+
+    def __call__(self, item_id: str) -> None:
+        if not self.queue_name:
+            return
+        try:
+            if self._queue is None:
+                from distributed import Queue, get_worker
+
+                get_worker()  # raises ValueError outside a Dask worker
+                self._queue = Queue(self.queue_name)
+            self._queue.put(item_id, timeout=10)
+        except Exception as error:  # noqa: BLE001 - progress is best effort; the item's result is already stored
+            logging.getLogger(__name__).debug("progress of %s not reported: %s", item_id, error)
+            self.queue_name = None
+
+
+def run_batch(
+    items: Sequence[Item],
+    work: Callable[[Item], ItemResult],
+    key: Callable[[Item], tuple[str, str]],
+    store: str,
+    run_id: str,
+    tables: list[str],
+    reporter: ItemReporter | None = None,
+    logger: logging.Logger | logging.LoggerAdapter | None = None,
+) -> list[ItemResult]:
+    """Run ``work`` on each item of a batch, landing each item's rows in the run's tables as it finishes.
+
+    Args:
+        items: the batch.
+        work: the whole per-item job (e.g. parameterize then encode one mesh); returns the item's result.
+        key: ``(item_id, source_uri)`` of an item, for the failure row of an item whose ``work`` raised.
+        store, run_id: where the run's tables are.
+        tables: the run's table names (``failures`` is always written).
+        reporter: called with the item id after each item.
+        logger: gets one line per item (``[k/n] item: rows or failure, seconds``).
+
+    Returns:
+        One :class:`ItemResult` per item, in order; an exception raised by ``work`` becomes a failure row at stage
+        ``task`` with the exception's own type and message (never retried: the same input fails the same way).
+    """
+    results: list[ItemResult] = []
+    for k, item in enumerate(items, start=1):
+        start = time.perf_counter()
+        item_id, uri = key(item)
+        try:
+            result = work(item)
+        except Exception as error:  # noqa: BLE001 - one item's failure must not end its batch
+            result = ItemResult(item_id, failures=[failure_row(run_id, item_id, uri, "task", error)])
+        write_item_tables(store, run_id, result, tables)
+        result.tables_written = True
+        results.append(result)
+        if reporter is not None:
+            reporter(item_id)
+        if logger is not None:
+            failed = "; failed: " + ", ".join(f"{f['stage']}: {f['error_type']}" for f in result.failures)
+            logger.info("[%d/%d] %s: %s%s (%.1f s)", k, len(items), item_id,
+                        "skipped (finished earlier)" if result.skipped else
+                        f"{sum(map(len, result.tables.values()))} rows",
+                        failed if result.failures else "", time.perf_counter() - start)
+    return results
