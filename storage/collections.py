@@ -11,8 +11,9 @@ Two input forms are read, from a local path or any fsspec URL (``s3://…``, ``m
   file's; point-cloud PLY/OBJ without faces are allowed) or ``.npy`` ``[V, 3]`` point arrays, in natural file
   name order (``2.obj`` before ``10.obj``).
 
-Bad individual shapes (unreadable, empty, NaN/Inf coordinates, wrong point count, other connectivity) are returned
-as :class:`ShapeFailure` records next to the collection of the good ones; a flow records them as failed rows.
+Bad individual shapes (unreadable, empty, NaN/Inf coordinates, coordinates beyond :data:`MAX_COORDINATE`, wrong
+point count, other connectivity) are returned as :class:`ShapeFailure` records next to the collection of the good
+ones; a flow records them as failed rows.
 Files are read as bytes through fsspec and never unpickled (``np.load(..., allow_pickle=False)``).
 """
 
@@ -33,6 +34,7 @@ import trimesh
 from fsspec.implementations.local import LocalFileSystem
 
 from storage.errors import (
+    CoordinateMagnitudeError,
     DatasetNotFoundError,
     EmptyCollectionError,
     EmptyMeshError,
@@ -59,6 +61,7 @@ from storage.inputs import (
 
 __all__ = [
     "ARRAY_EXTENSIONS",
+    "MAX_COORDINATE",
     "SHAPE_EXTENSIONS",
     "ShapeCollection",
     "ShapeFailure",
@@ -73,6 +76,15 @@ parses, and ``.npy`` ``[V, 3]`` point arrays."""
 ARRAY_EXTENSIONS: frozenset[str] = frozenset({"npz", "npy"})
 """Extensions of single-file collections: ``.npz`` (``vertices``/``points`` ``[S, V, 3]``) or ``.npy``
 ``[S, V, 3]``."""
+
+MAX_COORDINATE: float = 1e6
+"""Largest ``|coordinate|`` of a shape of a collection, in the files' units; a shape with more is left out as a
+:class:`ShapeFailure` (:class:`~storage.errors.CoordinateMagnitudeError`, the reason naming the file or
+``collection.npz[index]``). Collections in correspondence are captures of bodies, faces or animals, in metres or
+millimetres (a human is ~2000 mm), and are kept in float32, whose spacing at 1e6 is already 1/16 of a unit. A
+value beyond it (1e30: a corrupt or sentinel value) dominates the collection's normalisation (one centre and scale
+for all shapes, ``otcore.points.autodecoder_training.normalization``), shrinking every other shape to ~1e-30 of
+the unit box; training then accepted it and EM-kD's auction spun for 11 minutes on the collapsed points."""
 
 _UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 _DIGITS = re.compile(r"(\d+)")
@@ -334,9 +346,24 @@ def _parse_shape(shape_id: str, name: str, data: bytes) -> tuple[np.ndarray, np.
         raise NonFiniteVerticesError(
             shape_id, f"{name}: {bad} of {len(points)} vertices have NaN or Inf coordinates (in float32)"
         )
+    magnitude = _magnitude_problem(points)
+    if magnitude:
+        raise CoordinateMagnitudeError(shape_id, f"{name}: {magnitude}")
     if faces is not None and (faces.min() < 0 or faces.max() >= len(points)):
         raise UnreadableMeshError(shape_id, f"{name}: face indices outside [0, {len(points)})")
     return points, faces
+
+
+def _magnitude_problem(points: np.ndarray) -> str | None:
+    """Why finite ``[V, 3]`` points exceed :data:`MAX_COORDINATE`, or None."""
+    magnitude = np.abs(points).max(axis=1)
+    over = int(np.count_nonzero(magnitude > MAX_COORDINATE))
+    if not over:
+        return None
+    worst = int(np.argmax(magnitude))
+    return (f"{over} of {len(points)} vertices have a coordinate beyond +-{MAX_COORDINATE:.0e} (MAX_COORDINATE of "
+            f"a collection; largest |coordinate| {float(magnitude[worst]):.6g}, vertex {worst}): a corrupt or "
+            "sentinel value, or units to rescale")
 
 
 def _faces_key(faces: np.ndarray) -> bytes:
@@ -544,16 +571,18 @@ def _read_array_file(fs: fsspec.AbstractFileSystem, path: str, uri: str) -> tupl
     with np.errstate(over="ignore", invalid="ignore"):
         points = np.ascontiguousarray(vertices, dtype=np.float32)
     bad = np.count_nonzero(~np.isfinite(points).all(axis=2), axis=1)
-    failures = [
-        ShapeFailure(
-            shape_ids[i],
-            NonFiniteVerticesError(
+    failures, keep = [], np.ones(n_shapes, dtype=bool)
+    for i in range(n_shapes):
+        if bad[i]:
+            error: InputError = NonFiniteVerticesError(
                 shape_ids[i], f"{name}[{i}]: {bad[i]} of {n_points} vertices have NaN or Inf coordinates (in float32)"
-            ),
-        )
-        for i in np.flatnonzero(bad)
-    ]
-    keep = bad == 0
+            )
+        elif magnitude := _magnitude_problem(points[i]):
+            error = CoordinateMagnitudeError(shape_ids[i], f"{name}[{i}]: {magnitude}")
+        else:
+            continue
+        failures.append(ShapeFailure(shape_ids[i], error))
+        keep[i] = False
     if not keep.any():
         raise EmptyCollectionError(
             collection_id, f"no usable shape in {uri}: all {n_shapes} shapes failed (first: {failures[0].error})"
@@ -591,7 +620,7 @@ def read_collection(uri: str) -> tuple[ShapeCollection, list[ShapeFailure]]:
         files** (ties: the count met first in file order), and the shared connectivity is the most common face
         array among the readable files with that count (files without faces, e.g. point clouds or ``.npy``, are
         kept: their points are in correspondence and the shared faces apply to them). For an array file, a shape
-        with NaN/Inf coordinates is left out.
+        with NaN/Inf coordinates or a coordinate beyond :data:`MAX_COORDINATE` is left out.
 
     Raises
     ------
@@ -616,7 +645,9 @@ def read_collection(uri: str) -> tuple[ShapeCollection, list[ShapeFailure]]:
     (unreadable or corrupt file, face indices out of range), :class:`EmptyMeshError` (blank file, zero points),
     :class:`NotAMeshError` (no geometry, binary data in a text format, or a ``.npy`` that is not ``[V, 3]``
     numbers), :class:`InputTooLargeError`, :class:`UndecodableFileNameError` (a non-UTF-8 file name),
-    :class:`NonFiniteVerticesError`, :class:`UnequalPointCountError` and
+    :class:`NonFiniteVerticesError`, :class:`CoordinateMagnitudeError` (a coordinate beyond
+    :data:`MAX_COORDINATE`, the reason giving the count, the largest value and its vertex),
+    :class:`UnequalPointCountError` and
     :class:`InconsistentConnectivityError`.
     """
     fs, path = fsspec.core.url_to_fs(uri)

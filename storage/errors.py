@@ -13,6 +13,7 @@ __all__ = [
     "DegenerateExtentError",
     "DegenerateFacesError",
     "EmptyMeshError",
+    "GaussianMagnitudeError",
     "InputError",
     "InputTooLargeError",
     "UndecodableFileNameError",
@@ -99,9 +100,10 @@ class DegenerateFacesError(InputError):
 
 
 class CoordinateMagnitudeError(InputError):
-    """Some vertex coordinates are larger in magnitude than :data:`storage.meshes.MAX_COORDINATE` (finite, but
-    beyond what merging and normalisation handle exactly); the reason gives how many vertices and the largest
-    magnitude."""
+    """Some coordinates are larger in magnitude than the reader's bound (finite, but beyond what merging and
+    normalisation handle exactly): :data:`storage.meshes.MAX_COORDINATE` for meshes,
+    :data:`storage.collections.MAX_COORDINATE` for shape collections; the reason gives how many values and the
+    largest magnitude."""
 
 
 class DegenerateExtentError(InputError):

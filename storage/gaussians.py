@@ -22,6 +22,12 @@ from the float32 activations, so they agree to float32 rounding as well, except 
 that float32 cannot resolve them: a logit above ``logit(1 - 2**-24) ≈ 16.6`` reads as opacity 1.0 and is written
 back as that bound (likewise an opacity or scale that underflows to 0 is written as the smallest positive
 float32 subnormal), so that every written value is finite.
+
+:func:`read_scene` also reads the compressed formats users of the web 3DGS ecosystem bring, to the same
+:class:`GaussianScene` (decoders in :mod:`storage.splat_formats`): the SuperSplat / PlayCanvas *compressed PLY*
+(told apart from an INRIA PLY by its header: a ``chunk`` element and ``packed_*`` properties) and Niantic's *SPZ*
+(``.spz``, versions 2-4). Every scene, whatever its format, is refused when a mean or a scale exceeds
+:data:`MAX_ABS_MEAN` / :data:`MAX_SCALE` (:class:`~storage.errors.GaussianMagnitudeError`).
 """
 
 from __future__ import annotations
@@ -43,15 +49,27 @@ from plyfile import PlyData, PlyElement, PlyListProperty
 from storage.errors import (
     DatasetNotFoundError,
     EmptySceneError,
+    GaussianMagnitudeError,
     NonFiniteGaussiansError,
     NotAGaussianSceneError,
     UnreadableSceneError,
 )
-from storage.inputs import read_input, sniff_ply
+from storage.inputs import FormatProblem, Sniffer, read_input, sniff_ply
 from storage.meshes import list_files
+from storage.splat_formats import (
+    DecodedSplats,
+    decode_compressed_ply,
+    decode_spz,
+    is_compressed_ply,
+    looks_like_spz,
+    sniff_spz,
+)
 
 __all__ = [
+    "MAX_ABS_MEAN",
+    "MAX_SCALE",
     "REQUIRED_FIELDS",
+    "SCENE_EXTENSIONS",
     "GaussianScene",
     "encode_scene",
     "list_scenes",
@@ -69,6 +87,24 @@ REQUIRED_FIELDS: tuple[str, ...] = (
     "rot_0", "rot_1", "rot_2", "rot_3",
 )  # fmt: skip
 """Properties of the ``vertex`` element that every Gaussian scene PLY must carry."""
+
+SCENE_EXTENSIONS: frozenset[str] = frozenset({"ply", "spz"})
+"""Lowercase extensions (no dot) of scene files: ``.ply`` (INRIA layout or SuperSplat compressed PLY, told apart
+by the header) and ``.spz`` (Niantic SPZ)."""
+
+MAX_ABS_MEAN: float = 1e6
+"""Largest ``|x|``, ``|y|``, ``|z|`` of a Gaussian mean that :func:`read_scene` accepts, in world units.
+
+Trained scenes are in metres (COLMAP, Nerfstudio, Polycam captures) or normalised units, so 1e6 (1000 km) is far
+beyond any capture; float32 resolves only 1/16 of a unit there, coarser than the splats of any scene. Beyond it
+lie corrupt or mis-scaled exports (a mean at 1e30), whose square overflows float32 (1e60 > 3.4e38) in the
+distances and projections that rendering and reduction compute in float32: refused at the read, by name, instead
+of failing far downstream."""
+
+MAX_SCALE: float = 1e6
+"""Largest standard deviation (``exp(scale_*)``) of a Gaussian that :func:`read_scene` accepts, in world units
+(a log scale up to ``ln 1e6 ≈ 13.8``): a Gaussian wider than the bound of the means is not scene content, and its
+squared scale enters the covariances (``Σ = R diag(s²) Rᵀ``) and the 2D splat extents in float32."""
 
 _NORMAL_FIELDS = ("nx", "ny", "nz")
 _F_REST = re.compile(r"^f_rest_(\d+)$")
@@ -202,37 +238,43 @@ def quats_to_rotations(quats: np.ndarray) -> np.ndarray:
 
 
 def scene_id_from_uri(uri: str) -> str:
-    """Stable scene id of a file: its stem, characters outside ``[A-Za-z0-9._-]`` replaced by ``_``."""
-    return _UNSAFE_ID_CHARS.sub("_", PurePosixPath(uri.rstrip("/")).stem) or "scene"
+    """Stable scene id of a file: its stem (``biker.ply`` -> ``biker``, ``biker.compressed.ply`` ->
+    ``biker.compressed``), but the whole name of an SPZ file (``biker.spz`` -> ``biker.spz``), so that the PLY
+    and SPZ copies of a scene in one folder are distinct items; characters outside ``[A-Za-z0-9._-]`` are
+    replaced by ``_``."""
+    path = PurePosixPath(uri.rstrip("/"))
+    return _UNSAFE_ID_CHARS.sub("_", path.name if path.suffix.lower() == ".spz" else path.stem) or "scene"
 
 
 # --- listing ------------------------------------------------------------------------------------------------------
 
 
 def list_scenes(location: str) -> list[str]:
-    """List the Gaussian scene files (``.ply``, any letter case) at a location.
+    """List the Gaussian scene files (``.ply`` or ``.spz``, any letter case; :data:`SCENE_EXTENSIONS`) at a
+    location.
 
     Parameters
     ----------
     location : str
-        A ``.ply`` file, a folder (its files only, not sub-folders), a glob (``"scenes/*.ply"``), or an fsspec
-        URL of any of those (``"memory://scenes/"``).
+        A scene file, a folder (its files only, not sub-folders), a glob (``"scenes/*.ply"``), or an fsspec URL
+        of any of those (``"memory://scenes/"``).
 
     Returns
     -------
     list[str]
-        URIs of the ``.ply`` files, sorted: absolute local paths, or fsspec URLs for other filesystems.
-        The files are not opened; a listed file may still fail :func:`read_scene`.
+        URIs of the scene files, sorted: absolute local paths, or fsspec URLs for other filesystems.
+        The files are not opened (an INRIA PLY and a compressed PLY are both ``.ply``); a listed file may still
+        fail :func:`read_scene`.
 
     Raises
     ------
     DatasetNotFoundError
-        If the location does not exist, is a file that is not ``.ply``, or matches no ``.ply`` file.
+        If the location does not exist, is a file that is neither ``.ply`` nor ``.spz``, or matches no such file.
     """
     fs, paths = list_files(location)
-    paths = [p for p in paths if PurePosixPath(p).suffix.lower() == ".ply"]
+    paths = [p for p in paths if PurePosixPath(p).suffix.lower().lstrip(".") in SCENE_EXTENSIONS]
     if not paths:
-        raise DatasetNotFoundError(f"dataset location {location!r} matches no .ply Gaussian scene files")
+        raise DatasetNotFoundError(f"dataset location {location!r} matches no .ply or .spz Gaussian scene files")
     local = isinstance(fs, LocalFileSystem)
     return sorted(os.path.abspath(p) if local else fs.unstrip_protocol(p) for p in paths)
 
@@ -240,9 +282,24 @@ def list_scenes(location: str) -> list[str]:
 # --- reading ------------------------------------------------------------------------------------------------------
 
 
+def _scene_sniffer(uri: str) -> Sniffer:
+    """Sniffer of a scene file, by content: PLY bytes (``ply`` magic) are checked as PLY, SPZ bytes (gzip or
+    ``NGSP`` magic) as SPZ, whatever the name; other bytes are reported as not the format the extension names."""
+    spz_named = PurePosixPath(uri).suffix.lower() == ".spz"
+
+    def sniff(head: bytes, size: int) -> FormatProblem | None:
+        if head[:3] == b"ply":
+            return sniff_ply(head, size)
+        if looks_like_spz(head):
+            return sniff_spz(head, size)
+        return sniff_spz(head, size) if spz_named else sniff_ply(head, size)
+
+    return sniff
+
+
 def _read_bytes(scene_id: str, uri: str) -> bytes:
-    # Not a PLY, truncated, padded, sparse, too large, a FIFO or a link loop: refused before plyfile sees it.
-    return read_input(uri, scene_id, UnreadableSceneError, UnreadableSceneError, sniff_ply)
+    # Not a PLY / SPZ, truncated, padded, sparse, too large, a FIFO or a link loop: refused before a parser sees it.
+    return read_input(uri, scene_id, UnreadableSceneError, UnreadableSceneError, _scene_sniffer(uri))
 
 
 def _parse(scene_id: str, data: bytes) -> PlyData:
@@ -274,49 +331,72 @@ def _column(vertex: np.ndarray, name: str) -> np.ndarray:
         return np.asarray(vertex[name], dtype=np.float64)
 
 
-def read_scene(uri: str) -> GaussianScene:
-    """Read one 3DGS scene PLY (INRIA layout) and activate its parameters.
+def _activated_scene(
+    scene_id: str,
+    uri: str,
+    data: bytes,
+    means: np.ndarray,
+    log_scales: np.ndarray,
+    rot: np.ndarray,
+    opacities: np.ndarray,
+    sh_dc: np.ndarray,
+    sh_rest: np.ndarray,
+    normals: np.ndarray | None,
+) -> GaussianScene:
+    """The checks every format shares (overflowing scales, the magnitude bounds, zero quaternions), then the
+    scene with ``scales = exp(log_scales)`` and normalised quaternions."""
+    n = len(means)
+    arrays = {"means": means, "log scales": log_scales, "quaternions": rot, "opacities": opacities,
+              "SH coefficients": np.concatenate([sh_dc, sh_rest.reshape(n, -1)], axis=1)}  # fmt: skip
+    bad = {name: int(np.count_nonzero(~np.isfinite(a).reshape(n, -1).all(axis=1))) for name, a in arrays.items()}
+    bad = {name: count for name, count in bad.items() if count}
+    if bad:  # only decoders of compressed formats get here with them (the PLY fields are checked by name first)
+        detail = ", ".join(f"{name} ({count})" for name, count in bad.items())
+        raise NonFiniteGaussiansError(scene_id, f"NaN or Inf values among {n} decoded Gaussians in: {detail}")
+    with np.errstate(over="ignore"):  # an overflow is reported below as a typed error
+        scales = np.exp(log_scales).astype(np.float32)
+    overflow = int(np.count_nonzero(~np.isfinite(scales).all(axis=1)))
+    if overflow:
+        raise NonFiniteGaussiansError(
+            scene_id, f"{overflow} of {n} Gaussians have log scales whose exp overflows float32 (scale_* > 88.7)"
+        )
+    magnitudes = np.abs(means).max(axis=1)
+    far = magnitudes > MAX_ABS_MEAN
+    if far.any():
+        worst = int(np.argmax(magnitudes))
+        raise GaussianMagnitudeError(
+            scene_id,
+            f"{int(np.count_nonzero(far))} of {n} Gaussians have a mean coordinate beyond ±{MAX_ABS_MEAN:g} "
+            f"(MAX_ABS_MEAN); the largest |x|, |y| or |z| is {magnitudes[worst]:.3g} (Gaussian {worst})",
+        )
+    widest = scales.max(axis=1)
+    wide = widest > MAX_SCALE
+    if wide.any():
+        worst = int(np.argmax(widest))
+        raise GaussianMagnitudeError(
+            scene_id,
+            f"{int(np.count_nonzero(wide))} of {n} Gaussians have a scale above {MAX_SCALE:g} (MAX_SCALE, log scale "
+            f"{math.log(MAX_SCALE):.2f}); the largest is {float(widest[worst]):.3g} (Gaussian {worst})",
+        )
+    norms = np.linalg.norm(rot, axis=1, keepdims=True)
+    zero = int(np.count_nonzero(norms == 0))
+    if zero:
+        raise NonFiniteGaussiansError(scene_id, f"{zero} of {n} Gaussians have a zero-norm quaternion (rot_0..3)")
+    return GaussianScene(
+        scene_id=scene_id,
+        uri=uri,
+        means=means,
+        scales=scales,
+        quats=rot / norms,
+        opacities=opacities,
+        sh_dc=sh_dc,
+        sh_rest=sh_rest,
+        normals=normals,
+        sha256=hashlib.sha256(data).hexdigest(),
+    )
 
-    The bytes are read through fsspec and parsed with plyfile. Properties of the ``vertex`` element other than
-    :data:`REQUIRED_FIELDS`, ``nx ny nz`` and ``f_rest_*`` are ignored (e.g. Mip-Splatting's ``filter_3D``);
-    any numeric property type is accepted. Activations are computed in float64 and cast to float32:
-    ``opacities = 1 / (1 + exp(-opacity))``, ``scales = exp(scale_*)``, ``quats = rot / ||rot||``.
 
-    Parameters
-    ----------
-    uri : str
-        Local path or fsspec URL of the ``.ply`` file. The scene id is :func:`scene_id_from_uri` of it.
-
-    Returns
-    -------
-    GaussianScene
-        The activated scene; ``sha256`` of the raw bytes.
-
-    Raises
-    ------
-    UnreadableSceneError
-        The file is missing or unreadable (a broken link, a link loop, a FIFO), is not a PLY, its header declares
-        more data than it holds (truncated) or far less (padded, e.g. a sparse file), or plyfile cannot parse it
-        (corrupt data, bad header). Checked on the first 64 KiB before the file is read whole
-        (:func:`storage.inputs.read_input`).
-    InputTooLargeError
-        The file is larger than :func:`storage.inputs.max_input_bytes`.
-    UndecodableFileNameError
-        The file name is not valid UTF-8.
-    NotAGaussianSceneError
-        The PLY has no ``vertex`` element, lacks some of :data:`REQUIRED_FIELDS` (the reason names them; e.g. a
-        triangle mesh PLY), stores a required field as a list property, or has an ``f_rest_*`` set that is not
-        ``f_rest_0..f_rest_{3K-1}`` with ``K = (d + 1)^2 - 1`` for some SH degree ``d``.
-    EmptySceneError
-        The ``vertex`` element has zero rows.
-    NonFiniteGaussiansError
-        Some value of a field that is read (required fields, ``f_rest_*``, ``nx ny nz``) is NaN or infinite, a
-        log scale overflows ``exp`` in float32, or a quaternion has zero norm (it has no rotation to normalise
-        to; treating it as the identity would invent data). The reason names each field and its count.
-    """
-    scene_id = scene_id_from_uri(uri)
-    data = _read_bytes(scene_id, uri)
-    ply = _parse(scene_id, data)
+def _inria_scene(scene_id: str, uri: str, data: bytes, ply: PlyData) -> GaussianScene:
     if "vertex" not in ply:
         elements = ", ".join(e.name for e in ply.elements) or "none"
         raise NotAGaussianSceneError(scene_id, f"PLY has no 'vertex' element (elements: {elements})")
@@ -346,33 +426,90 @@ def read_scene(uri: str) -> GaussianScene:
     def stack(fields: list[str]) -> np.ndarray:
         return np.stack([_column(vertex, f) for f in fields], axis=1)
 
-    log_scales = stack(["scale_0", "scale_1", "scale_2"])
-    with np.errstate(over="ignore"):  # an overflow is reported below as a typed error
-        scales = np.exp(log_scales).astype(np.float32)
-    overflow = int(np.count_nonzero(~np.isfinite(scales).all(axis=1)))
-    if overflow:
-        raise NonFiniteGaussiansError(
-            scene_id, f"{overflow} of {n} Gaussians have log scales whose exp overflows float32 (scale_* > 88.7)"
-        )
-    rot = stack(["rot_0", "rot_1", "rot_2", "rot_3"])
-    norms = np.linalg.norm(rot, axis=1, keepdims=True)
-    zero = int(np.count_nonzero(norms == 0))
-    if zero:
-        raise NonFiniteGaussiansError(scene_id, f"{zero} of {n} Gaussians have a zero-norm quaternion (rot_0..3)")
     k = m_rest // 3
     f_rest = stack([f"f_rest_{i}" for i in range(m_rest)]) if m_rest else np.zeros((n, 0))
-    return GaussianScene(
-        scene_id=scene_id,
-        uri=uri,
+    with np.errstate(over="ignore"):  # exp(-logit) overflows to inf for logits below -709: the opacity is 0
+        opacities = 1.0 / (1.0 + np.exp(-_column(vertex, "opacity")))
+    return _activated_scene(
+        scene_id, uri, data,
         means=stack(["x", "y", "z"]),
-        scales=scales,
-        quats=rot / norms,
-        opacities=1.0 / (1.0 + np.exp(-_column(vertex, "opacity"))),
+        log_scales=stack(["scale_0", "scale_1", "scale_2"]),
+        rot=stack(["rot_0", "rot_1", "rot_2", "rot_3"]),
+        opacities=opacities,
         sh_dc=stack(["f_dc_0", "f_dc_1", "f_dc_2"]),
         sh_rest=f_rest.reshape(n, 3, k).transpose(0, 2, 1),
         normals=stack(list(_NORMAL_FIELDS)) if has_normals else None,
-        sha256=hashlib.sha256(data).hexdigest(),
-    )
+    )  # fmt: skip
+
+
+def _decoded_scene(scene_id: str, uri: str, data: bytes, decoded: DecodedSplats) -> GaussianScene:
+    return _activated_scene(scene_id, uri, data, decoded.means, decoded.log_scales, decoded.quats,
+                            decoded.opacities, decoded.sh_dc, decoded.sh_rest, normals=None)
+
+
+def read_scene(uri: str) -> GaussianScene:
+    """Read one 3DGS scene file and activate its parameters.
+
+    Three formats, told apart by the file's content (a file named ``.spz`` holding a PLY is read as the PLY):
+
+    * an **INRIA PLY** (see the module docstring): properties of the ``vertex`` element other than
+      :data:`REQUIRED_FIELDS`, ``nx ny nz`` and ``f_rest_*`` are ignored (e.g. Mip-Splatting's ``filter_3D``);
+      any numeric property type is accepted;
+    * a SuperSplat / PlayCanvas **compressed PLY** (a ``chunk`` element and ``packed_*`` vertex properties;
+      :func:`storage.splat_formats.decode_compressed_ply`);
+    * a Niantic **SPZ** file, versions 2-4 (gzip or ``NGSP`` magic; :func:`storage.splat_formats.decode_spz`),
+      converted from SPZ's right-up-back frame to the PLY's right-down-front frame.
+
+    Activations are computed in float64 and cast to float32: ``opacities = 1 / (1 + exp(-opacity))`` (the
+    compressed formats store the activated opacity, which is taken as is), ``scales = exp(scale_*)``,
+    ``quats = rot / ||rot||``. Compressed formats have no normals (``normals`` is None).
+
+    Parameters
+    ----------
+    uri : str
+        Local path or fsspec URL of the ``.ply`` / ``.spz`` file. The scene id is :func:`scene_id_from_uri` of it.
+
+    Returns
+    -------
+    GaussianScene
+        The activated scene; ``sha256`` of the raw bytes.
+
+    Raises
+    ------
+    UnreadableSceneError
+        The file is missing or unreadable (a broken link, a link loop, a FIFO), is neither a PLY nor an SPZ file,
+        its header declares more data than it holds (truncated) or far less (padded, e.g. a sparse file), plyfile
+        cannot parse it (corrupt data, bad header), or an SPZ file is corrupt (bad gzip / zstd stream, sizes that
+        disagree with its header) or of an unsupported version. Checked on the first 64 KiB before the file is
+        read whole (:func:`storage.inputs.read_input`), where the format allows.
+    InputTooLargeError
+        The file, or the SPZ data it inflates to, is larger than :func:`storage.inputs.max_input_bytes`.
+    UndecodableFileNameError
+        The file name is not valid UTF-8.
+    NotAGaussianSceneError
+        The PLY has no ``vertex`` element, lacks some of :data:`REQUIRED_FIELDS` (the reason names them; e.g. a
+        triangle mesh PLY), stores a required field as a list property, or has an ``f_rest_*`` set that is not
+        ``f_rest_0..f_rest_{3K-1}`` with ``K = (d + 1)^2 - 1`` for some SH degree ``d``; a compressed PLY lacks
+        a ``packed_*`` property or chunk bound, or has not one chunk per 256 splats.
+    EmptySceneError
+        The scene has zero Gaussians.
+    NonFiniteGaussiansError
+        Some value of a field that is read (required fields, ``f_rest_*``, ``nx ny nz``; a compressed PLY's chunk
+        bounds) is NaN or infinite, a log scale overflows ``exp`` in float32, or a quaternion has zero norm (it
+        has no rotation to normalise to; treating it as the identity would invent data). The reason names each
+        field and its count.
+    GaussianMagnitudeError
+        Some mean coordinate exceeds :data:`MAX_ABS_MEAN` in magnitude, or some scale exceeds :data:`MAX_SCALE`;
+        the reason gives how many Gaussians, the largest value and its Gaussian.
+    """
+    scene_id = scene_id_from_uri(uri)
+    data = _read_bytes(scene_id, uri)
+    if data[:3] != b"ply":
+        return _decoded_scene(scene_id, uri, data, decode_spz(scene_id, data))
+    ply = _parse(scene_id, data)
+    if is_compressed_ply(ply):
+        return _decoded_scene(scene_id, uri, data, decode_compressed_ply(scene_id, ply))
+    return _inria_scene(scene_id, uri, data, ply)
 
 
 # --- writing ------------------------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from tasks.shared.records import ItemResult, PipelineConfig, failure_row
 
 __all__ = ["GaussianReductionConfig", "METHODS", "reduce_scene", "PIPELINE_VERSION", "reduce_with"]
 
-PIPELINE_VERSION = "1"
+PIPELINE_VERSION = "2"  # 2: orbit cameras framed on opacity-weighted percentiles of the means (floaters barely count)
 
 TASK_TIMEOUT_SECONDS = 6 * 3600  # one scene x ratio, every method, rendered and fine-tuned
 METHODS = REDUCTION_METHODS
@@ -140,9 +140,10 @@ def reduce_scene(scene_uri: str, ratio: float, store: str, run_id: str, config: 
                                    "pipeline_version": PIPELINE_VERSION})
     device = resolve_device(config.device)
     eval_cameras = [c.to(device) for c in orbit_cameras(scene.means, n_views=config.views, width=config.resolution,
-                                                        height=config.resolution)]
+                                                        height=config.resolution, weights=scene.opacities)]
     train_cameras = [c.to(device) for c in orbit_cameras(scene.means, n_views=config.train_views,
-                                                         width=config.resolution, height=config.resolution, seed=1)]
+                                                         width=config.resolution, height=config.resolution, seed=1,
+                                                         weights=scene.opacities)]
     original = _scene_tensors(scene, device)
     reference = render_views(original, eval_cameras)
     targets = render_views(original, train_cameras) if config.finetune_steps else None

@@ -425,9 +425,9 @@ def scene_cases() -> list[BadInput]:
                  _donut_edit(_set("x", 7, 1e30))),
         BadInput("truncated.compressed.ply", "truncated.compressed", UnreadableSceneError,
                  r"truncated: its header declares 8 chunk, 2048 vertex", _write(compressed[: len(compressed) // 2])),
-        BadInput("corrupt.spz", "corrupt", UnreadableSceneError, r"corrupt SPZ: the positions stream: .*Zstd decompression error",
+        BadInput("corrupt.spz", "corrupt.spz", UnreadableSceneError, r"corrupt SPZ: the positions stream: .*Zstd decompression error",
                  _write(corrupt_spz)),
-        BadInput("truncated-spz.spz", "truncated-spz", UnreadableSceneError,
+        BadInput("truncated.spz", "truncated.spz", UnreadableSceneError,
                  r"truncated: its table of contents declares 30845 bytes, the file has 20000", _write(spz[:20000])),
     ]
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["Camera", "look_at", "orbit_cameras"]
+__all__ = ["Camera", "look_at", "orbit_cameras", "robust_frame"]
 
 
 @dataclass(eq=False)
@@ -104,6 +104,91 @@ def _auto_up(extent: np.ndarray) -> np.ndarray:
     return up
 
 
+def _weighted_percentiles(values: np.ndarray, weights: np.ndarray, percentiles: Sequence[float]) -> np.ndarray:
+    """Per-column weighted percentiles of ``values`` ``[N, D]``: the value below which ``q %`` of the weight lies,
+    each sample's weight centred on its value (midpoint rule), linearly interpolated between samples. Samples of
+    weight 0 are left out (they would repeat a position of the cumulative weight)."""
+    keep = weights > 0
+    values, weights = values[keep], weights[keep]
+    out = np.empty((len(percentiles), values.shape[1]))
+    total = weights.sum()
+    for d in range(values.shape[1]):
+        order = np.argsort(values[:, d], kind="stable")
+        w = weights[order]
+        position = (np.cumsum(w) - 0.5 * w) / total
+        out[:, d] = np.interp(np.asarray(percentiles, dtype=np.float64) / 100.0, position, values[order, d])
+    return out
+
+
+def robust_frame(
+    means: np.ndarray | Tensor,
+    weights: np.ndarray | Tensor | None = None,
+    percentiles: tuple[float, float] = (2.0, 98.0),
+) -> tuple[np.ndarray, float, np.ndarray]:
+    """Centre, radius and extent of a Gaussian scene that stray floaters do not move: what :func:`orbit_cameras`
+    frames.
+
+    The centre is the per-axis (weighted) median of ``means``, the extent the per-axis span between the
+    (weighted) ``percentiles``, the radius half its diagonal. With ``weights`` (the opacities, say), a Gaussian
+    counts in proportion to its weight: the faint floaters that training leaves around a capture (many, far, low
+    opacity) then hold a small share of the weight, and the frame follows the opaque object; a plain bounding box,
+    or unweighted percentiles once floaters are more than ``percentiles[0]`` % of the Gaussians, would frame them
+    too. A degenerate frame (radius 0: one point, or weight on one point) falls back to the full extent, then to
+    radius 1.
+
+    Parameters
+    ----------
+    means : np.ndarray | Tensor
+        ``[N, 3]`` finite Gaussian centres (N >= 1).
+    weights : np.ndarray | Tensor, optional
+        ``[N]`` finite non-negative weights (e.g. opacities); None or an all-zero vector: every Gaussian counts
+        equally (``numpy.median`` and ``numpy.percentile``).
+    percentiles : tuple[float, float]
+        Lower and upper percentiles (0 <= lower < upper <= 100) that bound the extent per axis.
+
+    Returns
+    -------
+    (np.ndarray, float, np.ndarray)
+        ``[3]`` float64 centre, the radius, and the ``[3]`` float64 extent.
+
+    Raises
+    ------
+    ValueError
+        On an empty or non-``[N, 3]`` ``means``, non-finite means, weights of another length, negative or
+        non-finite weights, or percentiles out of range.
+    """
+    pts = means.detach().cpu().double().numpy() if isinstance(means, Tensor) else np.asarray(means, np.float64)
+    if pts.ndim != 2 or pts.shape[1] != 3:
+        raise ValueError(f"means must have shape [N, 3], got {list(pts.shape)}")
+    if len(pts) == 0:
+        raise ValueError("cannot fit cameras to an empty scene (N = 0)")
+    if not np.isfinite(pts).all():
+        raise ValueError("means must be finite")
+    lower, upper = (float(p) for p in percentiles)
+    if not 0.0 <= lower < upper <= 100.0:
+        raise ValueError(f"percentiles must satisfy 0 <= lower < upper <= 100, got {percentiles}")
+    w = None
+    if weights is not None:
+        w = weights.detach().cpu().double().numpy() if isinstance(weights, Tensor) else np.asarray(weights, np.float64)
+        if w.shape != (len(pts),):
+            raise ValueError(f"weights must have shape [{len(pts)}], got {list(w.shape)}")
+        if not (np.isfinite(w).all() and (w >= 0).all()):
+            raise ValueError("weights must be finite and non-negative")
+        if not w.sum() > 0:
+            w = None
+    if w is None:
+        centre = np.median(pts, axis=0)
+        lo, hi = np.percentile(pts, [lower, upper], axis=0)
+    else:
+        centre, lo, hi = _weighted_percentiles(pts, w, [50.0, lower, upper])
+    extent = hi - lo
+    radius = 0.5 * float(np.linalg.norm(extent))
+    if not radius > 0:  # a single point or a degenerate cloud: fall back to the full extent, then to 1
+        extent = pts.max(0) - pts.min(0)
+        radius = 0.5 * float(np.linalg.norm(extent)) or 1.0
+    return centre, radius, extent
+
+
 def orbit_cameras(
     means: np.ndarray | Tensor,
     n_views: int = 8,
@@ -116,11 +201,13 @@ def orbit_cameras(
     up: np.ndarray | Sequence[float] | None = None,
     percentiles: tuple[float, float] = (2.0, 98.0),
     margin: float = 1.0,
+    weights: np.ndarray | Tensor | None = None,
 ) -> list[Camera]:
     """Cameras on an orbit around a Gaussian scene, looking at its centre, the object filling most of the frame.
 
-    The centre is the per-axis median of ``means``; the object's radius ``R`` is half the diagonal of the box
-    spanned by the ``percentiles`` of ``means`` per axis (robust to stray floaters). Cameras sit at distance
+    The centre, the object's radius ``R`` and its extent are :func:`robust_frame` of ``means``: the per-axis
+    median, and half the diagonal of the box spanned by the ``percentiles`` of ``means`` per axis, each weighted
+    by ``weights`` when given (pass the opacities: faint floaters then barely count). Cameras sit at distance
     ``margin · R / sin(fov/2)`` (the sphere of radius ``R`` just fits the shorter image side), at azimuths
     ``offset + 360° k / n_views`` around ``up`` and elevations cycling through ``elevation_deg`` (view ``k`` gets
     ``elevation_deg[k % len]``), so both sides and top/bottom are seen. ``offset`` is 0 for ``seed=0`` and drawn
@@ -148,6 +235,9 @@ def orbit_cameras(
         Lower and upper percentiles of ``means`` that define the object's extent.
     margin : float
         Distance multiplier (> 0); > 1 leaves more border.
+    weights : np.ndarray | Tensor, optional
+        ``[N]`` non-negative weight of each Gaussian in the centre and extent (:func:`robust_frame`); None:
+        unweighted.
 
     Returns
     -------
@@ -158,15 +248,8 @@ def orbit_cameras(
     Raises
     ------
     ValueError
-        On an empty or non-``[N, 3]`` ``means``, non-finite means, or parameters out of range.
+        On an empty or non-``[N, 3]`` ``means``, non-finite means, bad weights, or parameters out of range.
     """
-    pts = means.detach().cpu().double().numpy() if isinstance(means, Tensor) else np.asarray(means, np.float64)
-    if pts.ndim != 2 or pts.shape[1] != 3:
-        raise ValueError(f"means must have shape [N, 3], got {list(pts.shape)}")
-    if len(pts) == 0:
-        raise ValueError("cannot fit cameras to an empty scene (N = 0)")
-    if not np.isfinite(pts).all():
-        raise ValueError("means must be finite")
     if n_views < 1:
         raise ValueError(f"n_views must be >= 1, got {n_views}")
     if not 0.0 < fov_deg < 180.0:
@@ -179,13 +262,7 @@ def orbit_cameras(
     if width < 1 or height < 1:
         raise ValueError(f"image size must be positive, got width={width}, height={height}")
 
-    centre = np.median(pts, axis=0)
-    lo, hi = np.percentile(pts, percentiles, axis=0)
-    extent = hi - lo
-    radius = 0.5 * float(np.linalg.norm(extent))
-    if not radius > 0:  # a single point or a degenerate cloud: fall back to the full extent, then to 1
-        extent = pts.max(0) - pts.min(0)
-        radius = 0.5 * float(np.linalg.norm(extent)) or 1.0
+    centre, radius, extent = robust_frame(means, weights, percentiles)
     half_fov = math.radians(fov_deg) / 2.0
     distance = margin * radius / math.sin(half_fov)
 

@@ -14,8 +14,9 @@ import fsspec
 import numpy as np
 import pytest
 
-from storage.collections import ShapeCollection, ShapeFailure, list_collections, read_collection
+from storage.collections import MAX_COORDINATE, ShapeCollection, ShapeFailure, list_collections, read_collection
 from storage.errors import (
+    CoordinateMagnitudeError,
     DatasetNotFoundError,
     EmptyCollectionError,
     EmptyMeshError,
@@ -140,6 +141,42 @@ def test_npz_non_finite_shape_is_a_failure(crane_npz: Path, tmp_path: Path) -> N
     np.savez(path, vertices=vertices)
     with pytest.raises(EmptyCollectionError, match="all 4 shapes failed"):
         read_collection(str(path))
+
+
+def test_coordinates_beyond_the_bound_are_shape_failures(crane_npz: Path, tmp_path: Path, horse_dir: Path) -> None:
+    """One 1e30 value made training accept the collection (and EM-kD spin): that shape is left out, typed."""
+    original, _ = read_collection(str(crane_npz))
+    vertices = original.vertices[:4].copy()
+    vertices[1, 42, 2] = 1e30
+    vertices[3, :10] = -2 * MAX_COORDINATE
+    vertices[0, 7, 0] = 0.99 * MAX_COORDINATE  # inside the bound: kept
+    path = tmp_path / "huge.npz"
+    np.savez(path, vertices=vertices, faces=original.faces)
+    collection, failures = read_collection(str(path))
+    assert collection.shape_ids == ("0000", "0002")
+    assert [(f.shape_id, type(f.error)) for f in failures] == [("0001", CoordinateMagnitudeError),
+                                                             ("0003", CoordinateMagnitudeError)]
+    assert str(failures[0].error) == (
+        "0001: huge.npz[1]: 1 of 10002 vertices have a coordinate beyond +-1e+06 (MAX_COORDINATE of a collection; "
+        "largest |coordinate| 1e+30, vertex 42): a corrupt or sentinel value, or units to rescale"
+    )
+    assert "huge.npz[3]: 10 of 10002 vertices" in str(failures[1].error)
+    assert [str(f.error) for f in pickle.loads(pickle.dumps(failures))] == [str(f.error) for f in failures]
+    vertices[:] = 1e30
+    np.savez(path, vertices=vertices)
+    with pytest.raises(EmptyCollectionError, match=r"all 4 shapes failed \(first: 0000: huge.npz\[0\]: 10002 of"):
+        read_collection(str(path))
+    # a shape file of a folder
+    folder = tmp_path / "horse"
+    shutil.copytree(horse_dir, folder)
+    lines = (horse_dir / "0001.obj").read_bytes().split(b"\n")
+    first_vertex = next(i for i, text in enumerate(lines) if text.startswith(b"v "))
+    lines[first_vertex] = b"v 0.1 1e30 0.2"
+    (folder / "0002-huge.obj").write_bytes(b"\n".join(lines))
+    collection, failures = read_collection(str(folder))
+    assert collection.shape_ids == HORSE_IDS and [f.shape_id for f in failures] == ["0002-huge"]
+    assert type(failures[0].error) is CoordinateMagnitudeError
+    assert "0002-huge.obj: 1 of 8431 vertices have a coordinate beyond +-1e+06" in str(failures[0].error)
 
 
 @pytest.mark.parametrize(

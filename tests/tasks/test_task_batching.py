@@ -1,0 +1,65 @@
+"""Batches of items per task (tasks/shared/batching.py): their size, and a batch that lands each item's rows at
+once and turns an item's unexpected error into its failure row with the original type and message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from storage.meshes import MeshItem
+from tasks.geometry_images import GeometryImageConfig, geometry_images_batch
+from tasks.shared.batching import MAX_BATCH_SIZE, batch_size, batches, run_batch
+from tasks.shared.records import ItemResult
+
+SAMPLES = Path(__file__).resolve().parents[2] / "data" / "samples" / "meshes"
+
+
+@pytest.mark.parametrize(("items", "workers", "expected"), [(8, 2, 1), (17, 2, 2), (200, 2, 13), (2000, 2, 64),
+                                                            (2000, 64, 4), (1, 1, 1), (0, 2, 1)])
+def test_batch_size_from_items_and_workers(items: int, workers: int, expected: int) -> None:
+    assert batch_size(items, workers) == expected <= MAX_BATCH_SIZE
+    assert batch_size(items, workers, requested=5) == 5
+
+
+def test_batches_cover_every_item_once_in_order() -> None:
+    assert batches(list(range(7)), 3) == [[0, 1, 2], [3, 4, 5], [6]]
+    assert sum(batches(list(range(130)), 64), []) == list(range(130))
+
+
+def test_an_items_unexpected_error_is_its_failure_row_and_the_batch_goes_on(tmp_path: Path) -> None:
+    def work(name: str) -> ItemResult:
+        if name == "bad":
+            raise ValueError("power diagram: coordinates overflow")
+        return ItemResult(name, {"failures": []}, [])
+
+    seen: list[str] = []
+    results = run_batch(["a", "bad", "c"], work, lambda name: (name, f"/data/{name}.obj"), str(tmp_path), "run",
+                        [], reporter=seen.append)
+    assert [r.item_id for r in results] == ["a", "bad", "c"] and seen == ["a", "bad", "c"]
+    (failure,) = results[1].failures
+    assert (failure["stage"], failure["error_type"], failure["message"]) == (
+        "task", "ValueError", "power diagram: coordinates overflow")
+    failures = pd.read_parquet(tmp_path / "run" / "tables" / "failures.parquet")
+    assert failures["item_id"].tolist() == ["bad"]  # landed at once, before any compaction
+
+
+def test_geometry_images_batch_lands_each_mesh_in_the_tables(tmp_path: Path) -> None:
+    """Two real meshes and a broken file in one batch: the tables hold both meshes' rows and the broken file's
+    failure as separate fragments right after the batch, each once."""
+    broken = tmp_path / "broken.obj"
+    broken.write_text("v 0 0 0\nf 1 2 3\n")
+    items = [MeshItem("woody", str(SAMPLES / "woody.obj")), MeshItem("broken", str(broken)),
+             MeshItem("spot", str(SAMPLES / "spot.obj"))]
+    config = GeometryImageConfig(resolution=33, levels=2, samples=1000)
+    tables = ["geometry_images", "rate_distortion"]
+    results = geometry_images_batch.fn(items, str(tmp_path), "run", config, tables)
+    assert [r.item_id for r in results] == ["woody", "broken", "spot"]
+    assert all(r.tables_written for r in results)
+    root = tmp_path / "run" / "tables"
+    rows = pd.read_parquet(root / "geometry_images.parquet")
+    assert rows.groupby("item_id").size().to_dict() == {"spot": 4, "woody": 4}
+    assert len(list((root / "geometry_images.parquet").glob("item-*.parquet"))) == 2
+    failures = pd.read_parquet(root / "failures.parquet")
+    assert failures[["item_id", "stage"]].values.tolist() == [["broken", "read"]]
