@@ -18,8 +18,10 @@ $(BIN)/brenier: pyproject.toml
 
 setup: $(BIN)/brenier
 
+# Exit code 3 means that some meshes failed (the printed failures table says why): the demo still succeeded.
 demo: setup
-	$(BIN)/brenier geometry-images data/samples/meshes --store $(STORE) --restoration $(MODEL)
+	$(BIN)/brenier geometry-images data/samples/meshes --store $(STORE) --restoration $(MODEL) \
+		|| { code=$$?; [ $$code -eq 3 ] || exit $$code; echo "some meshes failed (exit 3): see the failures table above"; }
 
 # Re-train the bundled restoration network on the 20 meshes of $(TRAINING_MESHES) (never on the evaluation meshes
 # of data/samples/meshes) and copy it to $(MODEL). It prints the training time: the 60-minute budget of issue 16.
