@@ -1,4 +1,4 @@
-"""Benchmark: what the Prefect + Dask path costs per task, and items per minute on 1 vs 2 Dask workers.
+"""Benchmark: what the Prefect + Dask path costs per mesh, and items per minute on 1 vs 2 Dask workers.
 
 The geometry-image job on real meshes is run three ways, each on a fresh store (nothing skipped):
 
@@ -10,7 +10,8 @@ The geometry-image job on real meshes is run three ways, each on a fresh store (
    serialisation, the tables and the artifacts.
 3. **flow on 2 workers**: the same on a 2-worker cluster.
 
-Overhead per task = (flow on 1 worker - plain loop) / tasks (two tasks per mesh); ratio = flow / loop. The
+Overhead per mesh = (flow on 1 worker - plain loop) / meshes (a handful of meshes runs one mesh per batch
+task; ``bench/dataset_scale.py`` measures batches of up to 64 at 2,000 meshes); ratio = flow / loop. The
 clusters are started and warmed (modules imported on every worker) before the clock starts, so cluster start-up
 is not counted; the Prefect server start is not counted either. Every process uses one torch/BLAS thread. The
 load average is printed: on a shared machine other processes slow everything, and 2 workers only help with 2 idle
@@ -116,7 +117,6 @@ def main() -> None:
         if args.only is None or item.item_id in args.only:
             shutil.copy(item.uri, data)
     items = list_mesh_items(str(data))
-    tasks = 2 * len(items)
     server, url = start_prefect_server(work / "prefect-home")
     os.environ["PREFECT_API_URL"] = url  # inherited by the cluster's worker processes
     try:
@@ -136,7 +136,7 @@ def main() -> None:
             server.kill()
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"geometry-images on {len(items)} meshes ({', '.join(i.item_id for i in items)}), {tasks} tasks, "
+    print(f"geometry-images on {len(items)} meshes ({', '.join(i.item_id for i in items)}), "
           f"resolution {args.resolution}, {args.levels} levels, {args.samples} samples; {os.cpu_count()} CPUs, "
           f"load average {' / '.join(f'{x:.1f}' for x in loadavg)} (before / after each run)\n")
     rows = [("plain loop (task .fn, no Prefect/Dask)", loop), ("flow, Dask 1 worker + Prefect server", one),
@@ -145,7 +145,7 @@ def main() -> None:
     print(f"|{'-' * 40}|{'-' * 9}|{'-' * 13}|{'-' * 9}|")
     for name, seconds in rows:
         print(f"| {name:<38} | {seconds:7.1f} | {60 * len(items) / seconds:11.1f} | {seconds / loop:6.2f}x |")
-    print(f"\noverhead per task of the Prefect + Dask path (1 worker): {(one - loop) / tasks:.2f} s "
+    print(f"\noverhead per mesh of the Prefect + Dask path (1 worker): {(one - loop) / len(items):.2f} s "
           f"(ratio {one / loop:.2f}); speed-up 2 vs 1 workers: {one / two:.2f}x")
 
 

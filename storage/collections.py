@@ -256,10 +256,18 @@ def list_collections(location: str) -> list[str]:
 
 
 def _read_bytes(
-    fs: fsspec.AbstractFileSystem, path: str, item_id: str, unreadable: type[InputError], wrong_format: type[InputError]
+    fs: fsspec.AbstractFileSystem,
+    path: str,
+    item_id: str,
+    unreadable: type[InputError],
+    wrong_format: type[InputError],
+    follow_symlinks: bool,
 ) -> bytes:
-    """The file's bytes after :func:`storage.inputs.read_input`'s checks (name, file type, size, format sniff)."""
-    return read_input(_uri(fs, path), item_id, unreadable, wrong_format, sniffer_for(_extension(path)))
+    """The file's bytes after :func:`storage.inputs.read_input`'s checks (name, file type, link target inside its
+    folder unless ``follow_symlinks``, size, format sniff)."""
+    return read_input(
+        _uri(fs, path), item_id, unreadable, wrong_format, sniffer_for(_extension(path)), follow_symlinks
+    )
 
 
 def _parse_npy_points(shape_id: str, name: str, data: bytes) -> tuple[np.ndarray, None]:
@@ -370,7 +378,9 @@ def _faces_key(faces: np.ndarray) -> bytes:
     return len(faces).to_bytes(8, "little") + hashlib.sha256(faces.tobytes()).digest()
 
 
-def _read_folder(fs: fsspec.AbstractFileSystem, path: str, uri: str) -> tuple[ShapeCollection, list[ShapeFailure]]:
+def _read_folder(
+    fs: fsspec.AbstractFileSystem, path: str, uri: str, follow_symlinks: bool
+) -> tuple[ShapeCollection, list[ShapeFailure]]:
     collection_id = _collection_id(path)
     # Non-directory entries, not only regular files: a link loop or a FIFO becomes a failed shape, not a gap.
     files = [e["name"] for e in _ls(fs, path) if e["type"] != "directory" and _extension(e["name"]) in SHAPE_EXTENSIONS]
@@ -385,7 +395,7 @@ def _read_folder(fs: fsspec.AbstractFileSystem, path: str, uri: str) -> tuple[Sh
     parsed: dict[int, _ParsedShape] = {}
     for index, (file, name, shape_id) in enumerate(zip(files, names, _shape_ids(names), strict=True)):
         try:
-            data = _read_bytes(fs, file, shape_id, UnreadableMeshError, NotAMeshError)
+            data = _read_bytes(fs, file, shape_id, UnreadableMeshError, NotAMeshError, follow_symlinks)
             vertices, faces = _parse_shape(shape_id, name, data)
         except InputError as e:
             failures[index] = ShapeFailure(shape_id, e)
@@ -539,10 +549,12 @@ def _array_shape_ids(names: np.ndarray | None, n_shapes: int, collection_id: str
     return ids if len(set(ids)) == n_shapes else default
 
 
-def _read_array_file(fs: fsspec.AbstractFileSystem, path: str, uri: str) -> tuple[ShapeCollection, list[ShapeFailure]]:
+def _read_array_file(
+    fs: fsspec.AbstractFileSystem, path: str, uri: str, follow_symlinks: bool
+) -> tuple[ShapeCollection, list[ShapeFailure]]:
     collection_id = _collection_id(path)
     name = PurePosixPath(path).name
-    data = _read_bytes(fs, path, collection_id, UnreadableCollectionError, NotACollectionError)
+    data = _read_bytes(fs, path, collection_id, UnreadableCollectionError, NotACollectionError, follow_symlinks)
     if not data:
         raise EmptyCollectionError(collection_id, f"{name} is empty")
     arrays = _load_arrays(data, collection_id, name)
@@ -601,7 +613,7 @@ def _read_array_file(fs: fsspec.AbstractFileSystem, path: str, uri: str) -> tupl
 # --------------------------------------------------------------------------------------------------------------
 
 
-def read_collection(uri: str) -> tuple[ShapeCollection, list[ShapeFailure]]:
+def read_collection(uri: str, follow_symlinks: bool = False) -> tuple[ShapeCollection, list[ShapeFailure]]:
     """Read a shape collection in correspondence, leaving out (and reporting) the bad shapes.
 
     Parameters
@@ -609,6 +621,9 @@ def read_collection(uri: str) -> tuple[ShapeCollection, list[ShapeFailure]]:
     uri : str
         Local path or fsspec URL of an ``.npz`` / ``.npy`` array file or of a folder of shape files (see the
         module docstring for the accepted layouts).
+    follow_symlinks : bool
+        Read a file (the array file, or a shape file of the folder) that is a symbolic link resolving outside the
+        folder holding it (refused by default; links within the folder are always read).
 
     Returns
     -------
@@ -634,6 +649,9 @@ def read_collection(uri: str) -> tuple[ShapeCollection, list[ShapeFailure]]:
         The array file cannot be read (a broken link, a link loop, a FIFO) or parsed (corrupt or truncated; a
         header or zip member declaring more data than there is), checked before it is read whole
         (:func:`storage.inputs.read_input`).
+    SymlinkOutsideDatasetError
+        The array file is a symbolic link resolving outside its folder and ``follow_symlinks`` is False; the
+        reason names the link, its target and the folder.
     InputTooLargeError
         The array file, or the arrays it inflates to, exceed :func:`storage.inputs.max_input_bytes`.
     UndecodableFileNameError
@@ -645,6 +663,7 @@ def read_collection(uri: str) -> tuple[ShapeCollection, list[ShapeFailure]]:
     (unreadable or corrupt file, face indices out of range), :class:`EmptyMeshError` (blank file, zero points),
     :class:`NotAMeshError` (no geometry, binary data in a text format, or a ``.npy`` that is not ``[V, 3]``
     numbers), :class:`InputTooLargeError`, :class:`UndecodableFileNameError` (a non-UTF-8 file name),
+    :class:`~storage.errors.SymlinkOutsideDatasetError` (a link out of the folder, unless ``follow_symlinks``),
     :class:`NonFiniteVerticesError`, :class:`CoordinateMagnitudeError` (a coordinate beyond
     :data:`MAX_COORDINATE`, the reason giving the count, the largest value and its vertex),
     :class:`UnequalPointCountError` and
@@ -656,11 +675,11 @@ def read_collection(uri: str) -> tuple[ShapeCollection, list[ShapeFailure]]:
             _collection_id(path), f"collection path '{printable(uri)}' is not valid UTF-8; rename it"
         )
     if fs.isdir(path):
-        return _read_folder(fs, path, uri)
+        return _read_folder(fs, path, uri, follow_symlinks)
     if not fs.isfile(path) and not fs.lexists(path):  # a link loop or a FIFO exists: it fails as unreadable
         raise DatasetNotFoundError(f"collection location {uri!r} does not exist")
     if _extension(path) not in ARRAY_EXTENSIONS:
         raise NotACollectionError(
             _collection_id(path), f"{uri} is neither an .npz/.npy array file nor a folder of shape files"
         )
-    return _read_array_file(fs, path, uri)
+    return _read_array_file(fs, path, uri, follow_symlinks)

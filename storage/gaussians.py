@@ -297,9 +297,10 @@ def _scene_sniffer(uri: str) -> Sniffer:
     return sniff
 
 
-def _read_bytes(scene_id: str, uri: str) -> bytes:
-    # Not a PLY / SPZ, truncated, padded, sparse, too large, a FIFO or a link loop: refused before a parser sees it.
-    return read_input(uri, scene_id, UnreadableSceneError, UnreadableSceneError, _scene_sniffer(uri))
+def _read_bytes(scene_id: str, uri: str, follow_symlinks: bool) -> bytes:
+    # Not a PLY / SPZ, truncated, padded, sparse, too large, a FIFO, a link loop or (unless followed) a link out of
+    # its folder: refused before a parser sees it.
+    return read_input(uri, scene_id, UnreadableSceneError, UnreadableSceneError, _scene_sniffer(uri), follow_symlinks)
 
 
 def _parse(scene_id: str, data: bytes) -> PlyData:
@@ -447,7 +448,7 @@ def _decoded_scene(scene_id: str, uri: str, data: bytes, decoded: DecodedSplats)
                             decoded.opacities, decoded.sh_dc, decoded.sh_rest, normals=None)
 
 
-def read_scene(uri: str) -> GaussianScene:
+def read_scene(uri: str, follow_symlinks: bool = False) -> GaussianScene:
     """Read one 3DGS scene file and activate its parameters.
 
     Three formats, told apart by the file's content (a file named ``.spz`` holding a PLY is read as the PLY):
@@ -468,6 +469,9 @@ def read_scene(uri: str) -> GaussianScene:
     ----------
     uri : str
         Local path or fsspec URL of the ``.ply`` / ``.spz`` file. The scene id is :func:`scene_id_from_uri` of it.
+    follow_symlinks : bool
+        Read a file that is a symbolic link resolving outside its folder (refused by default; links within the
+        folder are always read).
 
     Returns
     -------
@@ -482,6 +486,9 @@ def read_scene(uri: str) -> GaussianScene:
         cannot parse it (corrupt data, bad header), or an SPZ file is corrupt (bad gzip / zstd stream, sizes that
         disagree with its header) or of an unsupported version. Checked on the first 64 KiB before the file is
         read whole (:func:`storage.inputs.read_input`), where the format allows.
+    SymlinkOutsideDatasetError
+        The file is a symbolic link resolving outside its folder and ``follow_symlinks`` is False; the reason
+        names the link, its target and the folder.
     InputTooLargeError
         The file, or the SPZ data it inflates to, is larger than :func:`storage.inputs.max_input_bytes`.
     UndecodableFileNameError
@@ -503,7 +510,7 @@ def read_scene(uri: str) -> GaussianScene:
         the reason gives how many Gaussians, the largest value and its Gaussian.
     """
     scene_id = scene_id_from_uri(uri)
-    data = _read_bytes(scene_id, uri)
+    data = _read_bytes(scene_id, uri, follow_symlinks)
     if data[:3] != b"ply":
         return _decoded_scene(scene_id, uri, data, decode_spz(scene_id, data))
     ply = _parse(scene_id, data)

@@ -54,7 +54,9 @@ class AutodecoderConfig(PipelineConfig):
 
     RUN_PREFIX: ClassVar[str] = "autodecoder"
     PIPELINE_VERSION: ClassVar[str] = PIPELINE_VERSION
-    IDENTITY_EXCLUDE: ClassVar[frozenset[str]] = frozenset({"device", "checkpoint_every"})
+    # follow_symlinks only decides whether a file is read at all, never what a readable one gives: default run ids
+    # are unchanged
+    IDENTITY_EXCLUDE: ClassVar[frozenset[str]] = frozenset({"device", "checkpoint_every", "follow_symlinks"})
 
     point_source: str = Field("vertices", pattern="^(vertices|surface)$",
                               description="train on the vertices, or on area-uniform surface samples")
@@ -71,6 +73,7 @@ class AutodecoderConfig(PipelineConfig):
     seed: int = 0
     device: str = Field("auto", description="'auto' (CUDA when the worker has it), 'cpu', 'cuda', 'cuda:1', ...")
     checkpoint_every: int = Field(50, ge=1, description="training steps between checkpoints")
+    follow_symlinks: bool = Field(False, description="read symbolic links that point outside the dataset folder")
 
     def training(self, variant: str) -> TrainingConfig:
         architecture, schedule = VARIANTS[variant]
@@ -90,13 +93,15 @@ class AutodecoderConfig(PipelineConfig):
         )
 
 
-def _read(collection_uri: str, run_id: str, suffix: str) -> tuple[ItemResult, ShapeCollection | None]:
+def _read(
+    collection_uri: str, run_id: str, suffix: str, follow_symlinks: bool = False
+) -> tuple[ItemResult, ShapeCollection | None]:
     """Read a collection: the item's result (id ``<collection>--<suffix>``, read failure rows) and the collection.
 
     The collection is None when it is unusable as a whole (its failure row is then in the result).
     """
     try:
-        collection, shape_failures = read_collection(collection_uri)
+        collection, shape_failures = read_collection(collection_uri, follow_symlinks=follow_symlinks)
     except InputError as error:
         item_id = f"{error.item_id}--{suffix}"
         return ItemResult(item_id, failures=[failure_row(run_id, item_id, collection_uri, "read", error)]), None
@@ -129,7 +134,7 @@ def train_autodecoder(
     """
     logger = get_run_logger()
     started = time.perf_counter()
-    result, collection = _read(collection_uri, run_id, variant)
+    result, collection = _read(collection_uri, run_id, variant, config.follow_symlinks)
     if collection is None:
         return result
     item_id = result.item_id
@@ -271,7 +276,7 @@ def encode_collection(
     ``autodecoder_shapes`` rows (variant ``"encoded"``) and failure rows.
     """
     logger = get_run_logger()
-    result, collection = _read(collection_uri, run_id, "encoded")
+    result, collection = _read(collection_uri, run_id, "encoded", config.follow_symlinks)
     if collection is None:
         return result
     item_id = result.item_id

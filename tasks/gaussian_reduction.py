@@ -46,7 +46,9 @@ class GaussianReductionConfig(PipelineConfig):
 
     RUN_PREFIX: ClassVar[str] = "reduce"
     PIPELINE_VERSION: ClassVar[str] = PIPELINE_VERSION
-    IDENTITY_EXCLUDE: ClassVar[frozenset[str]] = frozenset({"device"})
+    # follow_symlinks only decides whether a scene is read at all, never what a readable scene gives: default run
+    # ids are unchanged
+    IDENTITY_EXCLUDE: ClassVar[frozenset[str]] = frozenset({"device", "follow_symlinks"})
 
     methods: Annotated[list[str], Parameter(alias="--method")] = Field(
         default_factory=lambda: list(METHODS), description=f"repeatable; some of {', '.join(METHODS)}")
@@ -61,6 +63,7 @@ class GaussianReductionConfig(PipelineConfig):
     finetune_steps: int = Field(200, ge=0, description="appearance fine-tuning steps (0: none)")
     seed: int = Field(0, description="random baseline and fine-tuning view order")
     device: str = Field("auto", description="'auto' (CUDA when the worker has it), 'cpu', 'cuda', ...")
+    follow_symlinks: bool = Field(False, description="read symbolic links that point outside the dataset folder")
 
 
 def item_id_of(scene_id: str, ratio: float) -> str:
@@ -121,7 +124,7 @@ def reduce_scene(scene_uri: str, ratio: float, store: str, run_id: str, config: 
     """
     logger = get_run_logger()
     try:
-        scene = read_scene(scene_uri)
+        scene = read_scene(scene_uri, follow_symlinks=config.follow_symlinks)
     except InputError as error:
         item_id = item_id_of(error.item_id, ratio)
         return ItemResult(item_id, failures=[failure_row(run_id, item_id, scene_uri, "read", error)])

@@ -42,7 +42,9 @@ class SequenceConfig(PipelineConfig):
 
     RUN_PREFIX: ClassVar[str] = "geometry-image-sequence"
     PIPELINE_VERSION: ClassVar[str] = SEQUENCE_PIPELINE_VERSION
-    IDENTITY_EXCLUDE: ClassVar[frozenset[str]] = frozenset({"frames_per_task", "device"})
+    # follow_symlinks only decides whether a file is read at all, never what a readable one gives: default run ids
+    # are unchanged
+    IDENTITY_EXCLUDE: ClassVar[frozenset[str]] = frozenset({"frames_per_task", "device", "follow_symlinks"})
 
     ot_solver: Literal["newton", "neural"] = Field("neural", description="OT-Net (reusable) or damped Newton")
     warm_start: bool = Field(True, description="start each frame's solve from the previous frame's solution")
@@ -59,6 +61,7 @@ class SequenceConfig(PipelineConfig):
     max_newton_iterations: int = Field(60, ge=1)
     frames_per_task: int = Field(16, ge=1, description="frames encoded per Prefect task")
     device: str = Field("auto", description="torch device of OT-Net: auto = the worker's GPU if any")
+    follow_symlinks: bool = Field(False, description="read symbolic links that point outside the dataset folder")
 
 
 def _state_arrays(state: OTNetState | None, weights: np.ndarray) -> dict[str, np.ndarray]:
@@ -90,7 +93,7 @@ def solve_sequence_ot(path: str, store: str, run_id: str, config: SequenceConfig
     record: dict[str, Any] = {"item_id": None, "source_uri": path, "solve_rows": [], "failures": [],
                               "skipped": False, "frames": []}
     try:
-        collection, shape_failures = read_collection(path)
+        collection, shape_failures = read_collection(path, follow_symlinks=config.follow_symlinks)
     except InputError as error:
         record["item_id"] = getattr(error, "item_id", None) or path.rstrip("/").rsplit("/", 1)[-1]
         record["failures"].append(failure_row(run_id, record["item_id"], path, "read", error))

@@ -25,6 +25,7 @@ from storage.errors import (
     NonFiniteVerticesError,
     NotACollectionError,
     NotAMeshError,
+    SymlinkOutsideDatasetError,
     UnequalPointCountError,
     UnreadableCollectionError,
     UnreadableMeshError,
@@ -92,6 +93,23 @@ def test_read_bundled_crane_npz(crane_npz: Path) -> None:
     with np.load(crane_npz, allow_pickle=False) as raw:
         np.testing.assert_array_equal(collection.vertices, raw["vertices"])
         np.testing.assert_array_equal(collection.faces, raw["faces"])
+    assert collection.sha256 == hashlib.sha256(crane_npz.read_bytes()).hexdigest()
+
+
+def test_symbolic_link_out_of_the_dataset_is_refused(crane_npz: Path, tmp_path: Path) -> None:
+    """A collection file that is a link to a file outside its folder is read only with ``follow_symlinks``."""
+    folder = tmp_path / "collections"
+    folder.mkdir()
+    link = folder / "crane-16.npz"
+    link.symlink_to(crane_npz)
+    with pytest.raises(SymlinkOutsideDatasetError) as info:
+        read_collection(str(link))
+    assert info.value.item_id == "crane-16"
+    assert info.value.reason == (
+        f"{link} is a symbolic link to {crane_npz.resolve()}, outside its folder {folder.resolve()}; "
+        "set follow_symlinks (CLI: --follow-symlinks) to read it")
+    collection, failures = read_collection(str(link), follow_symlinks=True)
+    assert failures == [] and collection.collection_id == "crane-16" and collection.n_shapes == 16
     assert collection.sha256 == hashlib.sha256(crane_npz.read_bytes()).hexdigest()
 
 

@@ -27,6 +27,7 @@ from storage.errors import (
     InputTooLargeError,
     NonFiniteGaussiansError,
     NotAGaussianSceneError,
+    SymlinkOutsideDatasetError,
     UnreadableSceneError,
 )
 from storage.gaussians import (
@@ -317,6 +318,22 @@ def test_errors_are_input_errors_and_pickle() -> None:
 
 
 # --- listing ----------------------------------------------------------------------------------------------------
+
+
+def test_symbolic_link_out_of_the_dataset_is_refused(tmp_path: Path, scene: GaussianScene) -> None:
+    """A scene that is a link to a file outside its folder is read only with ``follow_symlinks``."""
+    folder = tmp_path / "scenes"
+    folder.mkdir()
+    link = folder / "donut.ply"
+    link.symlink_to(SAMPLE)
+    with pytest.raises(SymlinkOutsideDatasetError) as info:
+        read_scene(str(link))
+    assert info.value.item_id == "donut"
+    assert info.value.reason == (
+        f"{link} is a symbolic link to {SAMPLE.resolve()}, outside its folder {folder.resolve()}; "
+        "set follow_symlinks (CLI: --follow-symlinks) to read it")
+    followed = read_scene(str(link), follow_symlinks=True)
+    assert followed.sha256 == scene.sha256 and len(followed) == len(scene)
 
 
 def test_list_scenes(tmp_path: Path, memory_dir: str) -> None:
