@@ -357,6 +357,13 @@ def parameterize_to_square(
             components included).
         ValueError: if ``feature_weight < 0``, ``solver`` or ``repair`` is unknown.
     """
+    # a caller's errors, raised as such, not recorded as a failed OT step
+    if feature_weight < 0.0:
+        raise ValueError(f"feature_weight must be >= 0, got {feature_weight}")
+    if solver not in OT_SOLVERS:
+        raise ValueError(f"solver must be one of {OT_SOLVERS}, got {solver!r}")
+    if repair not in REPAIRS:
+        raise ValueError(f"repair must be one of {REPAIRS}, got {repair!r}")
     disk, harmonic = cut_and_map(vertices, faces, cut_paths)
     try:
         masses = feature_masses(vertices, faces, disk, feature_weight)
