@@ -1,12 +1,13 @@
 """Flow ``geometry-images``: OT geometry images and their mipmaps for every mesh of a dataset.
 
-The meshes are cut into batches (:func:`tasks.shared.batching.batch_size`: one mesh per task for a handful, up
-to 64 for thousands) and each batch runs ``parameterize_mesh -> encode_geometry_images`` per mesh in one task
-(:func:`tasks.geometry_images.geometry_images_batch`) on a Dask task runner. Each mesh's rows land in the run's
-Parquet tables (``geometry_images``, ``rate_distortion``, ``failures``) as it finishes; at the end the flow
-compacts them, publishes the Prefect artifacts (``geometry-images-progress`` while it runs, ``-summary`` table,
-``-report`` markdown, ``-preview`` picture of the geometry images and ``-rate-distortion`` plot;
-:mod:`flows.runtime.artifacts`), and returns where everything is.
+The meshes are cut into batches (:func:`tasks.shared.batching.plan_batches`: one mesh per task for a handful, up
+to 64 for thousands, shrinking towards the end) and each batch runs ``parameterize_mesh ->
+encode_geometry_images`` per mesh in one task (:func:`tasks.geometry_images.geometry_images_batch`) on a Dask
+task runner. Each mesh's rows land in the run's Parquet tables (``geometry_images``, ``rate_distortion``,
+``failures``) as it finishes; at the end the flow compacts them, publishes the Prefect artifacts
+(``geometry-images-progress`` while it runs, ``-summary`` table, ``-report`` markdown, ``-preview`` picture of the
+geometry images and ``-rate-distortion`` plot of the first meshes; :mod:`flows.runtime.artifacts`), and returns
+where everything is.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from flows.runtime.artifacts import (
 from flows.runtime.task_runner import cluster_workers
 from tasks.dataset import list_items, read_arrays
 from tasks.geometry_images import PREVIEW_RESTORED, GeometryImageConfig, geometry_images_batch
-from tasks.shared.batching import batch_size as default_batch_size
+from tasks.shared.batching import plan_batches
 
 __all__ = ["geometry_images", "summarize", "preview_tiles"]
 
@@ -67,7 +68,7 @@ def geometry_images(
         store: root of the Zarr store and tables (local path or fsspec URL).
         config: pipeline parameters (defaults documented on :class:`GeometryImageConfig`).
         run_id: defaults to one derived from the config, so a re-run skips finished meshes.
-        batch_size: meshes per task (default: sized from the mesh count and the cluster's workers).
+        batch_size: meshes per task (default: guided sizes from the mesh count and the cluster's workers).
 
     Returns:
         ``{"run_id", "store", "tables": {name: uri}, "items", "failed_items", "skipped_items"}``.
@@ -83,12 +84,12 @@ def geometry_images(
     progress = Progress("geometry-images-progress", len(items), f"geometry images, run {run_id}")
 
     open_tables(store, run_id, TABLES)
-    size = default_batch_size(len(items), cluster_workers(), batch_size)
+    plan = plan_batches(len(items), cluster_workers(), batch_size)
 
     def submit(indices: list[int], queue: str | None):
         return geometry_images_batch.submit([items[i] for i in indices], store, run_id, config, TABLES, queue)
 
-    gathered = gather_batches(submit, [(item.item_id, item.uri) for item in items], size, run_id, store, TABLES,
+    gathered = gather_batches(submit, [(item.item_id, item.uri) for item in items], plan, run_id, store, TABLES,
                               progress)
     rows, failures, skipped = gathered.rows("geometry_images"), gathered.failures, gathered.skipped
     tables = publish_tables(store, run_id, gathered)
@@ -117,7 +118,8 @@ def geometry_images(
         description="Geometry images of the harmonic and the OT parameterization of each mesh, and the two "
                     "restorations of its OT image from a coarse level",
     )
-    curves = pd.DataFrame(gathered.rows("rate_distortion"))
+    shown = set(sorted({row["item_id"] for row in rows})[:PREVIEW_MESHES])  # a plot of thousands is unreadable
+    curves = pd.DataFrame([row for row in gathered.rows("rate_distortion") if row["item_id"] in shown])
     publish_pictures(
         "geometry-images-rate-distortion", f"Rate–distortion, run `{run_id}`",
         {"bytes per level against Hausdorff and Chamfer-L2": rate_distortion_png(curves.assign(

@@ -20,7 +20,6 @@ from prefect.futures import PrefectFuture, as_completed, wait
 from flows.runtime.artifacts import Progress
 from flows.runtime.task_runner import progress_queue, task_outcome
 from tasks.dataset import begin_tables, crash_result, write_tables
-from tasks.shared.batching import batches
 from tasks.shared.records import ItemResult, Row, write_item_tables
 
 __all__ = ["Gathered", "gather", "gather_batches", "open_tables", "publish_tables", "failures_markdown",
@@ -114,7 +113,7 @@ def gather(
 def gather_batches(
     submit: Callable[[list[int], str | None], PrefectFuture],
     keys: Sequence[tuple[str, str]],
-    size: int,
+    plan: Sequence[list[int]],
     run_id: str,
     store: str,
     tables: Sequence[str],
@@ -127,7 +126,7 @@ def gather_batches(
             results in order (:func:`tasks.shared.batching.run_batch`), reporting each finished item to the
             ``distributed.Queue`` named ``queue_name`` (None: no queue).
         keys: ``(item_id, source_uri)`` of every item, in item order.
-        size: items per batch (:func:`tasks.shared.batching.batch_size`).
+        plan: the item indices of each batch, in submission order (:func:`tasks.shared.batching.plan_batches`).
         run_id, store, tables: the run, its store and its table names (call :func:`open_tables` first).
         progress: moved item by item as the batches report, every :data:`PROGRESS_POLL_SECONDS`.
 
@@ -139,9 +138,10 @@ def gather_batches(
     queue = progress_queue(f"brenier-progress-{run_id}")
     queue_name = queue.name if queue is not None else None
     pending: dict[PrefectFuture, list[int]] = {}
-    for indices in batches(range(len(keys)), size):
+    for indices in plan:
         pending[submit(indices, queue_name)] = indices
-    logger.info("%d items in %d tasks of up to %d", len(keys), len(pending), size)
+    logger.info("%d items in %d tasks of %d to %d", len(keys), len(pending), min(map(len, plan), default=0),
+                max(map(len, plan), default=0))
     gathered = Gathered({name: [] for name in tables})
     reported: set[str] = set()
     finished = 0

@@ -22,7 +22,7 @@ from flows.runtime.task_runner import cluster_workers, gpu_annotation
 from tasks.dataset import list_items
 from tasks.geometry_images import GeometryImageConfig, geometry_images_batch
 from tasks.restoration import MODEL_ITEM, TrainRestorationConfig, train_restoration_model
-from tasks.shared.batching import batch_size
+from tasks.shared.batching import plan_batches
 
 __all__ = ["train_restoration", "training_curve_png", "TABLES"]
 
@@ -64,7 +64,7 @@ def train_restoration(path: str, store: str, config: TrainRestorationConfig | No
                                             image_tables, queue)
 
     images = gather_batches(submit, [(item.item_id, item.uri) for item in items],
-                            batch_size(len(items), cluster_workers()), geometry_run_id, store, image_tables, progress)
+                            plan_batches(len(items), cluster_workers()), geometry_run_id, store, image_tables, progress)
     publish_tables(store, geometry_run_id, images)
     with gpu_annotation():  # training is GPU-bound: GPU workers only, when the cluster has any
         future = train_restoration_model.submit([item.item_id for item in items], geometry_run_id, store, run_id,

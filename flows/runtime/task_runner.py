@@ -88,11 +88,16 @@ def make_task_runner(workers: int | None = None, dask_address: str | None = None
         return BoundedDaskTaskRunner(address=dask_address)
     n = workers or default_workers()
     processes = bool(os.environ.get("PREFECT_API_URL"))
+    threads = max(1, default_workers() // n)
     if not processes:
-        torch.set_num_threads(max(1, default_workers() // n))
+        torch.set_num_threads(threads)
+    # Process workers: the same split through the BLAS/OpenMP variables they start with (torch reads them at import),
+    # unless the user set them.
+    env = {name: os.environ.get(name, str(threads)) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     return BoundedDaskTaskRunner(
         cluster_class="distributed.LocalCluster",
-        cluster_kwargs={"n_workers": n, "threads_per_worker": 1, "processes": processes, "dashboard_address": None},
+        cluster_kwargs={"n_workers": n, "threads_per_worker": 1, "processes": processes, "dashboard_address": None,
+                        **({"env": env} if processes else {})},
     )
 
 

@@ -10,17 +10,23 @@ import pytest
 
 from storage.meshes import MeshItem
 from tasks.geometry_images import GeometryImageConfig, geometry_images_batch
-from tasks.shared.batching import MAX_BATCH_SIZE, batch_size, batches, run_batch
+from tasks.shared.batching import MAX_BATCH_SIZE, batches, plan_batches, run_batch
 from tasks.shared.records import ItemResult
 
 SAMPLES = Path(__file__).resolve().parents[2] / "data" / "samples" / "meshes"
 
 
-@pytest.mark.parametrize(("items", "workers", "expected"), [(8, 2, 1), (17, 2, 2), (200, 2, 13), (2000, 2, 64),
-                                                            (2000, 64, 4), (1, 1, 1), (0, 2, 1)])
-def test_batch_size_from_items_and_workers(items: int, workers: int, expected: int) -> None:
-    assert batch_size(items, workers) == expected <= MAX_BATCH_SIZE
-    assert batch_size(items, workers, requested=5) == 5
+@pytest.mark.parametrize(("items", "workers", "first"), [(8, 2, 1), (17, 2, 3), (200, 2, 25), (2000, 2, 64),
+                                                         (2000, 64, 8), (1, 1, 1), (0, 2, None)])
+def test_guided_batches_cover_every_item_once_and_shrink(items: int, workers: int, first: int | None) -> None:
+    plan = plan_batches(items, workers)
+    assert sum(plan, []) == list(range(items))
+    sizes = [len(batch) for batch in plan]
+    assert (sizes[0] if sizes else None) == first
+    assert sizes == sorted(sizes, reverse=True) and all(1 <= n <= MAX_BATCH_SIZE for n in sizes)
+    if items >= 4 * workers:
+        assert sizes[-1] == 1  # the last tasks are single items: no long tail on one worker
+    assert [len(b) for b in plan_batches(items, workers, requested=5)] == [len(b) for b in batches(range(items), 5)]
 
 
 def test_batches_cover_every_item_once_in_order() -> None:

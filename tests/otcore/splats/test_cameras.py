@@ -7,12 +7,10 @@ the means around their weighted median instead, which the floaters barely move.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from otcore.splats.cameras import orbit_cameras, robust_frame
 from otcore.splats.scene import render_scene, scene_tensors
@@ -21,12 +19,7 @@ from storage.gaussians import GaussianScene, read_scene
 DONUT = Path(__file__).resolve().parents[3] / "data" / "samples" / "gaussians" / "donut-8k.ply"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
