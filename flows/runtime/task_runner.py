@@ -101,11 +101,17 @@ def make_task_runner(workers: int | None = None, dask_address: str | None = None
     )
 
 
-def cluster_workers() -> int:
-    """Workers of the running flow's Dask cluster (1 outside a flow on a :class:`DaskTaskRunner`)."""
+def _flow_dask_runner() -> DaskTaskRunner | None:
+    """The running flow's Dask task runner (None outside a flow, or on another task runner)."""
     context = FlowRunContext.get()
     runner = context.task_runner if context is not None else None
-    if not isinstance(runner, DaskTaskRunner):
+    return runner if isinstance(runner, DaskTaskRunner) else None
+
+
+def cluster_workers() -> int:
+    """Workers of the running flow's Dask cluster (1 outside a flow on a :class:`DaskTaskRunner`)."""
+    runner = _flow_dask_runner()
+    if runner is None:
         return 1
     return max(1, len(runner.client.scheduler_info(n_workers=-1)["workers"]))
 
@@ -170,9 +176,8 @@ def gpu_annotation() -> Iterator[bool]:
     mode = os.environ.get(GPU_ANNOTATION_ENV, "auto").strip().lower() or "auto"
     if mode not in {"auto", "always", "never"}:
         raise ValueError(f"{GPU_ANNOTATION_ENV}={mode!r}: expected 'auto', 'always' or 'never'")
-    context = FlowRunContext.get()
-    runner = context.task_runner if context is not None else None
-    annotate = isinstance(runner, DaskTaskRunner) and mode != "never" and (
+    runner = _flow_dask_runner()
+    annotate = runner is not None and mode != "never" and (
         mode == "always" or _cluster_has_gpu_workers(runner))
     if not annotate:
         yield False
@@ -184,9 +189,8 @@ def gpu_annotation() -> Iterator[bool]:
 def progress_queue(name: str) -> Any:
     """A ``distributed.Queue`` named ``name`` on the running flow's Dask cluster, for tasks to report finished
     items (:class:`tasks.shared.batching.ItemReporter`); None outside a flow on a :class:`DaskTaskRunner`."""
-    context = FlowRunContext.get()
-    runner = context.task_runner if context is not None else None
-    if not isinstance(runner, DaskTaskRunner):
+    runner = _flow_dask_runner()
+    if runner is None:
         return None
     from distributed import Queue
 
