@@ -39,17 +39,28 @@ __all__ = ["geometry_images", "summarize", "preview_tiles"]
 PREVIEW_MESHES = 12  # meshes shown in the geometry-images-preview artifact (the first ones by item id)
 TABLES = ["geometry_images", "rate_distortion"]
 
+PARAMETERIZATIONS = {"square": ("harmonic", "ot"), "sphere": ("sphere_initial", "sphere_ot")}
+"""Domain -> (initial map, OT map): the names of the parameterizations a run writes (Zarr groups, table rows)."""
 
-def summarize(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per-mesh summary: harmonic vs OT at the finest level, OT solve figures, compression at each end."""
+SUMMARY_TITLES = {
+    "square": "harmonic vs OT on the square, finest level",
+    "sphere": "initial spherical map vs spherical OT (octahedral images), finest level",
+}
+
+
+def summarize(rows: pd.DataFrame, domain: str = "square") -> pd.DataFrame:
+    """Per-mesh summary of a ``domain`` run: its initial map vs its OT map at the finest level, the OT solve
+    figures the domain records (columns that are empty for every mesh are dropped), compression at each end."""
     if rows.empty:
         return pd.DataFrame()
     finest = rows[rows["level"] == 0].pivot(
         index="item_id", columns="parameterization", values=["area_distortion", "chamfer_l2", "hausdorff"]
     )
     finest.columns = [f"{metric}_{method}" for metric, method in finest.columns]
-    ot = rows[(rows["parameterization"] == "ot") & (rows["level"] == 0)].set_index("item_id")
-    summary = finest.join(ot[["newton_iterations", "mass_error", "solve_seconds"]], how="left")
+    ot_name = PARAMETERIZATIONS[domain][1]
+    ot = rows[(rows["parameterization"] == ot_name) & (rows["level"] == 0)].set_index("item_id")
+    solve = ot[["newton_iterations", "mass_error", "solve_seconds"]].dropna(axis=1, how="all")
+    summary = finest.join(solve, how="left")
     coarsest = rows[rows["level"] == rows["level"].max()].groupby("item_id")["compression_ratio"].max()
     summary["compression_ratio_coarsest"] = coarsest
     summary["compression_ratio_finest"] = rows[rows["level"] == 0].groupby("item_id")["compression_ratio"].max()
@@ -71,7 +82,9 @@ def geometry_images(
         batch_size: meshes per task (default: guided sizes from the mesh count and the cluster's workers).
 
     Returns:
-        ``{"run_id", "store", "tables": {name: uri}, "items", "failed_items", "skipped_items"}``.
+        ``{"run_id", "store", "tables": {name: uri}, "items", "failed_items", "skipped_items", "domain",
+        "pyramids"}``; ``pyramids`` holds the Zarr groups of the first finished mesh's two pyramids (every mesh
+        has the same two).
 
     Raises:
         storage.errors.DatasetNotFoundError: if ``path`` holds no mesh files.
@@ -93,11 +106,12 @@ def geometry_images(
                               progress)
     rows, failures, skipped = gathered.rows("geometry_images"), gathered.failures, gathered.skipped
     tables = publish_tables(store, run_id, gathered)
-    summary = summarize(pd.DataFrame(rows))
+    summary = summarize(pd.DataFrame(rows), config.domain)
+    initial, ot_name = PARAMETERIZATIONS[config.domain]
     create_table_artifact(
         key="geometry-images-summary",
         table=table_records(summary.round(8)),
-        description=f"Per-mesh harmonic vs OT at the finest level, run {run_id}",
+        description=f"Per-mesh {SUMMARY_TITLES[config.domain]}, run {run_id}",
     )
     create_markdown_artifact(
         key="geometry-images-report",
@@ -110,13 +124,17 @@ def geometry_images(
         ),
         description="Geometry-image run summary",
     )
-    tiles = preview_tiles(store, run_id, sorted({row["item_id"] for row in rows})[:PREVIEW_MESHES])
+    tiles = preview_tiles(store, run_id, sorted({row["item_id"] for row in rows})[:PREVIEW_MESHES],
+                          (initial, ot_name))
+    caption = (f"finest level, x y z as red green blue: {initial} | {ot_name}"
+               + (" (| normal maps of OT restored from 33², bilinear | neural, with --restoration)"
+                  if config.domain == "square" else ", octahedral layout"))
     publish_pictures(
-        "geometry-images-preview", f"Geometry images, run `{run_id}`",
-        {"finest level, x y z as red green blue: harmonic | OT (| normal maps of OT restored from 33², bilinear | "
-         "neural, with --restoration)": image_grid_png(tiles, columns=4)} if tiles else {},
-        description="Geometry images of the harmonic and the OT parameterization of each mesh, and the two "
-                    "restorations of its OT image from a coarse level",
+        "geometry-images-preview", f"Geometry images ({config.domain} domain), run `{run_id}`",
+        {caption: image_grid_png(tiles, columns=4)} if tiles else {},
+        description=f"Geometry images of the {initial} and the {ot_name} parameterization of each mesh"
+                    + (", and the two restorations of its OT image from a coarse level"
+                       if config.domain == "square" else ""),
     )
     shown = set(sorted({row["item_id"] for row in rows})[:PREVIEW_MESHES])  # a plot of thousands is unreadable
     curves = pd.DataFrame([row for row in gathered.rows("rate_distortion") if row["item_id"] in shown])
@@ -136,11 +154,22 @@ def geometry_images(
         "items": len(items),
         "failed_items": sorted({f["item_id"] for f in failures}),
         "skipped_items": skipped,
+        "domain": config.domain,
+        "pyramids": [f"{store}/{run_id}/{item_id}/{name}/geometry_image"
+                     for item_id in sorted(_stored(rows, (initial, ot_name)))[:1] for name in (initial, ot_name)],
     }
 
 
-def preview_tiles(store: str, run_id: str, item_ids: list[str]) -> dict[str, np.ndarray]:
-    """Finest-level geometry images of ``item_ids``: ``"<item> harmonic"`` and ``"<item> ot"`` ``[H, W, 3]`` uint8.
+def _stored(rows: list[dict[str, Any]], methods: tuple[str, str]) -> set[str]:
+    """Meshes with a level-0 row of both ``methods``: both their pyramids were written."""
+    found = {(row["item_id"], row["parameterization"]) for row in rows if row["level"] == 0}
+    return {item for item, method in found if all((item, m) in found for m in methods)}
+
+
+def preview_tiles(store: str, run_id: str, item_ids: list[str],
+                  methods: tuple[str, str] = PARAMETERIZATIONS["square"]) -> dict[str, np.ndarray]:
+    """Finest-level geometry images of ``item_ids``: ``"<item> <method>"`` ``[H, W, 3]`` uint8 for both ``methods``
+    (the initial and the OT parameterization of the run's domain, :data:`PARAMETERIZATIONS`).
 
     A parameterization without a stored pyramid (it failed) gets a grey tile labelled ``"<item> ot: none"``, so
     the two pictures of a mesh stay side by side in a grid of even width. Items with neither are left out. When
@@ -151,7 +180,7 @@ def preview_tiles(store: str, run_id: str, item_ids: list[str]) -> dict[str, np.
     for item_id in item_ids:
         restored = read_arrays(store, run_id, item_id, [f"ot/{PREVIEW_RESTORED}/{name}"
                                                         for name in ("bilinear", "neural")])
-        stored = read_arrays(store, run_id, item_id, [f"{method}/geometry_image/0" for method in ("harmonic", "ot")])
+        stored = read_arrays(store, run_id, item_id, [f"{method}/geometry_image/0" for method in methods])
         found = {path.split("/")[0]: None if image is None else geometry_image_rgb(image)
                  for path, image in stored.items()}
         shape = next((t.shape for t in found.values() if t is not None), None)

@@ -29,7 +29,7 @@ from flows.align_embeddings import align_embeddings
 from flows.autodecoder import autodecoder, encode_shapes
 from flows.gaussian_reduction import DEFAULT_RATIOS, gaussian_reduction, summary_frame
 from flows.geometry_image_sequence import geometry_image_sequence, summarize_sequence
-from flows.geometry_images import geometry_images, summarize
+from flows.geometry_images import PARAMETERIZATIONS, SUMMARY_TITLES, geometry_images, summarize
 from flows.restoration import train_restoration
 from flows.runtime.prefect_server import prefect_api
 from flows.runtime.server_cli import server_app
@@ -145,23 +145,21 @@ def _exit_timer(grace: float, code: int) -> None:
     timer.start()
 
 
-def _summary_table(summary: pd.DataFrame) -> Table:
-    table = Table(title="harmonic vs OT, finest level (distances in unit-bbox-diagonal units)")
-    columns = [
-        ("item_id", "mesh", "{}"),
-        ("area_distortion_harmonic", "distortion harm", "{:.3f}"),
-        ("area_distortion_ot", "distortion OT", "{:.3f}"),
+def _summary_table(summary: pd.DataFrame, domain: str = "square") -> Table:
+    table = Table(title=f"{SUMMARY_TITLES[domain]} (distances in unit-bbox-diagonal units)")
+    initial, ot = PARAMETERIZATIONS[domain]
+    short = {"harmonic": "harm", "ot": "OT", "sphere_initial": "sph init", "sphere_ot": "sph OT"}
+    columns = [("item_id", "mesh", "{}")]
+    columns += [(f"area_distortion_{m}", f"distortion {short[m]}", "{:.3f}") for m in (initial, ot)]
+    columns += [
         ("newton_iterations", "Newton it", "{:.0f}"),
         ("mass_error", "mass err", "{:.1e}"),
         ("solve_seconds", "solve s", "{:.1f}"),
-        ("chamfer_l2_harmonic", "CD harm", "{:.2e}"),
-        ("chamfer_l2_ot", "CD OT", "{:.2e}"),
-        ("hausdorff_harmonic", "HD harm", "{:.2e}"),
-        ("hausdorff_ot", "HD OT", "{:.2e}"),
-        ("area_distortion_sphere_initial", "distortion sph init", "{:.3f}"),
-        ("area_distortion_sphere_ot", "distortion sph OT", "{:.3f}"),
-        ("hausdorff_sphere_ot", "HD sph OT", "{:.2e}"),
-        ("compression_ratio_finest", "CR 257", "{:.1f}"),
+    ]
+    columns += [(f"{metric}_{m}", f"{label} {short[m]}", "{:.2e}")
+                for metric, label in (("chamfer_l2", "CD"), ("hausdorff", "HD")) for m in (initial, ot)]
+    columns += [
+        ("compression_ratio_finest", "CR finest", "{:.1f}"),
         ("compression_ratio_coarsest", "CR coarsest", "{:.0f}"),
     ]
     present = [c for c in columns if c[0] in summary.columns]
@@ -187,12 +185,14 @@ def geometry_images_command(
         result = run.flow(geometry_images)(path, run.root(), config, run.run_id, batch_size)
     rows = read_table(result["tables"]["geometry_images"])
     failures = read_table(result["tables"]["failures"])
-    console.print(_summary_table(summarize(rows)))
+    console.print(_summary_table(summarize(rows, result["domain"]), result["domain"]))
     _print_restorations(read_table(result["tables"]["rate_distortion"]))
     _print_failures(failures)
     console.print(f"run [bold]{result['run_id']}[/]: {result['items']} meshes, "
                   f"{result['skipped_items']} skipped as finished")
-    console.print(f"Zarr store:  {result['store']}/{result['run_id']}/<mesh>/{{harmonic,ot}}/geometry_image")
+    console.print(f"Zarr store:  {result['store']}/{result['run_id']}")
+    for pyramid in result["pyramids"]:  # the first mesh's: every mesh has the same groups
+        console.print(f"pyramid:     {pyramid}")
     _print_tables(result)
     return _result_code(result)
 
