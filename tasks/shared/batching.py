@@ -10,19 +10,28 @@ the batch, :func:`run_batch` runs the items one by one and, for each finished it
 - turns any exception into the item's failure row with the original error type and message (one item never ends
   its batch);
 - reports it to the flow (:class:`ItemReporter`), which moves the progress artifact item by item.
+
+**Item timeouts.** Prefect's ``timeout_seconds`` cannot stop a task that runs in a worker thread (it warns and lets
+it run), and a native solve cannot be interrupted from outside. So :func:`run_batch` enforces ``item_timeout``
+itself: the item runs in its own daemon thread; past the deadline the batch records the item's
+:class:`ItemTimeoutError` failure row ("timed out after N s") and goes on with the next item. The abandoned thread
+is asked to stop: the long loops' progress callbacks call :func:`check_deadline`, which raises in that thread at
+its next report (a Newton iteration, a training step), so it does not keep a core busy.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from tasks.shared.records import ItemResult, failure_row, write_item_tables
 
-__all__ = ["MAX_BATCH_SIZE", "BATCHES_PER_WORKER", "plan_batches", "batches", "run_batch", "ItemReporter"]
+__all__ = ["MAX_BATCH_SIZE", "BATCHES_PER_WORKER", "plan_batches", "batches", "run_batch", "ItemReporter",
+           "ItemTimeoutError", "check_deadline"]
 
 Item = TypeVar("Item")
 
@@ -31,6 +40,45 @@ MAX_BATCH_SIZE = 64
 
 BATCHES_PER_WORKER = 4
 """Guided scheduling: each batch takes ``1 / (BATCHES_PER_WORKER * workers)`` of the items still unplanned."""
+
+
+class ItemTimeoutError(TimeoutError):
+    """An item ran past the run's ``item_timeout``; its failure row says after how many seconds."""
+
+
+_item = threading.local()  # .deadline (monotonic seconds) and .timeout of the item this thread runs
+
+
+def check_deadline() -> None:
+    """Raise :class:`ItemTimeoutError` if the item running in this thread is past its deadline; else nothing.
+
+    Cheap (one attribute read and a clock read): call it from progress callbacks of long loops. Outside an item
+    with a timeout it never raises.
+    """
+    deadline = getattr(_item, "deadline", None)
+    if deadline is not None and time.monotonic() > deadline:
+        raise ItemTimeoutError(f"timed out after {_item.timeout:g} s")
+
+
+def _run_with_deadline(work: Callable[[Item], ItemResult], item: Item, timeout: float) -> ItemResult:
+    """``work(item)`` in a daemon thread; :class:`ItemTimeoutError` if it has not returned after ``timeout`` s."""
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        _item.deadline, _item.timeout = time.monotonic() + timeout, timeout
+        try:
+            outcome["result"] = work(item)
+        except BaseException as error:  # noqa: BLE001 - re-raised in the batch's thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=target, name="brenier-item", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise ItemTimeoutError(f"timed out after {timeout:g} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 def plan_batches(items: int, workers: int, requested: int | None = None) -> list[list[int]]:
@@ -93,6 +141,7 @@ def run_batch(
     tables: list[str],
     reporter: ItemReporter | None = None,
     logger: logging.Logger | logging.LoggerAdapter | None = None,
+    item_timeout: float | None = None,
 ) -> list[ItemResult]:
     """Run ``work`` on each item of a batch, landing each item's rows in the run's tables as it finishes.
 
@@ -104,6 +153,8 @@ def run_batch(
         tables: the run's table names (``failures`` is always written).
         reporter: called with the item id after each item.
         logger: gets one line per item (``[k/n] item: rows or failure, seconds``).
+        item_timeout: seconds one item may run (None: no limit); past it the item gets an
+            :class:`ItemTimeoutError` failure row and the batch goes on (see the module docstring).
 
     Returns:
         One :class:`ItemResult` per item, in order; an exception raised by ``work`` becomes a failure row at stage
@@ -114,7 +165,7 @@ def run_batch(
         start = time.perf_counter()
         item_id, uri = key(item)
         try:
-            result = work(item)
+            result = work(item) if item_timeout is None else _run_with_deadline(work, item, item_timeout)
         except Exception as error:  # noqa: BLE001 - one item's failure must not end its batch
             result = ItemResult(item_id, failures=[failure_row(run_id, item_id, uri, "task", error)])
         write_item_tables(store, run_id, result, tables)

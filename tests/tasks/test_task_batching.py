@@ -69,3 +69,39 @@ def test_geometry_images_batch_lands_each_mesh_in_the_tables(tmp_path: Path) -> 
     assert len(list((root / "geometry_images.parquet").glob("item-*.parquet"))) == 2
     failures = pd.read_parquet(root / "failures.parquet")
     assert failures[["item_id", "stage"]].values.tolist() == [["broken", "read"]]
+
+
+def test_an_item_past_its_timeout_gets_a_timeout_row_and_the_batch_goes_on(tmp_path: Path) -> None:
+    """A slow item (a sleep in a loop that reports progress, like a Newton solve) beside a normal one under a 2 s
+    item timeout: the batch returns in about 2 s, the slow item has its timeout row, the normal item its result,
+    and the abandoned thread stops at its next progress report."""
+    import threading
+    import time
+
+    from tasks.shared.batching import ItemTimeoutError, check_deadline
+
+    stopped = threading.Event()
+
+    def work(name: str) -> ItemResult:
+        if name == "slow":
+            try:
+                for _ in range(600):  # 60 s unless stopped
+                    time.sleep(0.1)
+                    check_deadline()
+            except ItemTimeoutError:
+                stopped.set()
+                raise
+        return ItemResult(name, {"failures": []}, [])
+
+    start = time.monotonic()
+    results = run_batch(["slow", "normal"], work, lambda name: (name, f"/data/{name}.obj"), str(tmp_path), "run",
+                        [], item_timeout=2.0)
+    assert time.monotonic() - start < 15
+    (failure,) = results[0].failures
+    assert (failure["item_id"], failure["error_type"], failure["message"]) == (
+        "slow", "ItemTimeoutError", "timed out after 2 s")
+    assert results[1].item_id == "normal" and not results[1].failures
+    assert stopped.wait(5)  # the abandoned item noticed its deadline
+    check_deadline()  # the batch's own thread has no deadline
+    failures = pd.read_parquet(tmp_path / "run" / "tables" / "failures.parquet")
+    assert failures["item_id"].tolist() == ["slow"]
