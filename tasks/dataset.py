@@ -13,13 +13,14 @@ import numpy as np
 import pandas as pd
 
 from storage.collections import list_collections
+from storage.errors import DatasetNotFoundError
 from storage.gaussians import list_scenes
 from storage.meshes import MeshItem, list_mesh_items
 from storage.tables import read_table, split_table, write_table
 from storage.zarr_store import ItemStore, read_file
 from tasks.shared.records import ItemResult, Row, failure_row
 
-__all__ = ["list_items", "begin_tables", "write_tables", "read_run_table", "read_arrays",
+__all__ = ["DatasetNotFoundError", "list_items", "begin_tables", "write_tables", "read_run_table", "read_arrays",
            "read_files", "crash_result"]
 
 ItemKind = Literal["meshes", "collections", "scenes"]

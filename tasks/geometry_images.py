@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from prefect import get_run_logger, task
 from prefect.exceptions import MissingContextError
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from otcore.device import resolve_device
 from otcore.errors import GeometryError
@@ -96,6 +96,13 @@ class GeometryImageConfig(PipelineConfig):
     strict: bool = Field(False, description="refuse meshes with degenerate or duplicate faces instead of repairing "
                          "them")
     follow_symlinks: bool = Field(False, description="read symbolic links that point outside the dataset folder")
+
+    @field_validator("resolution")
+    @classmethod
+    def _check_resolution(cls, value: int) -> int:
+        if value < 3 or (value - 1) & (value - 2):
+            raise ValueError("must be 2^n + 1, e.g. 65, 129, 257 or 513")
+        return value
 
     @model_validator(mode="after")
     def _check_codec(self) -> GeometryImageConfig:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Annotated
 
 import pandas as pd
-from cyclopts import App, Parameter
+from cyclopts import App, CycloptsError, Parameter
 from pydantic import BaseModel, Field
 from rich.console import Console
 from rich.table import Table
@@ -36,6 +36,7 @@ from flows.runtime.server_cli import server_app
 from flows.runtime.task_runner import make_task_runner
 from tasks.align_embeddings import AlignmentConfig
 from tasks.autodecoder import VARIANTS, AutodecoderConfig
+from tasks.dataset import DatasetNotFoundError, list_items
 from tasks.dataset import read_run_table as read_table
 from tasks.gaussian_reduction import GaussianReductionConfig
 from tasks.geometry_image_sequence import SequenceConfig
@@ -53,7 +54,8 @@ EXIT_SOME_FAILED = 3
 EXIT_GRACE_ENV = "BRENIER_EXIT_GRACE"
 """Environment variable: seconds the process may spend in teardown after its command finished (default 60)."""
 
-app = App(name="brenier", help="Optimal-transport geometry processing over whole 3D datasets.")
+app = App(name="brenier", help="Optimal-transport geometry processing over whole 3D datasets.",
+          print_error=False, exit_on_error=False)  # main() prints errors as one line, exit code 2
 app.command(server_app, name="server")
 console = Console(width=None if Console().is_terminal else 200)
 
@@ -83,6 +85,7 @@ class RunOptions(BaseModel):
 def launcher(
     *tokens: Annotated[str, Parameter(show=False, allow_leading_hyphen=True)],
     prefect_home: Annotated[Path | None, Parameter(env_var="BRENIER_PREFECT_HOME")] = None,
+    debug: bool = False,
 ) -> None:
     """brenier: Prefect flows of OT geometry processing on Dask.
 
@@ -93,10 +96,37 @@ def launcher(
     ----------
     prefect_home
         PREFECT_HOME (SQLite DB) of the local Prefect server brenier starts (default ~/.brenier/prefect).
+    debug
+        Print the full traceback of an error (by default: one line, and the traceback's file for a failed run).
     """
+    global _debug
+    _debug = debug
     if prefect_home is not None:
         os.environ["BRENIER_PREFECT_HOME"] = str(prefect_home)  # read by flows.runtime.prefect_server.prefect_home
     return app(tokens)
+
+
+class UsageError(Exception):
+    """A command line that cannot run; the message names what is wrong and with which item, and the fix."""
+
+
+USAGE_ERRORS: tuple[type[BaseException], ...] = (UsageError, DatasetNotFoundError, CycloptsError)
+"""Errors printed as one ``error: ...`` line with exit code 2, before any server or cluster starts."""
+
+_debug = False  # --debug: print tracebacks (set by the launcher)
+
+
+def _preflight(path: str, kind: str, run: RunOptions) -> None:
+    """Check the dataset and the store before a Prefect server or a Dask cluster starts.
+
+    Raises:
+        UsageError: the store is an existing file. storage.errors.DatasetNotFoundError: nothing of ``kind`` at
+            ``path`` (a missing path, a glob that matches nothing).
+    """
+    store = run.store
+    if "://" not in store and Path(store).exists() and not Path(store).is_dir():
+        raise UsageError(f"the store is a file, not a folder ({store}): give --store a folder")
+    list_items(path, kind)
 
 
 def exit_code(items: int, failed: int) -> int:
@@ -129,14 +159,53 @@ def main() -> None:
         code = exit_.code if isinstance(exit_.code, int) else (EXIT_OK if exit_.code is None else EXIT_FAILED)
     except KeyboardInterrupt:
         code = 130
-    except Exception:
-        console.print_exception()
+    except USAGE_ERRORS as error:
+        _print_error(error)
+        code = EXIT_USAGE
+    except Exception as error:  # noqa: BLE001 - the run itself failed: one line, the traceback in a file
+        _print_error(error, _traceback_file(error))
         code = EXIT_FAILED
     sys.stdout.flush()
     sys.stderr.flush()
     grace = float(os.environ.get(EXIT_GRACE_ENV, "60"))
     _exit_timer(grace, code)
     sys.exit(code)
+
+
+def _print_error(error: BaseException, log: Path | None = None) -> None:
+    """One line ``error: <message>`` (two with the traceback's file); the whole traceback only with --debug."""
+    if _debug and sys.exc_info()[0] is not None:
+        console.print_exception()
+    message = _validation_message(error) or " ".join(str(error).split()) or type(error).__name__
+    if not isinstance(error, USAGE_ERRORS):
+        message = f"{type(error).__name__}: {message}"
+    console.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    if log is not None and not _debug:
+        console.print(f"traceback: {log} (or run with --debug)", markup=False, highlight=False, soft_wrap=True)
+
+
+def _validation_message(error: BaseException) -> str | None:
+    """``--option: what is wrong (got value)`` for an option value its config model refused, else None."""
+    from pydantic import ValidationError
+
+    cause = error.__cause__ or error.__context__
+    if not isinstance(cause, ValidationError):
+        return None
+    return "; ".join(f"--{'.'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']} (got {e['input']!r})"
+                     if e["loc"] else f"{e['msg']}" for e in cause.errors())
+
+
+def _traceback_file(error: BaseException) -> Path | None:
+    """Write the traceback of ``error`` to a temporary log file; its path (None if it cannot be written)."""
+    import tempfile
+    import traceback
+
+    try:
+        with tempfile.NamedTemporaryFile("w", prefix="brenier-error-", suffix=".log", delete=False) as log:
+            log.write("".join(traceback.format_exception(error)))
+        return Path(log.name)
+    except OSError:
+        return None
 
 
 def _exit_timer(grace: float, code: int) -> None:
@@ -181,6 +250,7 @@ def geometry_images_command(
                                                      "the workers, 1 to 64)")] = None,
 ) -> int:
     """OT-parameterize every mesh, store geometry-image mipmaps in Zarr and their fidelity in Parquet."""
+    _preflight(path, "meshes", run)
     with prefect_api(announce=console.print):
         result = run.flow(geometry_images)(path, run.root(), config, run.run_id, batch_size)
     rows = read_table(result["tables"]["geometry_images"])
@@ -247,6 +317,7 @@ def train_restoration_command(
 ) -> int:
     """Train the geometry-image restoration network (use it with `geometry-images --restoration MODEL`)."""
     started = time.perf_counter()
+    _preflight(path, "meshes", run)
     with prefect_api(announce=console.print):
         result = run.flow(train_restoration)(path, run.root(), config, run.run_id)
     epochs = read_table(result["tables"]["restoration_epochs"])
@@ -278,6 +349,7 @@ def autodecoder_command(
     run: Annotated[RunOptions, Flat] = RunOptions(),
 ) -> int:
     """Train NeuralQAAD autodecoders on shape collections: one network + one code per shape, EM-kD per shape."""
+    _preflight(path, "collections", run)
     with prefect_api(announce=console.print):
         result = run.flow(autodecoder)(path, run.root(), config, variant, run.run_id)
     models = read_table(result["tables"]["autodecoder_models"])
@@ -319,6 +391,7 @@ def encode_command(
     if not model_item_id:
         raise ValueError(f"--model: expected RUN_ID/ITEM_ID, got {model!r}")
     model_root = RunOptions(store=model_store).root() if model_store else None
+    _preflight(path, "collections", run)
     with prefect_api(announce=console.print):
         result = run.flow(encode_shapes)(path, run.root(), model_run_id, model_item_id, model_root, config,
                                          chamfer_steps, qaad_steps, run.run_id)
@@ -341,6 +414,7 @@ def reduce_gaussians_command(
     run: Annotated[RunOptions, Flat] = RunOptions(),
 ) -> int:
     """Reduce 3DGS scenes with GHAP and pruning baselines; psnr/ssim of renders against the original."""
+    _preflight(path, "scenes", run)
     with prefect_api(announce=console.print):
         result = run.flow(gaussian_reduction)(path, run.root(), ratio, config, run.run_id)
     summary = summary_frame(read_table(result["tables"]["gaussian_reduction"]).to_dict(orient="records"))
@@ -365,6 +439,7 @@ def geometry_image_sequence_command(
     run: Annotated[RunOptions, Flat] = RunOptions(),
 ) -> int:
     """Geometry images of every frame of a sequence: one cut and map, one warm-started OT solve per frame."""
+    _preflight(path, "collections", run)
     with prefect_api(announce=console.print):
         result = run.flow(geometry_image_sequence)(path, run.root(), config, run.run_id)
     frames_table = read_table(result["tables"]["sequence_frames"])
