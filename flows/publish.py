@@ -106,7 +106,7 @@ def gather(
         gathered.add(result)
         logger.info("[%d/%d] %s: %s", done, len(futures), label, status)
         if progress is not None:
-            progress.update(progress_offset + done)
+            progress.update(progress_offset + done, [label])
     return gathered
 
 
@@ -144,6 +144,7 @@ def gather_batches(
                 max(map(len, plan), default=0))
     gathered = Gathered({name: [] for name in tables})
     reported: set[str] = set()
+    announced: set[str] = set()  # item ids passed to the progress so far
     finished = 0
     while pending:
         done = wait(list(pending), timeout=PROGRESS_POLL_SECONDS).done
@@ -165,8 +166,11 @@ def gather_batches(
             for result in outcome:
                 gathered.add(result)
             finished += len(indices)
+            reported |= {keys[i][0] for i in indices}
         if progress is not None:
-            progress.update(min(len(keys), max(finished, len(reported))))
+            newly = sorted(reported - announced)
+            announced |= reported
+            progress.update(min(len(keys), max(finished, len(reported))), newly)
     return gathered
 
 

@@ -34,7 +34,8 @@ from storage.errors import InputError
 from storage.image_codecs import CodecName, CodecSetting
 from storage.meshes import MeshItem, read_mesh
 from storage.zarr_store import ItemStore
-from tasks.shared.batching import ItemReporter, run_batch
+from tasks.shared.batching import ItemReporter, check_deadline, run_batch
+from tasks.shared.progress import report_progress, task_logger
 from tasks.shared.pyramid import encode_pyramid
 from tasks.shared.rate_distortion import rate_distortion_rows, setting_columns
 from tasks.shared.records import ItemResult, PipelineConfig, failure_row
@@ -48,7 +49,7 @@ PIPELINE_VERSION = "3"  # bump when outputs of unchanged inputs would change: in
 #    side info, rate_distortion rows stored with the item
 # 3: rate_distortion rows per restoration (restore, restore_seconds, model_bytes); --restoration
 
-PROGRESS_LOG_SECONDS = 30.0  # OT solves running longer than this log every Newton iteration
+PROGRESS_LOG_SECONDS = 10.0  # OT solves running longer than this report every Newton iteration
 
 PREVIEW_RESTORED = "restored_33"  # <method>/restored_33/{bilinear,neural}: the 33^2 level restored both ways
 PREVIEW_RESOLUTION = 33
@@ -187,18 +188,17 @@ def _sphere_stats(p: SphericalParameterization) -> dict[str, Any]:
 
 
 def _solve_progress(item_id: str):
-    """OT progress callback that logs ``(iteration, max cell mass error)`` once a solve runs long."""
+    """OT progress callback: checks the item's deadline every iteration and, once a solve runs long, reports
+    ``(iteration, max cell mass error)`` to the console and the task log."""
     start = time.perf_counter()
 
     def report(iteration: int, mass_error: float) -> None:
         seconds = time.perf_counter() - start
         if seconds < PROGRESS_LOG_SECONDS:
+            check_deadline()
             return
-        try:
-            logger = get_run_logger()
-        except MissingContextError:  # called as a plain function
-            logger = logging.getLogger(__name__)
-        logger.info("%s: OT iteration %d, max cell mass error %.2e, %.0f s", item_id, iteration, mass_error, seconds)
+        report_progress(task_logger(__name__), "%s: OT iteration %d, max cell mass error %.2e, %.0f s", item_id,
+                        iteration, mass_error, seconds)
 
     return report
 

@@ -32,6 +32,7 @@ from otcore.mesh.restoration_training import (
 )
 from storage.models import decode_model, encode_model
 from storage.zarr_store import ItemStore
+from tasks.shared.progress import report_progress
 from tasks.shared.records import ItemResult, PipelineConfig, failure_row
 from tasks.shared.restoration import MODEL_FORMAT, network_tensors
 
@@ -149,9 +150,9 @@ def train_restoration_model(item_ids: list[str], geometry_run_id: str, store: st
             item_store.write_checkpoint(arrays, meta, s.step)
 
     def on_epoch(s: RestorationTrainingState, record) -> None:
-        logger.info("restoration: epoch %d/%d loss %.3e, position L1 %.3e (bilinear %.3e), %.1f s",
-                    record.epoch + 1, training.epochs, record.loss, record.position_l1,
-                    record.bilinear_position_l1, record.seconds)
+        report_progress(logger, "restoration: epoch %d/%d loss %.3e, position L1 %.3e (bilinear %.3e), %.1f s",
+                        record.epoch + 1, training.epochs, record.loss, record.position_l1,
+                        record.bilinear_position_l1, record.seconds)
 
     train_restoration(state, pairs, on_step=on_step, on_epoch=on_epoch)
     data = encode_model(network_tensors(state.model), MODEL_FORMAT, {

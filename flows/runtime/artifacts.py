@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import base64
 import io
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 from uuid import UUID
 
 import numpy as np
@@ -43,7 +44,13 @@ class Progress:
         key: artifact key, e.g. ``"geometry-images-progress"``.
         total: number of items the run works on (0 shows 100 % at once).
         description: shown next to the bar in the UI.
+
+    Every update is also passed to the callables in :attr:`listeners` as ``(description, done, total, items)``,
+    ``items`` the ids of the items that finished since the last update when the caller knows them (the command
+    line's progress, :class:`flows.runtime.console.ItemProgress`).
     """
+
+    listeners: ClassVar[list[Callable[[str, int, int, list[str]], None]]] = []
 
     def __init__(self, key: str, total: int, description: str) -> None:
         self.total = total
@@ -51,12 +58,18 @@ class Progress:
         self.artifact_id: UUID = create_progress_artifact(
             progress=0.0 if total else 100.0, key=key, description=f"{description}: 0/{total} items"
         )
+        self._tell(0, [])
 
-    def update(self, done: int) -> None:
-        """Set the bar to ``100 * done / total`` percent."""
+    def update(self, done: int, items: list[str] | None = None) -> None:
+        """Set the bar to ``100 * done / total`` percent; ``items``: ids of the items finished since the last call."""
         percent = 100.0 * done / self.total if self.total else 100.0
         update_progress_artifact(self.artifact_id, percent,
                                  description=f"{self.description}: {done}/{self.total} items")
+        self._tell(done, items or [])
+
+    def _tell(self, done: int, items: list[str]) -> None:
+        for listener in list(self.listeners):
+            listener(self.description, done, self.total, items)
 
 
 def table_records(frame: pd.DataFrame) -> list[dict[str, Any]]:

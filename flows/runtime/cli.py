@@ -31,6 +31,7 @@ from flows.gaussian_reduction import DEFAULT_RATIOS, gaussian_reduction, summary
 from flows.geometry_image_sequence import geometry_image_sequence, summarize_sequence
 from flows.geometry_images import PARAMETERIZATIONS, SUMMARY_TITLES, geometry_images, summarize
 from flows.restoration import train_restoration
+from flows.runtime.console import ItemProgress, quiet_console
 from flows.runtime.prefect_server import prefect_api
 from flows.runtime.server_cli import server_app
 from flows.runtime.task_runner import make_task_runner
@@ -77,8 +78,15 @@ class RunOptions(BaseModel):
         return self.store if "://" in self.store else str(Path(self.store).resolve())
 
     def flow(self, flow):
-        """``flow`` on the Dask task runner these options describe."""
-        return flow.with_options(task_runner=make_task_runner(self.workers, self.dask_address))
+        """``flow`` on the Dask task runner these options describe, with a progress bar over its items."""
+        configured = flow.with_options(task_runner=make_task_runner(self.workers, self.dask_address))
+
+        def run(*args, **kwargs):
+            console.print(f"store: {self.root()}", markup=False, highlight=False, soft_wrap=True)
+            with ItemProgress(console):
+                return configured(*args, **kwargs)
+
+        return run
 
 
 @app.meta.default
@@ -86,6 +94,7 @@ def launcher(
     *tokens: Annotated[str, Parameter(show=False, allow_leading_hyphen=True)],
     prefect_home: Annotated[Path | None, Parameter(env_var="BRENIER_PREFECT_HOME")] = None,
     debug: bool = False,
+    verbose: bool = False,
 ) -> None:
     """brenier: Prefect flows of OT geometry processing on Dask.
 
@@ -98,9 +107,14 @@ def launcher(
         PREFECT_HOME (SQLite DB) of the local Prefect server brenier starts (default ~/.brenier/prefect).
     debug
         Print the full traceback of an error (by default: one line, and the traceback's file for a failed run).
+    verbose
+        Print every log line of Prefect, Dask and the tasks (by default: progress, warnings and results only; the
+        Prefect UI has every line either way).
     """
     global _debug
     _debug = debug
+    if not verbose:
+        quiet_console()
     if prefect_home is not None:
         os.environ["BRENIER_PREFECT_HOME"] = str(prefect_home)  # read by flows.runtime.prefect_server.prefect_home
     return app(tokens)
@@ -413,7 +427,11 @@ def reduce_gaussians_command(
     config: Annotated[GaussianReductionConfig, Flat] = GaussianReductionConfig(),
     run: Annotated[RunOptions, Flat] = RunOptions(),
 ) -> int:
-    """Reduce 3DGS scenes with GHAP and pruning baselines; psnr/ssim of renders against the original."""
+    """Reduce 3DGS scenes with GHAP and pruning baselines; psnr/ssim of renders against the original.
+
+    ``--cost kl|euclidean`` picks GHAP's cost for method ``ghap``; ``--method ghap-kl --method ghap-euclidean`` runs
+    both forms in one run.
+    """
     _preflight(path, "scenes", run)
     with prefect_api(announce=console.print):
         result = run.flow(gaussian_reduction)(path, run.root(), ratio, config, run.run_id)

@@ -94,9 +94,10 @@ def make_task_runner(workers: int | None = None, dask_address: str | None = None
     # Process workers: the same split through the BLAS/OpenMP variables they start with (torch reads them at import),
     # unless the user set them.
     env = {name: os.environ.get(name, str(threads)) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    # dashboard on a free port: the default 8787 prints a warning when another cluster of the machine holds it
     return BoundedDaskTaskRunner(
         cluster_class="distributed.LocalCluster",
-        cluster_kwargs={"n_workers": n, "threads_per_worker": 1, "processes": processes, "dashboard_address": None,
+        cluster_kwargs={"n_workers": n, "threads_per_worker": 1, "processes": processes, "dashboard_address": ":0",
                         **({"env": env} if processes else {})},
     )
 
