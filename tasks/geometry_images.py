@@ -54,7 +54,6 @@ PROGRESS_LOG_SECONDS = 10.0  # OT solves running longer than this report every N
 PREVIEW_RESTORED = "restored_33"  # <method>/restored_33/{bilinear,neural}: the 33^2 level restored both ways
 PREVIEW_RESOLUTION = 33
 
-TASK_TIMEOUT_SECONDS = 3600  # a hung solve fails (then retries once) instead of holding a worker forever
 
 
 class GeometryImageConfig(PipelineConfig):
@@ -64,7 +63,8 @@ class GeometryImageConfig(PipelineConfig):
     PIPELINE_VERSION: ClassVar[str] = PIPELINE_VERSION
     # strict / follow_symlinks only decide whether a mesh is read at all (refused or repaired / followed), never
     # what a readable mesh gives: default run ids are unchanged
-    IDENTITY_EXCLUDE: ClassVar[frozenset[str]] = frozenset({"strict", "follow_symlinks"})
+    # item_timeout only decides whether a slow mesh finishes, never what a finished one gives
+    IDENTITY_EXCLUDE: ClassVar[frozenset[str]] = frozenset({"strict", "follow_symlinks", "item_timeout"})
 
     resolution: int = Field(257, description="geometry image side, 2^n + 1")
     levels: int = Field(5, ge=1, description="mipmap levels (257 -> 129, 65, 33, 17)")
@@ -97,6 +97,8 @@ class GeometryImageConfig(PipelineConfig):
     strict: bool = Field(False, description="refuse meshes with degenerate or duplicate faces instead of repairing "
                          "them")
     follow_symlinks: bool = Field(False, description="read symbolic links that point outside the dataset folder")
+    item_timeout: float | None = Field(None, gt=0, description="seconds one mesh may take (parameterize + encode); "
+                                       "past it the mesh gets an ItemTimeoutError failure row and the run goes on")
 
     @field_validator("resolution")
     @classmethod
@@ -222,7 +224,7 @@ def _parameterize_sphere(record: ParameterizedMesh, item: MeshItem, vertices: np
     return record
 
 
-@task(name="parameterize-mesh", retries=1, retry_delay_seconds=2, timeout_seconds=TASK_TIMEOUT_SECONDS)
+@task(name="parameterize-mesh", retries=1, retry_delay_seconds=2)
 def parameterize_mesh(item: MeshItem, store: str, run_id: str, config: GeometryImageConfig) -> ParameterizedMesh:
     """Read one mesh, cut it to a disk, map it harmonically and by OT; write both uv maps to its Zarr group.
 
@@ -297,7 +299,7 @@ def _write_restored_preview(item_store: ItemStore, method: str, restorations: li
                                attrs={"from_resolution": int(level.shape[-1]), "units": "unit_bbox_diagonal"})
 
 
-@task(name="encode-geometry-images", retries=1, retry_delay_seconds=2, timeout_seconds=TASK_TIMEOUT_SECONDS)
+@task(name="encode-geometry-images", retries=1, retry_delay_seconds=2)
 def encode_geometry_images(record: ParameterizedMesh, store: str, run_id: str,
                            config: GeometryImageConfig) -> ItemResult:
     """Resample, quantise and mipmap each parameterization; code, restore and measure every level.
@@ -401,4 +403,4 @@ def geometry_images_batch(items: list[MeshItem], store: str, run_id: str, config
     except MissingContextError:  # called as a plain function
         logger = logging.getLogger(__name__)
     return run_batch(items, work, lambda item: (item.item_id, item.uri), store, run_id, tables,
-                     ItemReporter(progress_queue), logger)
+                     ItemReporter(progress_queue), logger, config.item_timeout)

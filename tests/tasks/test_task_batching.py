@@ -105,3 +105,31 @@ def test_an_item_past_its_timeout_gets_a_timeout_row_and_the_batch_goes_on(tmp_p
     check_deadline()  # the batch's own thread has no deadline
     failures = pd.read_parquet(tmp_path / "run" / "tables" / "failures.parquet")
     assert failures["item_id"].tolist() == ["slow"]
+
+
+def test_geometry_images_batch_enforces_item_timeout(tmp_path: Path, monkeypatch) -> None:
+    """``--item-timeout``: a mesh whose parameterization hangs (a sleep that reports progress through the OT
+    callback's deadline check) gets a timeout failure row; the next mesh of the batch is computed as usual."""
+    import time
+
+    import tasks.geometry_images as geometry_images_tasks
+    from tasks.shared.batching import check_deadline
+
+    real = geometry_images_tasks.parameterize_mesh
+
+    class Hangs:
+        @staticmethod
+        def fn(item, *args):
+            if item.item_id == "hangs":
+                for _ in range(600):
+                    time.sleep(0.1)
+                    check_deadline()
+            return real.fn(item, *args)
+
+    monkeypatch.setattr(geometry_images_tasks, "parameterize_mesh", Hangs)
+    items = [MeshItem("hangs", str(SAMPLES / "spot.obj")), MeshItem("woody", str(SAMPLES / "woody.obj"))]
+    config = GeometryImageConfig(resolution=33, levels=2, samples=1000, item_timeout=2)
+    results = geometry_images_batch.fn(items, str(tmp_path), "run", config, ["geometry_images", "rate_distortion"])
+    assert [(f["error_type"], f["message"]) for f in results[0].failures] == [("ItemTimeoutError",
+                                                                                "timed out after 2 s")]
+    assert not results[1].failures and len(results[1].rows("geometry_images")) == 4
