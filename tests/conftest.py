@@ -212,3 +212,12 @@ def check_ui_artifacts():
 def process_marker_factory() -> type[ProcessMarker]:
     """:class:`ProcessMarker` for fixtures of a wider scope than the function."""
     return ProcessMarker
+
+
+def printed_paths(output: str) -> list[str]:
+    """The absolute local paths a command printed (tokens starting with ``/`` after a blank), templates such as
+    ``<mesh>`` left out."""
+    import re
+
+    tokens = re.findall(r"(?:^|\s)(/[^\s,;()'\"]+)", output, flags=re.MULTILINE)
+    return [t.rstrip(".:") for t in tokens if "<" not in t and "{" not in t]

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import printed_paths
 
 from flows.runtime.console import ConsoleFilter
 from tasks.shared.progress import report_progress
@@ -66,6 +67,8 @@ def test_a_run_prints_progress_per_mesh_and_no_library_line(prefect_server, tmp_
     progress = [line for line in lines if re.match(r"\[[12]/2\] geometry images", line)]
     assert sorted(line.rsplit(": ", 1)[1] for line in progress) == ["spot", "woody"], lines  # one line per mesh
     assert any(line.startswith("run geometry-images-") for line in lines)
+    paths = printed_paths("\n".join(lines))
+    assert len(paths) >= 6 and [p for p in paths if not Path(p).exists()] == []  # store, pyramids, tables
     verbose = subprocess.run([*command[:3], "--verbose", *command[3:]], env=env, cwd=REPO, capture_output=True,
                              text=True, timeout=600)  # finished earlier: both meshes are skipped
     assert verbose.returncode == 0

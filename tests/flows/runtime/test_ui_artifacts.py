@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import printed_paths
 from PIL import Image
 
 from storage.tables import read_table
@@ -44,6 +45,8 @@ def run_cli(args: list[str], api_url: str, marker) -> tuple[str, str]:
     assert f"Prefect API: {api_url} (PREFECT_API_URL)" in output  # the configured server, none started
     assert "Starting temporary server" not in output  # nor by the Dask worker processes
     assert marker.leftovers() == []
+    paths = printed_paths(output)
+    assert paths and [p for p in paths if not Path(p).exists()] == [], output[-4000:]  # every printed path exists
     return output, re.findall(r"/runs/flow-run/([0-9a-f-]{36})", output)[-1]
 
 
