@@ -26,7 +26,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ConsoleFilter", "quiet_console", "ItemProgress"]
+from rich.console import Console
+
+__all__ = ["console", "ConsoleFilter", "quiet_console", "ItemProgress"]
+
+console = Console(width=None if Console().is_terminal else 200)
+"""The console every command prints to (200 columns where the output is not a terminal, so tables do not wrap)."""
 
 SETTINGS_ENV = "PREFECT_LOGGING_SETTINGS_PATH"
 
