@@ -9,41 +9,22 @@ returns the metric row and failure rows; bad input becomes a failure row, never 
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import numpy as np
 import torch
 from prefect import task
-from pydantic import Field
 
 from otcore.device import resolve_device
 from otcore.ot.spherical_ot import SphericalOTConfig, energy_distance, spherical_cost, train_spherical_ot
 from storage.embeddings import read_embeddings
 from storage.errors import InputError
 from storage.zarr_store import ItemStore
-from tasks.shared.records import ItemResult, PipelineConfig, failure_row
+from tasks.configs import AlignmentConfig
+from tasks.shared.records import ItemResult, failure_row
 
 __all__ = ["AlignmentConfig", "align_embedding_sets", "ALIGNMENT_VERSION"]
 
-ALIGNMENT_VERSION = "1"
+ALIGNMENT_VERSION = AlignmentConfig.PIPELINE_VERSION
 
-
-class AlignmentConfig(PipelineConfig):
-    """Parameters of the embedding-alignment job (documented defaults)."""
-
-    RUN_PREFIX: ClassVar[str] = "align"
-    PIPELINE_VERSION: ClassVar[str] = ALIGNMENT_VERSION
-    IDENTITY_EXCLUDE: ClassVar[frozenset[str]] = frozenset({"device"})
-
-    hidden: int = Field(128, ge=1, description="ICNN width")
-    layers: int = Field(3, ge=1, description="ICNN hidden layers")
-    steps: int = Field(300, ge=1, description="min-max outer steps")
-    inner_steps: int = Field(5, ge=1, description="map-potential steps per dual step")
-    batch_size: int = Field(512, ge=1)
-    lr: float = Field(3e-3, gt=0.0, description="Adam learning rate of both potentials")
-    seed: int = Field(0)
-    device: str = Field("auto", description="auto: cuda when the worker has a GPU, else cpu")
-    distance_points: int = Field(4000, ge=2, description="points per set for the energy distance (subsampled)")
 
 
 @task(name="align-embedding-sets", retries=1, retry_delay_seconds=2)

@@ -12,19 +12,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict
-from typing import ClassVar
 
 import numpy as np
 import torch
 from prefect import get_run_logger, task
-from pydantic import Field
 
 from otcore.device import resolve_device
 from otcore.mesh.geometry_image import dequantize
 from otcore.mesh.metrics import sample_surface_with_normals
-from otcore.mesh.neural_restoration import RestorationConfig
 from otcore.mesh.restoration_training import (
-    RestorationTrainingConfig,
     RestorationTrainingState,
     TrainingPair,
     new_restoration_state,
@@ -32,54 +28,17 @@ from otcore.mesh.restoration_training import (
 )
 from storage.models import decode_model, encode_model
 from storage.zarr_store import ItemStore
+from tasks.configs import TrainRestorationConfig
 from tasks.shared.progress import report_progress
-from tasks.shared.records import ItemResult, PipelineConfig, failure_row
+from tasks.shared.records import ItemResult, failure_row
 from tasks.shared.restoration import MODEL_FORMAT, network_tensors
 
 __all__ = ["TrainRestorationConfig", "train_restoration_model", "MODEL_ITEM", "MODEL_FILE", "PIPELINE_VERSION"]
 
-PIPELINE_VERSION = "1"
+PIPELINE_VERSION = TrainRestorationConfig.PIPELINE_VERSION
 MODEL_ITEM = "model"
 MODEL_FILE = "restoration.safetensors"
 TRAIN_TIMEOUT_SECONDS = 6 * 3600
-
-
-class TrainRestorationConfig(PipelineConfig):
-    """Parameters of the train-restoration pipeline (documented defaults; the pyramids are the geometry-images
-    flow's defaults)."""
-
-    RUN_PREFIX: ClassVar[str] = "restoration"
-    PIPELINE_VERSION: ClassVar[str] = PIPELINE_VERSION
-    IDENTITY_EXCLUDE: ClassVar[frozenset[str]] = frozenset({"device", "checkpoint_every", "threads"})
-
-    epochs: int = Field(40, ge=1, description="training epochs")
-    steps_per_epoch: int = Field(150, ge=1, description="steps per epoch")
-    images_per_step: int = Field(8, ge=1, description="meshes per step")
-    crop: int = Field(24, ge=2, description="side of the output window per mesh and step")
-    window: int = Field(5, ge=3, description="neighbourhood side of the encoder's input (odd)")
-    width: int = Field(24, ge=1, description="encoder channels")
-    blocks: int = Field(1, ge=0, description="residual 3x3 blocks of the encoder")
-    decoder_width: int = Field(32, ge=1, description="hidden width of the decoder MLP")
-    learning_rate: float = Field(2e-3, gt=0)
-    tangent_weight: float = Field(0.25, ge=0, description="weight of the error across the surface normal (the "
-                                  "error along it has weight 1)")
-    edge_weight: float = Field(0.5, ge=0, description="weight of the edge term")
-    surface_weight: float = Field(2.0, ge=0, description="weight of the point-to-surface term")
-    surface_samples: int = Field(100_000, ge=1, description="samples of each original mesh for the surface term")
-    seed: int = 0
-    device: str = Field("auto", description="'auto' (CUDA when the worker has it), 'cpu', 'cuda', ...")
-    checkpoint_every: int = Field(50, ge=1, description="training steps between checkpoints")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads of the training task (default: the "
-                                "worker's, one in a Dask worker process); the task runs alone after the images")
-
-    def training(self) -> RestorationTrainingConfig:
-        return RestorationTrainingConfig(
-            network=RestorationConfig(window=self.window, width=self.width, blocks=self.blocks,
-                                      decoder_width=self.decoder_width),
-            epochs=self.epochs, steps_per_epoch=self.steps_per_epoch, images_per_step=self.images_per_step,
-            crop=self.crop, learning_rate=self.learning_rate, tangent_weight=self.tangent_weight,
-            edge_weight=self.edge_weight,
-            surface_weight=self.surface_weight, seed=self.seed)
 
 
 def _pairs(store: str, geometry_run_id: str, item_ids: list[str], samples: int,

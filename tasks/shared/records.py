@@ -7,14 +7,11 @@ measured per Parquet table, its failure rows, and whether the item was finished 
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
-
-from pydantic import BaseModel
+from typing import Any
 
 from storage.tables import failure_row, write_item_rows
+from tasks.configs import PipelineConfig, run_id
 
 __all__ = ["ItemResult", "PipelineConfig", "run_id", "failure_row", "write_item_tables"]
 
@@ -73,36 +70,3 @@ def write_item_tables(store: str, run_id: str, result: ItemResult, tables: list[
             write_item_rows([row for row in rows if row["item_id"] == item_id], store, run_id, name, item_id)
 
 
-def run_id(prefix: str, payload: str) -> str:
-    """``<prefix>-<first 10 hex digits of sha256(payload)>``: a run id fixed by what the run computes."""
-    return f"{prefix}-{hashlib.sha256(payload.encode()).hexdigest()[:10]}"
-
-
-class PipelineConfig(BaseModel):
-    """Base of the pipelines' config models: the run id and the item fingerprint derived from the config.
-
-    Subclasses set ``RUN_PREFIX``, ``PIPELINE_VERSION`` (bump it when outputs of unchanged inputs would change:
-    it invalidates finished items) and ``IDENTITY_EXCLUDE``, the fields that change how a run is scheduled but not
-    what it computes (device, checkpoint interval, batch sizes of the task fan-out).
-    """
-
-    RUN_PREFIX: ClassVar[str]
-    PIPELINE_VERSION: ClassVar[str]
-    IDENTITY_EXCLUDE: ClassVar[frozenset[str]] = frozenset()
-
-    def default_run_id(self) -> str:
-        """Run id fixed by the config, so re-running the same job finds (and resumes or skips) its items."""
-        return run_id(self.RUN_PREFIX, self.model_dump_json(exclude=set(self.IDENTITY_EXCLUDE)) + self.PIPELINE_VERSION)
-
-    def fingerprint(self, *inputs: Any) -> str:
-        """Identity of an item's outputs: its inputs (e.g. the source's sha256), the config and the version.
-
-        Args:
-            inputs: JSON-serialisable values identifying the item's inputs, in a fixed order.
-
-        Returns:
-            64 hex digits (sha256).
-        """
-        config = self.model_dump(exclude=set(self.IDENTITY_EXCLUDE))
-        payload = json.dumps([*inputs, config, self.PIPELINE_VERSION], sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()
