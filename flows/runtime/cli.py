@@ -141,8 +141,8 @@ def preflight(path: str, kind: str, run: RunOptions) -> None:
     ``kind``.
 
     Raises:
-        UsageError: the store is an existing file. storage.errors.DatasetNotFoundError: nothing of ``kind`` at
-            ``path``.
+        UsageError: the store is an existing file, or the location cannot be listed (an unknown fsspec protocol,
+            missing credentials). storage.errors.DatasetNotFoundError: nothing of ``kind`` at ``path``.
     """
     store = run.store
     if "://" not in store and Path(store).exists() and not Path(store).is_dir():
@@ -154,7 +154,12 @@ def preflight(path: str, kind: str, run: RunOptions) -> None:
             raise DatasetNotFoundError(f"dataset location {path!r} does not exist")
     from tasks.dataset import list_items
 
-    list_items(path, kind)
+    try:
+        list_items(path, kind)
+    except DatasetNotFoundError:
+        raise
+    except Exception as error:  # noqa: BLE001 - an unknown protocol, missing credentials, an unreachable host
+        raise UsageError(f"cannot list dataset location {path!r}: {type(error).__name__}: {error}") from error
 
 
 def exit_code(items: int, failed: int) -> int:

@@ -28,6 +28,7 @@ def run_brenier(args: list[str], home: Path) -> subprocess.CompletedProcess:
     (["geometry-images", "data/samples/meshes", "--store", "README.md"], "README.md"),
     (["reduce-gaussians", "/nonexistent/scene.ply"], "/nonexistent/scene.ply"),
     (["autodecoder", "/nonexistent/crane.npz"], "/nonexistent/crane.npz"),
+    (["geometry-images", "foo://bucket/meshes"], "foo://bucket/meshes"),
 ])
 def test_usage_error_is_one_line_exit_2_and_starts_nothing(tmp_path: Path, args: list[str], named: str) -> None:
     home = tmp_path / "prefect-home"
