@@ -4,7 +4,9 @@ Problem: the crane sequence (175 frames in correspondence), prepared as ``brenie
 augmented cut and harmonic map of frame 0 gives the Diracs, each frame's barycentric vertex areas give the masses.
 Per tolerance (max relative cell-mass error), the chain solves every frame with OT-Net warm-started from the
 previous frame's state (frame 0 cold), and every ``--cold-every``-th frame again from a cold start. Steps are fit
-plus Newton steps (:attr:`otcore.ot.ot_net.OTNetResult.steps`).
+plus Newton steps (:attr:`otcore.ot.ot_net.OTNetResult.steps`); with ``fit_min_steps=0`` the fit runs only where
+Newton cannot start, so these are the Newton warm and cold starts (``bench/ot_net_reuse.py`` measures the network's
+own fit steps against them).
 
 Also reported: the max relative mass error each solve starts from, and how far each warm frame's map (cell
 centroids, the images of the area-preserving map) lies from the tightest tolerance's map, in texels of a 257^2
@@ -72,7 +74,7 @@ def main() -> None:
     tightest = min(args.tol)
     rows, maps = [], {}
     for tol in sorted(args.tol):
-        config = OTNetConfig(tol=tol)
+        config = OTNetConfig(tol=tol, fit_min_steps=0)  # Newton from the reused state (fit only if it cannot start)
         state, weights = None, []
         for k, nu in enumerate(masses):
             secant = secant_start_error(sites, nu, weights[-1], weights[-2]) if tol == tightest and k >= 2 else np.nan

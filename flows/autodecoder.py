@@ -1,7 +1,8 @@
 """Flows ``autodecoder`` and ``encode-shapes``: NeuralQAAD compression of shape collections.
 
-``autodecoder`` maps one training task per collection x variant over the Dask task runner (variants:
-``neuralqaad``, ``chamfer-only``, ``atlasnetv2``; see :data:`tasks.autodecoder.VARIANTS`), then writes the
+``autodecoder`` maps one training task per collection x variant over the Dask task runner (variants: the columns
+of the paper's Table 1, ``chamfer-only``, ``mse-random``, ``greedy``, ``neuralqaad``, and the ``atlasnetv2``
+baseline; see :data:`tasks.autodecoder.VARIANTS`), then writes the
 Parquet tables ``autodecoder_models`` (size, compression ratio, mean errors), ``autodecoder_shapes`` (em_kd and
 chamfer_l2 per shape), ``autodecoder_epochs`` (training curve) and ``failures``, and publishes a table artifact
 and a markdown summary, a progress artifact while it runs and a plot (training curves, rate-distortion).
@@ -54,7 +55,8 @@ def autodecoder(
             collections; local path or fsspec URL.
         store: root of the Zarr store and tables.
         config: pipeline parameters (:class:`tasks.autodecoder.AutodecoderConfig`).
-        variants: subset of ``neuralqaad``, ``chamfer-only``, ``atlasnetv2`` (default: ``["neuralqaad"]``).
+        variants: subset of :data:`tasks.autodecoder.VARIANTS` (``chamfer-only``, ``mse-random``, ``greedy``,
+            ``neuralqaad``, ``atlasnetv2``; default: ``["neuralqaad"]``).
         run_id: defaults to one derived from the config (a re-run resumes or skips).
 
     Returns:

@@ -2,9 +2,10 @@
 
 One cut (augmented through the appendages, :mod:`otcore.mesh.cut_augmentation`) and one harmonic map serve the shared
 connectivity; ``solve-sequence-ot`` solves semi-discrete OT frame after frame, each warm-started from the previous
-frame (OT-Net's reuse, or a Newton warm start), then ``encode-sequence-frames`` tasks encode batches of frames in
-parallel. Tables: ``sequence_frames`` (one row per frame: solver, steps, mass error, seconds, distortion),
-``sequence_geometry_images`` (one row per frame x level: chamfer_l2, hausdorff, compression) and ``failures``.
+frame (by default damped Newton from the previous weights; ``ot_solver="neural"``: OT-Net's reuse), then
+``encode-sequence-frames`` tasks encode batches of frames in parallel. Tables: ``sequence_frames`` (one row per
+frame: solver, steps, mass error, seconds, distortion), ``sequence_geometry_images`` (one row per frame x level:
+chamfer_l2, hausdorff, compression) and ``failures``.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["KDPartition", "as_points", "kd_depth", "kd_partition", "kd_split", "kd_split_pair"]
+__all__ = ["KDPartition", "as_points", "kd_depth", "kd_partition", "kd_split", "kd_split_batch", "kd_split_pair"]
 
 
 def as_points(points: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:
@@ -184,3 +184,61 @@ def _split_at_medians(
     order = torch.empty_like(members).scatter_(1, position, members)[valid]
     middle = offsets[:-1] + half
     return order, torch.cat([torch.stack([offsets[:-1], middle], 1).reshape(-1), offsets[-1:]])
+
+
+def kd_split_batch(
+    x: torch.Tensor, y: torch.Tensor, depth: int, split: str = "pca"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Paired balanced k-d partitions of ``B`` pairs of equal-size clouds at once (all shapes, all nodes per level).
+
+    The same partitions as :func:`kd_split_pair` (``split="pca"``) or :func:`kd_split` of each cloud
+    (``split="axis"``, the fixed cyclic axis order) applied to every pair ``(x[b], y[b])``, computed as one tree
+    level at a time over the ``B * 2**k`` nodes of all pairs (each pair starts as its own root node), so there is no
+    Python loop over shapes.
+
+    Args:
+        x, y: float tensors ``[B, N, d]`` on one device (any length unit).
+        depth: levels to split (``2**depth`` leaves per cloud).
+        split: ``"pca"`` (node ``s`` of ``x[b]`` and ``y[b]`` split along the principal axis of their union) or
+            ``"axis"`` (axis ``k % d`` at depth ``k``, each cloud on its own).
+
+    Returns:
+        ``(order_x, order_y, offsets)``: int64 ``[B, N]`` point indices of each cloud (local to the shape) with its
+        leaves stored consecutively, and int64 ``[2**depth + 1]`` leaf offsets shared by every cloud (leaf sizes
+        depend only on ``N``), on the device of ``x``.
+
+    Raises:
+        ValueError: if the clouds differ in shape, are not ``[B, N, d]``, or ``split`` is unknown.
+    """
+    if x.shape != y.shape or x.ndim != 3:
+        raise ValueError(f"kd_split_batch needs two [B, N, d] clouds of equal shape, got {tuple(x.shape)} and "
+                         f"{tuple(y.shape)}")
+    if split not in ("pca", "axis"):
+        raise ValueError(f"split must be 'pca' or 'axis', got {split!r}")
+    batch, n_points, dim = x.shape
+    device = x.device
+    flat_x, flat_y = x.reshape(-1, dim), y.reshape(-1, dim)
+    order_x = torch.arange(batch * n_points, device=device)
+    order_y = order_x.clone()
+    offsets = torch.arange(batch + 1, device=device) * n_points
+    for level in range(depth):
+        members_x, valid = _node_members(order_x, offsets)
+        members_y, _ = _node_members(order_y, offsets)
+        px, py = flat_x[members_x], flat_y[members_y]  # [S, width, d]
+        if split == "pca":
+            mask = valid[:, :, None].to(x.dtype)
+            count = 2.0 * mask.sum(1).clamp(min=1.0)
+            mean = ((px * mask).sum(1) + (py * mask).sum(1)) / count
+            cx, cy = (px - mean[:, None]) * mask, (py - mean[:, None]) * mask
+            covariance = cx.transpose(1, 2) @ cx + cy.transpose(1, 2) @ cy  # [S, d, d]
+            direction = torch.linalg.eigh(covariance).eigenvectors[:, :, -1]  # [S, d]
+            coord_x = (px * direction[:, None]).sum(2)
+            coord_y = (py * direction[:, None]).sum(2)
+        else:
+            coord_x, coord_y = px[:, :, level % dim], py[:, :, level % dim]
+        order_x, new_offsets = _split_at_medians(members_x, valid, offsets, coord_x)
+        order_y, _ = _split_at_medians(members_y, valid, offsets, coord_y)
+        offsets = new_offsets
+    shape_start = (torch.arange(batch, device=device) * n_points)[:, None]
+    return order_x.view(batch, n_points) - shape_start, order_y.view(batch, n_points) - shape_start, offsets[
+        : (1 << depth) + 1]

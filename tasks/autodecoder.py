@@ -18,8 +18,10 @@ from prefect import get_run_logger, task
 from pydantic import Field
 
 from otcore.device import resolve_device
-from otcore.points.autodecoder import Autodecoder
+from otcore.points.autodecoder import Autodecoder, matched_baseline_width
 from otcore.points.autodecoder_training import (
+    BASELINE_PATCHES,
+    VARIANTS,
     TrainingConfig,
     TrainingState,
     encode,
@@ -27,6 +29,7 @@ from otcore.points.autodecoder_training import (
     new_training_state,
     normalization,
     train,
+    variant_config,
 )
 from otcore.points.point_sampling import shape_points
 from storage.collections import ShapeCollection, read_collection
@@ -36,17 +39,17 @@ from tasks.shared.records import ItemResult, PipelineConfig, failure_row
 
 __all__ = ["AutodecoderConfig", "VARIANTS", "train_autodecoder", "encode_collection", "PIPELINE_VERSION", "load_model"]
 
-PIPELINE_VERSION = "2"  # 2: EM-kD scored with the principal-axis k-d split (otcore.points.em_kd.em_kd split="pca")
+# 2: EM-kD scored with the principal-axis k-d split (otcore.points.em_kd.em_kd split="pca")
+# 3: paper fidelity (issue 18): QAAD_GREEDY by per-leaf auction, PointNet-initialised codes, q_i re-fed to the
+#    per-patch layer, Eq. 11 Chamfer, the paper's AtlasNetV2 baseline (2 patches x 4 x 128), Table 1 variants
+PIPELINE_VERSION = "3"
 
 TRAIN_TIMEOUT_SECONDS = 12 * 3600  # one training run; checkpoints make the retry resume, not restart
 ENCODE_TIMEOUT_SECONDS = 2 * 3600
 
-VARIANTS: dict[str, tuple[str, str]] = {
-    "neuralqaad": ("neuralqaad", "qaad"),  # the paper's method
-    "chamfer-only": ("neuralqaad", "chamfer"),  # same network, augmented Chamfer for the whole budget
-    "atlasnetv2": ("atlasnetv2", "chamfer"),  # AtlasNetV2-style independent patches, same parameter count
-}
-"""Training variant -> (architecture, schedule)."""
+# VARIANTS (otcore.points.autodecoder_training): the columns of the paper's Table 1 -- chamfer-only ("Chamfer"),
+# mse-random ("MSE", random bijection), greedy ("+ GREEDY"), neuralqaad ("+ REASSIGN", the full method) -- and
+# atlasnetv2 (the paper's baseline). The earlier names neuralqaad, chamfer-only and atlasnetv2 keep their meaning.
 
 
 class AutodecoderConfig(PipelineConfig):
@@ -70,16 +73,23 @@ class AutodecoderConfig(PipelineConfig):
     learning_rate: float = Field(1e-3, gt=0)
     latent_learning_rate: float = Field(1e-3, gt=0)
     leaf_size: int = Field(1024, ge=1, description="k-d leaf size of QAAD_GREEDY and EM-kD")
+    encoder_init: bool = Field(True, description="train a PointNet encoder in the Chamfer phase and initialise the "
+                                                 "latent table from its codes (the paper); off: random codes")
+    refeed_points: bool = Field(True, description="the per-patch layer takes the features and q_i (the paper's "
+                                                  "folding); off: features only")
+    chamfer_form: str = Field("eq11", pattern="^(eq11|squared-mean)$",
+                              description="augmented Chamfer: eq11 (the paper: sums of unsquared nearest-neighbour "
+                                          "distances) or squared-mean (max of mean squared distances)")
+    baseline_patches: int = Field(BASELINE_PATCHES, ge=1,
+                                  description="patches of the atlasnetv2 baseline (power of two; 4 x 128 MLP each)")
     seed: int = 0
     device: str = Field("auto", description="'auto' (CUDA when the worker has it), 'cpu', 'cuda', 'cuda:1', ...")
     checkpoint_every: int = Field(50, ge=1, description="training steps between checkpoints")
     follow_symlinks: bool = Field(False, description="read symbolic links that point outside the dataset folder")
 
     def training(self, variant: str) -> TrainingConfig:
-        architecture, schedule = VARIANTS[variant]
-        return TrainingConfig(
-            architecture=architecture,
-            schedule=schedule,
+        """The :class:`TrainingConfig` of ``variant`` (a key of :data:`VARIANTS`) under this config."""
+        return variant_config(variant, TrainingConfig(
             latent_size=self.latent_size,
             n_patches=self.patches,
             points_per_shape=self.points_per_shape,
@@ -90,7 +100,10 @@ class AutodecoderConfig(PipelineConfig):
             latent_learning_rate=self.latent_learning_rate,
             leaf_size=self.leaf_size,
             seed=self.seed,
-        )
+            encoder_init=self.encoder_init,
+            refeed_points=self.refeed_points,
+            chamfer_form=self.chamfer_form,
+        ), self.baseline_patches)
 
 
 def _read(
@@ -212,7 +225,7 @@ def train_autodecoder(
                                 "architecture": training.architecture, "schedule": training.schedule,
                                 "shapes": points.shape[0], "points": points.shape[1],
                                 "point_source": config.point_source, "latent_size": config.latent_size,
-                                "patches": config.patches, "epochs": training.epochs,
+                                "patches": state.model.n_patches, "epochs": training.epochs,
                                 "steps": training.epochs * steps_per_epoch, "network_floats": network_floats,
                                 "latent_floats": latent_floats, "dataset_floats": dataset_floats,
                                 "compression_ratio": dataset_floats / (network_floats + latent_floats),
@@ -238,10 +251,10 @@ def _write_model(item_store: ItemStore, model: Autodecoder, decoded: np.ndarray,
                            attrs={"units": "input units", "shape_ids": list(collection.shape_ids)})
     item_store.write_array("normalization/centre", centre)
     item_store.write_array("normalization/scale", np.array([scale], dtype=np.float64))
-    architecture, _ = VARIANTS[variant]
     item_store.write_array("model_spec", np.zeros(0), attrs={
-        "architecture": architecture, "n_shapes": int(model.latents.shape[0]), "latent_size": model.latent_size,
+        "architecture": model.architecture, "n_shapes": int(model.latents.shape[0]), "latent_size": model.latent_size,
         "n_patches": model.n_patches, "n_points": model.n_points, "state_keys": list(model.state_dict()),
+        "refeed_points": model.refeed_points, "baseline_hidden": model.baseline_hidden,
     })
 
 
@@ -257,8 +270,11 @@ def load_model(store: str, run_id: str, item_id: str,
         raise RuntimeError(f"{item_store.uri} is not a finished training run")
     spec = item_store.read_attrs("model_spec")
     state = {k: torch.from_numpy(item_store.read_array(f"model/{k}")) for k in spec["state_keys"]}
+    # items written before pipeline version 3 have the width-matched baseline and no q_i re-feed
+    hidden = spec.get("baseline_hidden") or matched_baseline_width(spec["n_patches"], spec["latent_size"])
     model = Autodecoder(spec["n_shapes"], spec["latent_size"], state["input_points"].numpy(), spec["n_patches"],
-                        spec["architecture"])
+                        spec["architecture"], refeed_points=spec.get("refeed_points", False),
+                        baseline_hidden=hidden if isinstance(hidden, int) else tuple(hidden))
     model.load_state_dict(state)
     centre = item_store.read_array("normalization/centre")
     scale = float(item_store.read_array("normalization/scale")[0])
@@ -299,7 +315,8 @@ def encode_collection(
     targets = torch.from_numpy((points - centre) / scale).float().to(device)
     logger.info("%s: encoding %d shapes with %s", item_id, points.shape[0], model_item_id)
     latents = encode(model, targets, chamfer_steps=chamfer_steps, qaad_steps=qaad_steps,
-                     points_per_shape=config.points_per_shape, leaf_size=config.leaf_size, seed=config.seed)
+                     points_per_shape=config.points_per_shape, leaf_size=config.leaf_size, seed=config.seed,
+                     chamfer_form=config.chamfer_form)
     metrics = evaluate(model, targets, latents, leaf_size=config.leaf_size)
     factors = _unit_diagonal_factors(points, scale)
     item_store.write_array("latents", latents.cpu().numpy(), attrs={"shape_ids": list(collection.shape_ids)})

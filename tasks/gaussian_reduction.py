@@ -26,6 +26,7 @@ from otcore.device import resolve_device
 from otcore.splats.appearance_finetune import FineTuneConfig, finetune_appearance, render_views
 from otcore.splats.cameras import orbit_cameras
 from otcore.splats.image_metrics import psnr, ssim
+from otcore.splats.rasterizer import hit_counts
 from otcore.splats.reduction import REDUCTION_METHODS, reduce
 from otcore.splats.scene import scene_tensors
 from storage.errors import InputError
@@ -33,12 +34,16 @@ from storage.gaussians import GaussianScene, read_scene, write_scene
 from storage.zarr_store import ItemStore
 from tasks.shared.records import ItemResult, PipelineConfig, failure_row
 
-__all__ = ["GaussianReductionConfig", "METHODS", "reduce_scene", "PIPELINE_VERSION", "reduce_with"]
+__all__ = ["DEFAULT_METHODS", "GaussianReductionConfig", "METHODS", "reduce_scene", "PIPELINE_VERSION", "reduce_with"]
 
-PIPELINE_VERSION = "2"  # 2: orbit cameras framed on opacity-weighted percentiles of the means (floaters barely count)
+# 2: orbit cameras framed on opacity-weighted percentiles of the means (floaters barely count)
+# 3: GHAP cost option (``cost``, methods ghap-kl / ghap-euclidean), lightgaussian from training-view hit counts,
+#    fine-tuning with cached frozen geometry, 100 steps at twice the learning rates (was 200)
+PIPELINE_VERSION = "3"
 
 TASK_TIMEOUT_SECONDS = 6 * 3600  # one scene x ratio, every method, rendered and fine-tuned
 METHODS = REDUCTION_METHODS
+DEFAULT_METHODS = ("ghap", "random", "top_opacity", "lightgaussian")
 
 
 class GaussianReductionConfig(PipelineConfig):
@@ -51,16 +56,19 @@ class GaussianReductionConfig(PipelineConfig):
     IDENTITY_EXCLUDE: ClassVar[frozenset[str]] = frozenset({"device", "follow_symlinks"})
 
     methods: Annotated[list[str], Parameter(alias="--method")] = Field(
-        default_factory=lambda: list(METHODS), description=f"repeatable; some of {', '.join(METHODS)}")
+        default_factory=lambda: list(DEFAULT_METHODS), description=f"repeatable; some of {', '.join(METHODS)}")
     pen_size: int = Field(1024, ge=1, description="GHAP: at most this many Gaussians per k-d pen")
     max_iterations: Annotated[int, Parameter(alias="--iterations")] = Field(
         10, ge=1, description="GHAP: assignment/update rounds")
+    cost: str = Field("kl", pattern="^(kl|euclidean)$",
+                      description="GHAP cost of method 'ghap': KL + moment matching, or the released code's "
+                                  "|dmu|^2 + |dSigma|_F^2 (methods ghap-kl / ghap-euclidean fix it)")
     appearance: str = Field("weighted", pattern="^(weighted|nearest)$",
                             description="GHAP colour/opacity: opacity-weighted average of members, or nearest member")
     resolution: int = Field(128, ge=16, description="render width = height in pixels")
     views: int = Field(8, ge=1, description="held-out orbit cameras for psnr/ssim")
     train_views: int = Field(16, ge=1, description="orbit cameras of the fine-tuning targets")
-    finetune_steps: int = Field(200, ge=0, description="appearance fine-tuning steps (0: none)")
+    finetune_steps: int = Field(100, ge=0, description="appearance fine-tuning steps (0: none)")
     seed: int = Field(0, description="random baseline and fine-tuning view order")
     device: str = Field("auto", description="'auto' (CUDA when the worker has it), 'cpu', 'cuda', ...")
     follow_symlinks: bool = Field(False, description="read symbolic links that point outside the dataset folder")
@@ -71,16 +79,18 @@ def item_id_of(scene_id: str, ratio: float) -> str:
     return f"{scene_id}--r{ratio:.4g}"
 
 
-def reduce_with(method: str, scene: GaussianScene, count: int, config: GaussianReductionConfig) -> GaussianScene:
+def reduce_with(method: str, scene: GaussianScene, count: int, config: GaussianReductionConfig,
+                hits: np.ndarray | None = None) -> GaussianScene:
     """``scene`` reduced to exactly ``count`` Gaussians by ``method`` (one of :data:`METHODS`,
-    :func:`otcore.splats.reduction.reduce`).
+    :func:`otcore.splats.reduction.reduce`); ``hits`` ``[N]``: the originals' pixel hit counts in the training
+    views, needed by ``lightgaussian``.
 
     Raises:
-        ValueError: unknown method or a count out of range.
+        ValueError: unknown method or a count out of range, ``lightgaussian`` without hits.
     """
     reduced = reduce(method, scene.means, scene.scales, scene.quats, scene.opacities, scene.sh_dc, scene.sh_rest,
                      count, pen_size=config.pen_size, max_iterations=config.max_iterations,
-                     appearance=config.appearance, seed=config.seed)
+                     appearance=config.appearance, seed=config.seed, cost=config.cost, hits=hits)
     normals = None if reduced.kept is None or scene.normals is None else scene.normals[reduced.kept]
     return GaussianScene(scene.scene_id, "", reduced.means, reduced.scales, reduced.quats, reduced.opacities,
                          reduced.sh_dc, reduced.sh_rest, normals)
@@ -150,6 +160,9 @@ def reduce_scene(scene_uri: str, ratio: float, store: str, run_id: str, config: 
     original = _scene_tensors(scene, device)
     reference = render_views(original, eval_cameras)
     targets = render_views(original, train_cameras) if config.finetune_steps else None
+    # LightGaussian's global significance counts the pixels of the training views each original contributes to
+    hits = (hit_counts(original["means"], original["quats"], original["scales"], original["opacities"],
+                       train_cameras).cpu().numpy() if "lightgaussian" in config.methods else None)
     item_store.write_array("renders/original", _to_uint8(reference))
     logger.info("%s: %d -> %d Gaussians on %s, %d methods, %dx%d renders", item_id, len(scene), count, device,
                 len(config.methods), config.resolution, config.resolution)
@@ -159,7 +172,7 @@ def reduce_scene(scene_uri: str, ratio: float, store: str, run_id: str, config: 
     for method in config.methods:
         try:
             started = time.perf_counter()
-            reduced = reduce_with(method, scene, count, config)
+            reduced = reduce_with(method, scene, count, config, hits)
             seconds = time.perf_counter() - started
             write_scene(reduced, f"{item_store.uri}/ply/{method}.ply")
             params = _scene_tensors(reduced, device)

@@ -34,7 +34,9 @@ from tasks.shared.records import ItemResult, PipelineConfig, failure_row
 __all__ = ["SequenceConfig", "solve_sequence_ot", "encode_sequence_frames", "finish_sequence",
            "SEQUENCE_PIPELINE_VERSION"]
 
-SEQUENCE_PIPELINE_VERSION = "2"  # 2: convex-combination repair of centroid flips (otcore.mesh.convex_combination)
+SEQUENCE_PIPELINE_VERSION = "3"  # 2: convex-combination repair of centroid flips (otcore.mesh.convex_combination)
+# 3: ot_solver="neural" trains the network on every frame (OTNetConfig.fit_min_steps) and Newton starts from the
+#    best fit iterate; the default solver is Newton warm-started from the previous frame's weights (issue 18)
 
 
 class SequenceConfig(PipelineConfig):
@@ -46,7 +48,11 @@ class SequenceConfig(PipelineConfig):
     # are unchanged
     IDENTITY_EXCLUDE: ClassVar[frozenset[str]] = frozenset({"frames_per_task", "device", "follow_symlinks"})
 
-    ot_solver: Literal["newton", "neural"] = Field("neural", description="OT-Net (reusable) or damped Newton")
+    ot_solver: Literal["newton", "neural"] = Field("newton", description=(
+        "newton: damped Newton, each frame started from the previous frame's weights (--no-warm-start: from zero); "
+        "neural: OT-Net (arXiv 2306.08233), at least 10 Adam steps of the height network from the previous frame's "
+        "network, then Newton from the best iterate. On crane the network never saved a Newton step and took about "
+        "3x the seconds (bench/ot_net_reuse.py, otcore.ot.ot_net)"))
     warm_start: bool = Field(True, description="start each frame's solve from the previous frame's solution")
     frames: int | None = Field(None, ge=1, description="only the first N frames (default: all)")
     cut_paths: int = Field(8, ge=0, description="most cut-augmentation paths (Gu-Gortler-Hoppe 2002)")

@@ -88,7 +88,9 @@ class GeometryImageConfig(PipelineConfig):
     max_newton_iterations: int = Field(60, ge=1)
     cut_paths: int = Field(8, ge=0, description="most cut-augmentation paths through appendages (0: plain cut)")
     ot_solver: Literal["newton", "neural"] = Field(
-        "newton", description="semi-discrete OT solver: damped Newton or OT-Net (otcore.ot.ot_net)")
+        "newton", description="semi-discrete OT solver: damped Newton from zero weights, or OT-Net (otcore.ot.ot_net: "
+        "at least 10 Adam steps of the height network on the dual, then Newton from the best iterate; slower, see "
+        "bench/ot_net_reuse.py)")
     domain: Literal["square", "sphere"] = Field(
         "square", description="square: cut to a disk, OT onto [0,1]^2; sphere: closed genus-0 meshes only, "
         "spherical OT (HOTS3D) + seamless octahedral geometry image")

@@ -350,6 +350,7 @@ def _auction(
     scaling: float,
     max_rounds: int,
     prices: torch.Tensor | None = None,
+    relative_tolerance: float = AUCTION_REL_TOL,
 ) -> AuctionResult:
     """:func:`auction_assignment` on a validated ``cost``, optionally from initial prices ``[B, n]``."""
     batch, n, _ = cost.shape
@@ -358,7 +359,7 @@ def _auction(
     span = cost.amax((1, 2)) - low
     floor = 64.0 * torch.finfo(dtype).eps * torch.clamp(span, min=torch.finfo(dtype).tiny)
     if epsilon is None:
-        rel_tol: float | None = AUCTION_REL_TOL
+        rel_tol: float | None = relative_tolerance
         target = floor
     else:
         rel_tol = None
@@ -391,6 +392,7 @@ def auction_assignment(
     scaling: float = _AUCTION_SCALING,
     max_rounds: int = _AUCTION_MAX_ROUNDS,
     prices: torch.Tensor | None = None,
+    relative_tolerance: float = AUCTION_REL_TOL,
 ) -> AuctionResult:
     """Batched epsilon-optimal min-cost perfect assignment (Bertsekas auction with epsilon-scaling).
 
@@ -417,6 +419,8 @@ def auction_assignment(
         max_rounds: cap on bidding rounds.
         prices: optional ``[B, n]`` initial column prices (cost units), e.g. a coarse problem's dual; a warm start
             only: the guarantee above does not depend on it.
+        relative_tolerance: the certified mode's relative gap (default ``AUCTION_REL_TOL``); a looser one (e.g.
+            1e-2 for QAAD_GREEDY's initial bijection) saves the last, most expensive phases.
 
     Returns:
         :class:`AuctionResult`; each batch's cost is at most its optimum ``+ n * epsilon``.
@@ -433,6 +437,8 @@ def auction_assignment(
         raise ValueError(f"scaling must be in (0, 1), got {scaling}")
     if epsilon is not None and not epsilon > 0.0:
         raise ValueError(f"epsilon must be positive, got {epsilon}")
+    if not relative_tolerance > 0.0:
+        raise ValueError(f"relative_tolerance must be positive, got {relative_tolerance}")
     if not bool(torch.isfinite(cost).all()):
         raise ValueError("cost has non-finite entries")
-    return _auction(cost, epsilon, scaling, max_rounds, prices)
+    return _auction(cost, epsilon, scaling, max_rounds, prices, relative_tolerance)

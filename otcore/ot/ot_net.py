@@ -19,13 +19,49 @@ We work with power weights ``w_i = 2 h_i + |y_i|^2`` (cells ``argmin_i |x - y_i|
 * **Two phases.** *Fit* is the paper's training: Adam on ``(theta, r)`` with the dual gradient, cell masses
   estimated by scrambled Sobol points (``mass_estimator="qmc"``, any dimension, GPU-ready) or, on the unit
   square, computed exactly from the power diagram (``"exact"``, the default there: Monte-Carlo noise on ``~1/N``
-  masses is far above 1e-3). It runs until every cell holds at least ``fit_min_ratio`` of its mass, i.e. only
-  where Newton cannot start (empty or nearly empty cells). First-order steps do not reach 1e-3 on ``10^4``
-  cells: measured on spot's 2,975 cells, Adam with exact gradients still had max relative error 5-10 after
-  1,000 steps, and with a network step of 1e-3 it emptied cells that were not empty at the start. *Refine*
-  then takes damped Newton steps (:func:`otcore.ot.semi_discrete.solve_semi_discrete_ot`, exact power diagrams,
-  2-D only) from ``f_theta(y) + r`` to ``tol``.
-* **The fit does not yet rescue crowded starts.** Measured: on the unaugmented crane map (220 empty cells) the max
+  masses is far above 1e-3). It takes ``fit_min_steps`` steps on every target (10 by default, so a solve called
+  ``neural`` always trains the network and reports ``fit_steps > 0``), and more until every cell holds at least
+  ``fit_min_ratio`` of its mass. *Refine* then takes damped Newton steps
+  (:func:`otcore.ot.semi_discrete.solve_semi_discrete_ot`, exact power diagrams, 2-D only) from the best fit iterate
+  (lowest max relative mass error, the start included) to ``tol``. Before issue 18 the fit ran only where Newton
+  could not start, so on every real frame ``fit_steps`` was 0 and Newton did all the work. First-order steps do not
+  reach 1e-3 on ``10^4`` cells: on spot's 2,975 cells Adam with exact gradients still had max relative error 5-10
+  after 1,000 steps, and with a network step of 1e-3 it emptied cells that were not empty at the start.
+* **Does the network beat Newton?** No case found (issue 18). ``nice python bench/ot_net_reuse.py --frames 31``:
+  crane frames 0-30, 10,330 Diracs, tol 1e-6, statistics over frames 4-30, loaded 2-core machine (load 5.4);
+  "start" = max relative cell-mass error where Newton starts, "failed" = starts with an empty cell:
+
+  ===========================  ================  ======  ======================  ==============
+  method                       start median/max  failed  Newton median (mean)    seconds median
+  ===========================  ================  ======  ======================  ==============
+  Newton from zero (4 frames)  14.2 / 21.8       0       8                       3.52
+  weight reuse                 0.338 / 1.14      0       3 (2.78)                0.96
+  secant ``2w1 - w2``          0.278 / 0.88      0       3 (2.81)                0.91
+  OT-Net, 10 fit steps         0.338 / 1.14      0       3 (2.78)                3.18
+  Neumann-512 predictor        0.247 / 5.08      1       3 (3.15)                1.06
+  network across frames        0.204 / 0.93      0       3 (2.74)                1.94
+  ===========================  ================  ======  ======================  ==============
+
+  The network trained across the sequence (candidate (a): per-site Fourier and multi-scale mass-change features
+  -> weight change, trained online on the linearised dual residual of the last 16 solved frames) lowers the start
+  error, but the quadratic Newton tail hardly notices: 4 frames took one step fewer, 2 one more, and its training
+  (50 Adam steps) costs about a second per frame. Over frames 4-60 (an earlier run of the same bench, load 4.4) it
+  started lower on 43 of 57 frames (median 0.229 against reuse's 0.391) for 2.88 mean Newton steps against 2.90;
+  at tol 1e-3 (frames 4-40) 0.247 against 0.340 for 1.92 steps against 1.89. Regressing the weight change in L2
+  instead started from errors of 30-400. The paper's reuse (Adam from the previous network, exact masses) never
+  lowered the start: on all 27 frames the best of its 10 iterates was the reused start, at 3.3x the seconds.
+  First-order steps on the dual do not reduce the worst cell's error from a warm start (Adam with steps
+  0.002-0.05 / N and Jacobi-scaled gradient steps alike raised it within 3 steps).
+  On an H200 (Sobol-QMC fit, candidate (c)): from zero on crane frame 0, 200-400 steps at 2^20-2^22
+  Sobol points brought the error from 11.1 to 8.8 and left 1-8 cells empty, in 31-235 s (Newton from zero: 8 steps,
+  2.3 s; :func:`qmc_cell_masses` draws its Sobol points on the CPU, 0.5 s a step at 2^22 points);
+  from the reused state 30 steps at 2^22 points did not improve on reuse (QMC noise floor 0.12 against reuse
+  0.06-0.10). Candidate (b), 100k Diracs: on the augmented crane map (100,000 area samples) no cell is empty at
+  zero weights and Newton converges cold (9 steps, 40 s) and warm (3 steps, 8.5 s); on the bunny's plain-cut map
+  (65 empty Voronoi cells: sites closer than float64 power diagrams resolve) 40 QMC steps at 2^22 points left the
+  same 65 cells empty and 17,803 cells without a sample. So the sequence job defaults to Newton warm-started from
+  the previous frame's weights; ``neural`` stays as the paper's method, slower.
+* **The fit does not rescue crowded starts.** Measured: on the unaugmented crane map (220 empty cells) the max
   relative error grew from 15 to 176 in 140 fit steps; on 100k bunny samples (64 empty cells) 60 fit steps left
   60,176 cells empty. Newton fails on both too; :mod:`otcore.mesh.cut_augmentation` is what makes the crane solvable.
 * **What the network transfers.** Regressing the network onto the refined weights and evaluating it on moved
@@ -73,6 +109,12 @@ class OTNetConfig:
         correction_rate: Adam step of the per-target correction, in units of ``1 / N`` (a cell's area: the scale
             of the weight differences between neighbouring cells).
         fit_max_steps: cap on fit steps; reaching it raises :class:`OTConvergenceError`.
+        fit_min_steps: fit steps taken on every target, even when the start already meets ``fit_min_ratio``, so
+            that a ``neural`` solve always trains the network (:attr:`OTNetResult.fit_steps` ``>= fit_min_steps``;
+            0 restores "fit only where Newton cannot start"). The refine phase starts from the admissible fit
+            iterate with the lowest max relative mass error (the start included), so these steps never make
+            Newton's start worse; after them the fit stops at the first admissible iterate, or at once if one was
+            already seen.
         fit_min_ratio: the fit phase ends when every cell is non-empty and holds at least this fraction of its
             target mass (0: fit only where Newton cannot start, an empty cell).
         mass_estimator: ``"exact"`` (power diagram on the unit square) or ``"qmc"`` (scrambled Sobol points).
@@ -89,6 +131,7 @@ class OTNetConfig:
     learning_rate: float = 1e-4
     correction_rate: float = 0.05
     fit_max_steps: int = 3000
+    fit_min_steps: int = 10
     fit_min_ratio: float = 0.0
     mass_estimator: str = "exact"
     qmc_samples: int = 1 << 15
@@ -146,13 +189,16 @@ class OTNetResult:
     Attributes:
         weights: ``[N]`` float64 power weights ``f_theta(y) + r``.
         cells: exact power cells at the solution (``None`` when ``refine=False`` and the domain is not 2-D).
-        fit_steps: Adam steps on the dual (0 when the reused state already met ``fit_min_ratio``).
+        fit_steps: Adam steps on the dual (at least ``config.fit_min_steps``).
         newton_steps: damped Newton steps of the refine phase.
         mass_error: max over cells of ``|mass - nu| / nu`` at the solution.
         seconds: wall time.
-        history: max relative mass error at the start and after each step (fit, then Newton).
+        history: max relative mass error at the start and after each step (fit, then Newton; the Newton part
+            continues from the best fit iterate, not necessarily the last).
         state: the trained network and correction, to warm-start the next target.
         warm: whether the solve started from a given state.
+        refine_start_error: max relative mass error of the weights the refine phase starts from (the best fit
+            iterate; with ``exact`` masses or ``refine=True`` exact, otherwise the QMC estimate).
     """
 
     weights: np.ndarray
@@ -164,6 +210,7 @@ class OTNetResult:
     history: tuple[float, ...]
     state: OTNetState
     warm: bool = field(default=False)
+    refine_start_error: float = field(default=float("nan"))
 
     @property
     def steps(self) -> int:
@@ -213,8 +260,8 @@ def solve_ot_net(
         state: a previous solve's :attr:`OTNetResult.state` to start from (reuse); ``None`` for a cold start from
             ``h = 0``. The correction is reused only when the target count matches.
         config: :class:`OTNetConfig`.
-        refine: run the Newton refine phase (requires ``d = 2``); without it the fit phase runs to
-            ``fit_min_ratio`` only.
+        refine: run the Newton refine phase (requires ``d = 2``) from the best fit iterate; without it the
+            result is that iterate (``fit_min_steps`` steps, more until ``fit_min_ratio`` is met).
         progress: called after every fit step with ``(step, max relative mass error before the step)``.
 
     Returns:
@@ -222,9 +269,9 @@ def solve_ot_net(
 
     Raises:
         ValueError: on bad shapes, non-positive masses, an unknown estimator, ``"exact"`` or ``refine`` with
-            ``d != 2``, or a state of another dimension.
-        OTConvergenceError: if fitting does not reach ``fit_min_ratio`` in ``fit_max_steps`` or Newton does not
-            reach ``tol``.
+            ``d != 2``, a state of another dimension, or a negative ``fit_min_steps``.
+        OTConvergenceError: if no fit iterate reaches ``fit_min_ratio`` in ``max(fit_max_steps, fit_min_steps)``
+            steps, or Newton does not reach ``tol``.
     """
     start = time.perf_counter()
     sites = np.asarray(sites, dtype=np.float64)
@@ -240,6 +287,8 @@ def solve_ot_net(
         raise ValueError(f"exact cell masses and Newton refinement need 2-D sites, got d={dim}")
     if state is not None and state.dim != dim:
         raise ValueError(f"state was trained on {state.dim}-D targets, sites are {dim}-D")
+    if config.fit_min_steps < 0:
+        raise ValueError(f"fit_min_steps must be >= 0, got {config.fit_min_steps}")
     nu = masses / masses.sum()
 
     torch.manual_seed(config.seed)
@@ -268,13 +317,17 @@ def solve_ot_net(
 
     history: list[float] = []
     fit_steps = 0
+    best_error, best_weights = np.inf, None  # the refine phase starts from the best admissible fit iterate
     while True:
         weights = current_weights()
         cell_masses = masses_at(weights, fit_steps)
         history.append(float(np.max(np.abs(cell_masses - nu) / nu)))
-        if cell_masses.min() > 0.0 and np.min(cell_masses / nu) >= config.fit_min_ratio:
+        admissible = cell_masses.min() > 0.0 and np.min(cell_masses / nu) >= config.fit_min_ratio
+        if admissible and history[-1] < best_error:
+            best_error, best_weights = history[-1], weights.detach().cpu().numpy()
+        if fit_steps >= config.fit_min_steps and (admissible or best_weights is not None):
             break
-        if fit_steps == config.fit_max_steps:
+        if fit_steps >= max(config.fit_max_steps, config.fit_min_steps):
             raise OTConvergenceError(
                 f"OT-Net fit left {int((cell_masses <= config.fit_min_ratio * nu).sum())} cells at or below "
                 f"{config.fit_min_ratio:g} of their mass after {fit_steps} steps"
@@ -290,17 +343,19 @@ def solve_ot_net(
 
     with torch.no_grad():
         network_weights = network(points).cpu().numpy()
-    weights_np = network_weights + r.detach().cpu().numpy()
+    weights_np = best_weights if best_weights is not None else network_weights + r.detach().cpu().numpy()
     cells: PowerCells | None = None
     newton_steps = 0
+    refine_start_error = best_error if best_weights is not None else history[-1]
     if refine:
         solve = solve_semi_discrete_ot(sites, nu, tol=config.tol, max_iterations=config.max_newton_steps,
                                        initial_weights=weights_np)
         weights_np, cells, newton_steps = solve.weights, solve.cells, solve.iterations
+        refine_start_error = solve.history[0]
         history.extend(solve.history[1:])
         mass_error = solve.mass_error
     else:
-        mass_error = history[-1]
+        mass_error = refine_start_error
     new_state = OTNetState(
         network={k: v.detach().cpu().clone() for k, v in network.state_dict().items()},
         correction=weights_np - network_weights,
@@ -308,5 +363,5 @@ def solve_ot_net(
     )
     return OTNetResult(
         weights_np, cells, fit_steps, newton_steps, mass_error, time.perf_counter() - start, tuple(history),
-        new_state, warm=state is not None,
+        new_state, warm=state is not None, refine_start_error=refine_start_error,
     )

@@ -4,15 +4,19 @@
 from __future__ import annotations
 
 from otcore.points.autodecoder import (
+    ATLASNETV2_HIDDEN,
     AtlasNetV2Decoder,
     Autodecoder,
     NeuralQAADDecoder,
     PatchLayout,
+    PointNetEncoder,
     count_parameters,
     matched_baseline_width,
     patch_layout,
 )
 from otcore.points.autodecoder_training import (
+    BASELINE_PATCHES,
+    VARIANTS,
     EpochRecord,
     TrainingConfig,
     TrainingState,
@@ -21,6 +25,7 @@ from otcore.points.autodecoder_training import (
     new_training_state,
     normalization,
     train,
+    variant_config,
 )
 from otcore.points.chamfer import chamfer_l2
 from otcore.points.em_kd import EM_KD_SPLITS, EMKDResult, em_kd
@@ -31,10 +36,27 @@ from otcore.points.point_sampling import (
     sample_face_barycentrics,
     shape_points,
 )
-from otcore.points.qaad import augmented_chamfer, qaad_greedy, qaad_reassignment
+from otcore.points.qaad import (
+    CHAMFER_FORMS,
+    QAAD_ASSIGNMENTS,
+    augmented_chamfer,
+    leafwise_assignment,
+    qaad_greedy,
+    qaad_reassignment,
+    repair_bijection,
+)
 
 __all__ = [
+    "ATLASNETV2_HIDDEN",
     "AtlasNetV2Decoder",
+    "BASELINE_PATCHES",
+    "CHAMFER_FORMS",
+    "QAAD_ASSIGNMENTS",
+    "PointNetEncoder",
+    "VARIANTS",
+    "leafwise_assignment",
+    "repair_bijection",
+    "variant_config",
     "Autodecoder",
     "EMKDResult",
     "EM_KD_SPLITS",

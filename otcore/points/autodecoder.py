@@ -4,9 +4,13 @@ NeuralQAAD (Wagner & Schwanecke, VISAPP 2022, Sec. 3.1): every shape of a collec
 lookup table (autodecoding: no encoder); a trainable input cloud ``Q`` is split into ``K`` patches by a balanced k-d
 tree and each patch is folded onto the shape by an MLP of ``(q, z)``. The MLP's first layers are shared by all
 patches (paper: 256-128-128-64-3 with SELU, first four layers shared), only the last layer is per patch, which
-lets the network be deep and wide at a fraction of AtlasNetV2's parameters. The AtlasNetV2-style baseline
-(Deprelle et al., NeurIPS 2019, patch-deformation variant) gives every patch its own, independent MLP; here its
-width is chosen so that both models have the same parameter count.
+lets the network be deep and wide at a fraction of AtlasNetV2's parameters. As in the paper's folding, the
+per-patch layer sees the shared features *and* ``q_i`` again (``refeed_points=True``; ``False`` is the earlier
+features-only head). The AtlasNetV2 baseline (Deprelle et al., NeurIPS 2019, patch-deformation variant) gives
+every patch its own, independent MLP; the paper configures it with fewer patches and 4 hidden layers of width 128
+(:data:`ATLASNETV2_HIDDEN`), which is the default here; ``width=`` gives the earlier width-matched variant.
+:class:`PointNetEncoder` (Qi et al., CVPR 2017) maps a shape's points to a code; the paper trains one during the
+Chamfer phase to initialise the latent table (:mod:`otcore.points.autodecoder_training`).
 
 Both models evaluate all patches in one grouped op: points are laid out ``[B, K, s]`` (``s`` points per patch)
 and per-patch weights ``[K, in, out]`` are applied with one batched matmul, never a Python loop over patches.
@@ -21,6 +25,8 @@ import torch
 from torch import nn
 
 __all__ = [
+    "ATLASNETV2_HIDDEN",
+    "PointNetEncoder",
     "PatchLayout",
     "patch_layout",
     "NeuralQAADDecoder",
@@ -29,6 +35,9 @@ __all__ = [
     "count_parameters",
     "matched_baseline_width",
 ]
+
+
+ATLASNETV2_HIDDEN = (128, 128, 128, 128)  # the paper's AtlasNetV2 baseline: 4 hidden layers of width 128 per patch
 
 
 class PatchLayout:
@@ -96,16 +105,20 @@ class NeuralQAADDecoder(nn.Module):
         n_patches: ``K``.
         latent_size: ``l``, length of each shape's code.
         hidden: widths of the shared layers (paper: 256, 128, 128, 64); the last layer maps to 3 per patch.
+        refeed_points: the per-patch layer takes ``[features, q_i]`` (``hidden[-1] + 3`` inputs), as the paper's
+            folding re-feeds ``q_i``; False: features only (the earlier head).
     """
 
-    def __init__(self, n_patches: int, latent_size: int, hidden: tuple[int, ...] = (256, 128, 128, 64)):
+    def __init__(self, n_patches: int, latent_size: int, hidden: tuple[int, ...] = (256, 128, 128, 64),
+                 refeed_points: bool = True):
         super().__init__()
+        self.refeed_points = refeed_points
         # the first layer is split into its point and latent parts: the latent part is the same for every point of
         # a shape, so it is computed once per shape instead of once per point (same function, less work)
         self.point_in = nn.Linear(3, hidden[0])
         self.latent_in = nn.Linear(latent_size, hidden[0], bias=False)
         self.shared = nn.ModuleList(nn.Linear(a, b) for a, b in zip(hidden[:-1], hidden[1:], strict=True))
-        self.head = _GroupedLinear(n_patches, hidden[-1], 3)
+        self.head = _GroupedLinear(n_patches, hidden[-1] + (3 if refeed_points else 0), 3)
         self.activation = nn.SELU()
         _lecun_normal_(self.point_in.weight, self.latent_in.weight, fan_in=3 + latent_size)
         nn.init.zeros_(self.point_in.bias)
@@ -119,21 +132,26 @@ class NeuralQAADDecoder(nn.Module):
         h = self.activation(h)
         for layer in self.shared:
             h = self.activation(layer(h))
+        if self.refeed_points:
+            h = torch.cat([h, points], dim=-1)
         return self.head(h)
 
 
 class AtlasNetV2Decoder(nn.Module):
-    """AtlasNetV2-style baseline: one independent MLP per patch (no sharing), same depth and activation.
+    """AtlasNetV2 baseline: one independent MLP per patch (no sharing), SELU, evaluated as grouped matmuls.
 
     Args:
         n_patches: ``K``.
         latent_size: ``l``.
-        width: first hidden width ``w``; layers are ``w, w/2, w/2, w/4, 3`` (the paper's 256-128-128-64-3 shape).
+        width: None (default) for ``hidden``; a number ``w`` for the earlier width-matched shape
+            ``w, w/2, w/2, w/4`` (NeuralQAAD's 256-128-128-64 scaled down, see :func:`matched_baseline_width`).
+        hidden: hidden widths when ``width`` is None (default :data:`ATLASNETV2_HIDDEN`, the paper's 4 x 128).
     """
 
-    def __init__(self, n_patches: int, latent_size: int, width: int):
+    def __init__(self, n_patches: int, latent_size: int, width: int | None = None,
+                 hidden: tuple[int, ...] = ATLASNETV2_HIDDEN):
         super().__init__()
-        hidden = _baseline_hidden(width)
+        hidden = _baseline_hidden(width) if width is not None else tuple(hidden)
         self.point_in = _GroupedLinear(n_patches, 3, hidden[0])
         self.latent_in = nn.Parameter(torch.empty(n_patches, latent_size, hidden[0]))
         _lecun_normal_(self.point_in.weight, self.latent_in, fan_in=3 + latent_size)
@@ -147,6 +165,39 @@ class AtlasNetV2Decoder(nn.Module):
         for layer in self.layers[:-1]:
             h = self.activation(layer(h))
         return self.layers[-1](h)
+
+
+class PointNetEncoder(nn.Module):
+    """PointNet encoder (Qi et al., CVPR 2017, without the transform nets): a shared per-point MLP, max-pooling
+    over the points, then a linear map to a code.
+
+    NeuralQAAD trains one in the Chamfer phase so that the latent table starts from codes that already separate
+    the shapes, then continues by autodecoding (the table is optimised directly, the encoder is dropped and is not
+    part of the compressed model).
+
+    Args:
+        latent_size: ``l``.
+        hidden: widths of the per-point layers (default 64, 128, 256; SELU).
+    """
+
+    def __init__(self, latent_size: int, hidden: tuple[int, ...] = (64, 128, 256)):
+        super().__init__()
+        widths = (3,) + tuple(hidden)
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.out = nn.Linear(widths[-1], latent_size)
+        self.activation = nn.SELU()
+        for layer in self.layers:
+            _lecun_normal_(layer.weight, fan_in=layer.in_features)
+            nn.init.zeros_(layer.bias)
+        nn.init.normal_(self.out.weight, 0.0, 0.01 * widths[-1] ** -0.5)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, points: torch.Tensor) -> torch.Tensor:
+        """Codes ``[B, l]`` of point sets ``[B, S, 3]`` (float; invariant to the order of the ``S`` points)."""
+        h = points
+        for layer in self.layers:
+            h = self.activation(layer(h))
+        return self.out(h.amax(dim=1))
 
 
 def _lecun_normal_(*weights: torch.Tensor, fan_in: int) -> None:
@@ -189,6 +240,9 @@ class Autodecoder(nn.Module):
         n_patches: ``K`` (power of two).
         architecture: ``"neuralqaad"`` or ``"atlasnetv2"``.
         seed: seeds the parameter initialisation.
+        refeed_points: NeuralQAAD's per-patch layer re-takes ``q_i`` (:class:`NeuralQAADDecoder`).
+        baseline_hidden: hidden widths of each AtlasNetV2 patch MLP (default the paper's 4 x 128); an ``int`` is
+            the earlier width-matched shape (:func:`matched_baseline_width`).
 
     Raises:
         ValueError: unknown architecture, bad patch count.
@@ -202,6 +256,8 @@ class Autodecoder(nn.Module):
         n_patches: int,
         architecture: str = "neuralqaad",
         seed: int = 0,
+        refeed_points: bool = True,
+        baseline_hidden: tuple[int, ...] | int = ATLASNETV2_HIDDEN,
     ):
         super().__init__()
         generator_state = torch.random.get_rng_state()
@@ -209,15 +265,20 @@ class Autodecoder(nn.Module):
         try:
             points = torch.as_tensor(np.asarray(init_points), dtype=torch.float32)
             self.architecture = architecture
+            self.refeed_points = bool(refeed_points)
+            self.baseline_hidden = baseline_hidden if isinstance(baseline_hidden, int) else tuple(baseline_hidden)
             self.latents = nn.Parameter(0.01 * torch.randn(n_shapes, latent_size))
             self.input_points = nn.Parameter(points.clone())
             layout = patch_layout(points, n_patches)
             self.register_buffer("patch_index", layout.index)
             self.register_buffer("patch_valid", layout.valid)
             if architecture == "neuralqaad":
-                self.decoder: nn.Module = NeuralQAADDecoder(n_patches, latent_size)
+                self.decoder: nn.Module = NeuralQAADDecoder(n_patches, latent_size, refeed_points=refeed_points)
             elif architecture == "atlasnetv2":
-                self.decoder = AtlasNetV2Decoder(n_patches, latent_size, matched_baseline_width(n_patches, latent_size))
+                if isinstance(baseline_hidden, int):
+                    self.decoder = AtlasNetV2Decoder(n_patches, latent_size, width=baseline_hidden)
+                else:
+                    self.decoder = AtlasNetV2Decoder(n_patches, latent_size, hidden=tuple(baseline_hidden))
             else:
                 raise ValueError(f"unknown architecture {architecture!r} (expected 'neuralqaad' or 'atlasnetv2')")
         finally:

@@ -14,15 +14,40 @@ with the majorisation-minimisation scheme of that paper, which alternates
 * **assignment**: each original Gaussian goes, with all its mass, to its cheapest reduced Gaussian;
 * **update**: each reduced Gaussian becomes the minimiser of ``sum_{i -> j} w_i c(phi_i, phi~_j)``.
 
-**Cost.** ``c = KL(phi_i || phi~_j)``, the cost of the GHAP paper and of the CTD paper's clustering family: its update
-is closed-form *moment matching* (weighted mean of the means; weighted mean of ``Sigma_i + mu_i mu_i^T`` minus
-``mu~ mu~^T``, i.e. the covariance includes the spread of the means), so every MM step decreases the CTD and the
-scheme converges; it also only uses geometry, so appearance can be attached afterwards. Cost of an assignment:
+**Cost** (``cost=``, :data:`GHAP_COSTS`). Two forms, both batched over all pens, both with a closed-form update that
+is the exact minimiser, so every MM round lowers the CTD (up to float rounding; the re-seeding below cannot raise
+it either: the re-seeded original costs nothing once its slot is updated to it):
 
-    2 KL = tr(A_j Sigma_i) + (mu_i - mu~_j)^T A_j (mu_i - mu~_j) - 3 + log det Sigma~_j - log det Sigma_i,
+* ``"kl"``: ``c = KL(phi_i || phi~_j)`` with *moment matching* as the update (weighted mean of the means; weighted
+  mean of ``Sigma_i + mu_i mu_i^T`` minus ``mu~ mu~^T``, i.e. the covariance includes the spread of the means). The
+  CTD paper (Zhang, Zhang & Chen, IEEE T-IT 2023, Sec. on clustering-based GMR) shows that KL with moment matching
+  is the classical clustering reduction (Runnalls / Salmond family). Cost of an assignment:
 
-``A_j = Sigma~_j^-1``, computed for all (original, reduced) pairs of all pens with two batched matmuls (the second
-moments ``Sigma_i + mu_i mu_i^T`` against ``A_j`` as 9-vectors), in float64 after centring every pen.
+      2 KL = tr(A_j Sigma_i) + (mu_i - mu~_j)^T A_j (mu_i - mu~_j) - 3 + log det Sigma~_j - log det Sigma_i,
+
+  ``A_j = Sigma~_j^-1``, computed for all (original, reduced) pairs of all pens with two batched matmuls (the second
+  moments ``Sigma_i + mu_i mu_i^T`` against ``A_j`` as 9-vectors), in float64 after centring every pen. It is
+  scale-free (a change of units leaves every KL unchanged).
+* ``"euclidean"``: ``c = ||mu_i - mu~_j||^2 + ||Sigma_i - Sigma~_j||_F^2``, the cost of the authors' released code;
+  its minimiser is the weighted average of the means and, separately, of the covariances, *without* the
+  spread-of-means term (a merged Gaussian is as thin as its members, however far apart they sit). All pairs are one
+  batched ``cdist``-style matmul of 12-vectors ``(mu, vec Sigma)``. Not scale-free: the covariance term is in
+  units^4 against units^2 for the means, so on a scene whose Gaussians are small against its extent it is nearly
+  k-means on the means.
+
+Which form the paper states, and which the code uses: the code indexed as the GHAP release (the public mirror of
+``DrunkenPoet/GHAP`` holds only the README, the two run scripts and the figures; the Python files that carry its
+class names ``KdGMR_CTD`` / ``GMM_Sampler`` and ``gaussian_model_reduction`` were read un-attributed) computes, in
+a function it names ``TensorKL(means, covs)``, ``||mu2 - mu1||^2 + ||Sigma2 - Sigma1||_F^2``
+(``torch.linalg.norm(mean_diff) ** 2 + torch.linalg.matrix_norm(cov_diff, ord='fro') ** 2``), and in
+``GMM_Sampler._support_update`` averages means and covariances with the transport plan's columns, the
+spread-of-means term commented out. The paper (arXiv 2506.09534) frames the method as CTD minimisation over a
+k-d-tree partition with a generic cost ``c``; the stored copies available here (abstract, reviews) do not show the
+cost it fixes in its method section, so this module does not claim either form as "the paper's": ``"kl"`` is the
+CTD paper's clustering cost and this project's default (it measured better here, see ``bench/ghap_quality.py``),
+``"euclidean"`` is the released code's. The released code also differs elsewhere: random initialisation, per-pen
+weights normalised to 1, empty components dropped (fewer than ``target`` Gaussians), and in one version the kept
+Gaussians are the originals nearest to the reduced ones (a pruning), not the reduced ones.
 
 **Exact count.** Pens get ``round(target * pen_size / N)`` by largest remainders (the counts add up to the target
 exactly); a reduced Gaussian that receives no original after an assignment (where the authors' code loses it and
@@ -45,7 +70,12 @@ from scipy.spatial.transform import Rotation
 
 from otcore.kd_tree import as_points, kd_depth, kd_split
 
-__all__ = ["GHAPResult", "allocate_counts", "ghap_reduce", "covariances_to_scales_quats", "merge_appearance"]
+__all__ = [
+    "GHAP_COSTS", "GHAPResult", "allocate_counts", "ghap_reduce", "covariances_to_scales_quats", "merge_appearance",
+]
+
+GHAP_COSTS = ("kl", "euclidean")
+"""Cost forms of :func:`ghap_reduce` (module docstring)."""
 
 _MAX_CHUNK_ENTRIES = 1 << 24  # cost entries (float64) per batch of pens: bounds memory at ~130 MB per buffer
 _REL_RIDGE = 1e-9  # ridge on reduced covariances, relative to the pen's squared extent (keeps A_j finite)
@@ -60,11 +90,14 @@ class GHAPResult:
         covariances: float64 ``[M, 3, 3]`` reduced covariances (squared input units), symmetric positive definite.
         weights: float64 ``[M]`` total weight of the originals assigned to each reduced Gaussian (> 0).
         assignment: int64 ``[N]`` index of the reduced Gaussian each original is assigned to.
-        costs: float64 ``[N]`` ``KL(phi_i || phi~_assignment[i])`` (nats).
+        costs: float64 ``[N]`` ``c(phi_i, phi~_assignment[i])`` under ``cost`` (KL: nats; euclidean: squared input
+            units plus squared covariance units).
         pen: int64 ``[N]`` pen index of each original.
         n_pens: number of pens ``S``.
         iterations: assignment/update rounds run.
-        ctd: weight-normalised CTD ``sum_i w_i c_i / sum_i w_i`` after each round (non-increasing up to re-seeding).
+        ctd: weight-normalised CTD ``sum_i w_i c_i / sum_i w_i`` after each round's update (non-increasing, up to
+            float rounding and, for ``"kl"``, the 1e-9 relative ridge).
+        cost: the cost form, one of :data:`GHAP_COSTS`.
         reseeded: reduced Gaussians re-seeded because they received no original (summed over rounds).
     """
 
@@ -78,6 +111,7 @@ class GHAPResult:
     iterations: int
     ctd: list[float] = field(default_factory=list)
     reseeded: int = 0
+    cost: str = "kl"
 
 
 def allocate_counts(pen_sizes: np.ndarray | torch.Tensor, target: int) -> torch.Tensor:
@@ -115,6 +149,7 @@ def ghap_reduce(
     target: int,
     pen_size: int = 1024,
     max_iterations: int = 10,
+    cost: str = "kl",
 ) -> GHAPResult:
     """Reduce the mixture ``sum_i w_i N(mu_i, Sigma_i)`` to exactly ``target`` Gaussians (GHAP, see module doc).
 
@@ -130,13 +165,18 @@ def ghap_reduce(
         pen_size: at most this many originals per pen (balanced k-d leaves); pens are merged (fewer, larger) when
             there would be more pens than ``target``.
         max_iterations: assignment/update rounds; stops earlier when an assignment repeats.
+        cost: ``"kl"`` (KL + moment matching) or ``"euclidean"`` (``||dmu||^2 + ||dSigma||_F^2`` + plain averages,
+            the released code's); see the module docstring.
 
     Returns:
         :class:`GHAPResult` (numpy arrays).
 
     Raises:
-        ValueError: on mismatched shapes, non-finite input, negative weights or a ``target`` out of range.
+        ValueError: on mismatched shapes, non-finite input, negative weights, a ``target`` out of range or an unknown
+            ``cost``.
     """
+    if cost not in GHAP_COSTS:
+        raise ValueError(f"GHAP cost must be one of {GHAP_COSTS}, got {cost!r}")
     mu = as_points(means, "means").to(torch.float64)
     n = mu.shape[0]
     if mu.shape[1] != 3:
@@ -183,7 +223,7 @@ def ghap_reduce(
     per_pen = max(1, _MAX_CHUNK_ENTRIES // max(1, width * slots))
     for start in range(0, n_pens, per_pen):
         sl = slice(start, min(n_pens, start + per_pen))
-        result = _reduce_pens(mu, cov, w, index[sl], valid[sl], comp_valid[sl], init[sl], max_iterations)
+        result = _reduce_pens(mu, cov, w, index[sl], valid[sl], comp_valid[sl], init[sl], max_iterations, cost)
         out_means[sl], out_cov[sl], out_w[sl], assign[sl], costs[sl] = result[:5]
         weighted_costs[: len(result[5])] += torch.tensor(result[5], dtype=torch.float64)
         if len(result[5]) < len(weighted_costs):  # converged early: its last value holds for later rounds
@@ -213,10 +253,11 @@ def ghap_reduce(
         iterations=iterations,
         ctd=(weighted_costs[:iterations] / total_weight).tolist(),
         reseeded=reseeded,
+        cost=cost,
     )
 
 
-def _reduce_pens(mu, cov, w, index, valid, comp_valid, init, max_iterations):
+def _reduce_pens(mu, cov, w, index, valid, comp_valid, init, max_iterations, cost):
     """MM iterations for a batch of pens; returns per-slot means/covariances/weights, assignment, costs, the
     weighted cost after each round and the number of re-seeded slots."""
     pen_mu, pen_cov = mu[index], cov[index]  # [S, P, 3], [S, P, 3, 3]
@@ -225,42 +266,85 @@ def _reduce_pens(mu, cov, w, index, valid, comp_valid, init, max_iterations):
     pen_w = torch.where(uniform, 1.0, pen_w)
     centre = (pen_w[..., None] * pen_mu).sum(1, keepdim=True) / pen_w.sum(1, keepdim=True)[..., None]
     pen_mu = pen_mu - centre
-    second = pen_cov + pen_mu[..., :, None] * pen_mu[..., None, :]  # [S, P, 3, 3] second moments about the centre
-    extent2 = torch.where(valid, (pen_mu**2).sum(-1), 0.0).amax(1).clamp(min=1e-30)  # [S]
-    ridge = _REL_RIDGE * extent2[:, None, None, None] * torch.eye(3, dtype=mu.dtype, device=mu.device)
-    sign, logdet_i = torch.linalg.slogdet(pen_cov)  # [S, P]; degenerate (flat) originals get the ridge
-    logdet_i = torch.where(sign > 0, logdet_i, torch.logdet(pen_cov + ridge))
-    logdet_i = torch.where(valid, logdet_i, 0.0)
+    if cost == "kl":
+        second = pen_cov + pen_mu[..., :, None] * pen_mu[..., None, :]  # [S, P, 3, 3] second moments about the centre
+        extent2 = torch.where(valid, (pen_mu**2).sum(-1), 0.0).amax(1).clamp(min=1e-30)  # [S]
+        ridge = _REL_RIDGE * extent2[:, None, None, None] * torch.eye(3, dtype=mu.dtype, device=mu.device)
+        sign, logdet_i = torch.linalg.slogdet(pen_cov)  # [S, P]; degenerate (flat) originals get the ridge
+        logdet_i = torch.where(sign > 0, logdet_i, torch.logdet(pen_cov + ridge))
+        logdet_i = torch.where(valid, logdet_i, 0.0)
+
+        def update(assign):
+            return _moment_match(assign, pen_w, pen_mu, second, comp_valid, ridge)[:2]
+
+        def all_scores(red_mu, red_cov):
+            return _assignment_scores(pen_mu, second, red_mu, red_cov, comp_valid)
+
+        def to_cost(picked):  # KL from the assignment scores (they drop terms that depend on i only)
+            return 0.5 * (picked - 3.0 - logdet_i)
+    else:
+        features = torch.cat([pen_mu, pen_cov.flatten(-2)], dim=-1)  # [S, P, 12]: (mu, vec Sigma)
+        sq_norm = (features * features).sum(-1)  # [S, P]
+
+        def update(assign):
+            return _average(assign, pen_w, features, comp_valid)
+
+        def all_scores(red_mu, red_cov):
+            return _euclidean_scores(features, sq_norm, red_mu, red_cov, comp_valid)
+
+        def to_cost(picked):
+            return picked
 
     assign = torch.where(valid, init, 0)
-    red_mu, red_cov, _ = _moment_match(assign, pen_w, pen_mu, second, comp_valid, ridge)
+    red_mu, red_cov = update(assign)
     history, reseeded = [], 0
 
-    def kl(scores, chosen):  # KL of each original to its chosen slot, from the assignment scores
-        kl = 0.5 * (scores.gather(2, chosen[..., None])[..., 0] - 3.0 - logdet_i)
-        return torch.where(valid, kl.clamp(min=0.0), 0.0)
+    def cost_of(scores, chosen):  # cost of each original to its chosen slot, from the assignment scores
+        picked = to_cost(scores.gather(2, chosen[..., None])[..., 0])
+        return torch.where(valid, picked.clamp(min=0.0), 0.0)
 
     def ctd(scores):  # weighted cost of the current (assignment, reduced mixture) pair
-        return float((kl(scores, assign) * pen_w).sum())
+        return float((cost_of(scores, assign) * pen_w).sum())
 
     for _ in range(max_iterations):
-        scores = _assignment_scores(pen_mu, second, red_mu, red_cov, comp_valid)  # [S, P, M]
+        scores = all_scores(red_mu, red_cov)  # [S, P, M]
         history.append(ctd(scores))
         new_assign = torch.where(valid, scores.argmin(dim=2), 0)
-        new_assign, moved = _reseed_empty(new_assign, kl(scores, new_assign) * pen_w, valid, comp_valid)
+        new_assign, moved = _reseed_empty(new_assign, cost_of(scores, new_assign) * pen_w, valid, comp_valid)
         reseeded += moved
         if torch.equal(new_assign, assign):
             break
         assign = new_assign
-        red_mu, red_cov, _ = _moment_match(assign, pen_w, pen_mu, second, comp_valid, ridge)
+        red_mu, red_cov = update(assign)
     else:
-        scores = _assignment_scores(pen_mu, second, red_mu, red_cov, comp_valid)
+        scores = all_scores(red_mu, red_cov)
         history.append(ctd(scores))
-    costs = kl(scores, assign)
+    costs = cost_of(scores, assign)
     red_w = torch.zeros(comp_valid.shape, dtype=pen_w.dtype, device=pen_w.device)
     red_w.scatter_add_(1, assign, torch.where(uniform, 0.0, pen_w))
     costs = torch.where(valid, costs, 0.0)
     return red_mu + centre, red_cov, red_w, assign, costs, history, reseeded
+
+
+def _average(assign, pen_w, features, comp_valid):
+    """Weighted averages per slot of the members' means and covariances (the minimiser of the euclidean cost):
+    ``[S, M, 3]`` means, ``[S, M, 3, 3]`` covariances."""
+    n_pens, slots = comp_valid.shape
+    mass = torch.zeros(n_pens, slots, dtype=pen_w.dtype, device=pen_w.device).scatter_add_(1, assign, pen_w)
+    total = torch.zeros(n_pens, slots, features.shape[-1], dtype=pen_w.dtype, device=pen_w.device)
+    total.scatter_add_(1, assign[..., None].expand(-1, -1, features.shape[-1]), pen_w[..., None] * features)
+    mean = total / mass.clamp(min=1e-300)[..., None]
+    red_cov = mean[..., 3:].unflatten(-1, (3, 3))
+    return mean[..., :3], 0.5 * (red_cov + red_cov.transpose(-1, -2))
+
+
+def _euclidean_scores(features, sq_norm, red_mu, red_cov, comp_valid):
+    """``||mu_i - mu~_j||^2 + ||Sigma_i - Sigma~_j||_F^2`` for all pairs of each pen: ``[S, P, M]``, ``inf`` on unused
+    slots; ``|x_i|^2 - 2 x_i . y_j + |y_j|^2`` of the 12-vectors ``x = (mu, vec Sigma)``, one batched matmul."""
+    red = torch.cat([red_mu, red_cov.flatten(-2)], dim=-1)  # [S, M, 12]
+    const = torch.where(comp_valid, (red * red).sum(-1), torch.inf)  # [S, M]
+    scores = torch.baddbmm(const[:, None, :] + sq_norm[..., None], features, red.transpose(1, 2), alpha=-2.0)
+    return scores
 
 
 def _moment_match(assign, pen_w, pen_mu, second, comp_valid, ridge):

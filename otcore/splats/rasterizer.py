@@ -59,9 +59,9 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from otcore.splats.cameras import Camera
-from otcore.splats.spherical_harmonics import eval_sh
+from otcore.splats.spherical_harmonics import _sh_basis, eval_sh
 
-__all__ = ["ALPHA_MAX", "ALPHA_MIN", "T_MIN", "Backend", "render"]
+__all__ = ["ALPHA_MAX", "ALPHA_MIN", "T_MIN", "Backend", "FrozenGeometryView", "hit_counts", "render"]
 
 ALPHA_MIN = 1.0 / 255.0
 """Splats with ``alpha`` below this are skipped per pixel (INRIA / gsplat)."""
@@ -372,6 +372,94 @@ def _render_gsplat(
     return render_colors[0], render_alphas[0, ..., 0]
 
 
+@dataclass
+class _TileBatch:
+    """One batch of ``B`` tiles of ``P`` pixels with ``S`` (padded) depth-sorted splats each."""
+
+    sid: Tensor  # [B, S] int64 indices into the projected (visible) splats; 0 on padding
+    valid: Tensor  # [B, S] bool, the real splats
+    tile_xy: Tensor  # [B, 2] tile centres in pixel coordinates
+    pixel: Tensor  # [B * P] int64 flat pixel index (row * width + column); clamped to the image
+    inside: Tensor  # [B * P] bool, the pixel lies inside the image
+
+
+def _tile_plan(proj: _Projected, width: int, height: int, tile_size: int, max_batch_elems: int,
+               dtype: torch.dtype) -> tuple[Tensor, list[_TileBatch]]:  # fmt: skip
+    """Tile intersections of the projected splats, sorted by (tile, depth) with one sort on a combined key (gsplat
+    ``isect_tiles``), cut into batches of at most ``max_batch_elems`` (pixel, splat) pairs, busiest tiles first.
+    Returns the ``[P, 6]`` pixel features ``(u², v², uv, u, v, 1)`` (tile-centred) and the batches."""
+    device = proj.means2d.device
+    m = proj.ids.shape[0]
+    tiles_x, tiles_y = math.ceil(width / tile_size), math.ceil(height / tile_size)
+    n_tiles = tiles_x * tiles_y
+    pixels_per_tile = tile_size * tile_size
+    local_pix = torch.arange(pixels_per_tile, device=device)
+    local_px, local_py = local_pix % tile_size, local_pix // tile_size
+    u = local_px.to(dtype) + (0.5 - 0.5 * tile_size)  # pixel centres relative to the tile centre
+    v = local_py.to(dtype) + (0.5 - 0.5 * tile_size)
+    features = torch.stack([u * u, v * v, u * v, u, v, torch.ones_like(u)], dim=-1)  # [P, 6]
+    with torch.no_grad():
+        center = proj.means2d.detach()
+        lo = torch.floor((center - proj.radii) / tile_size).long()
+        hi = torch.ceil((center + proj.radii) / tile_size).long()
+        x0, x1 = lo[:, 0].clamp(0, tiles_x), hi[:, 0].clamp(0, tiles_x)
+        y0, y1 = lo[:, 1].clamp(0, tiles_y), hi[:, 1].clamp(0, tiles_y)
+        span_x = (x1 - x0).clamp_min(0)
+        per_splat = span_x * (y1 - y0).clamp_min(0)
+        n_isect = int(per_splat.sum())
+        if n_isect == 0:
+            return features, []
+        splat = torch.repeat_interleave(torch.arange(m, device=device), per_splat)
+        start = torch.cumsum(per_splat, 0) - per_splat
+        local = torch.arange(n_isect, device=device) - start[splat]
+        sx = span_x[splat]
+        tile = (y0[splat] + local // sx) * tiles_x + x0[splat] + local % sx
+        depth_rank = torch.empty(m, dtype=torch.long, device=device)
+        depth_rank[torch.argsort(proj.depths, stable=True)] = torch.arange(m, device=device)
+        key = tile * m + depth_rank[splat]
+        key, order = torch.sort(key)
+        splat = splat[order]
+        counts = torch.bincount(key // m, minlength=n_tiles)
+        offsets = torch.cumsum(counts, 0) - counts
+        # busiest tiles first, batched so that tiles · pixels · max count stays under max_batch_elems
+        tile_order = torch.argsort(counts, descending=True, stable=True)
+        tile_order = tile_order[counts[tile_order] > 0].tolist()
+        counts_l = counts.tolist()
+        batches = []
+        i = 0
+        while i < len(tile_order):
+            cap = counts_l[tile_order[i]]
+            n_batch = max(1, min(len(tile_order) - i, max_batch_elems // max(1, pixels_per_tile * cap)))
+            batch = torch.tensor(tile_order[i : i + n_batch], device=device)
+            i += n_batch
+            slot = torch.arange(cap, device=device)
+            valid = slot[None, :] < counts[batch][:, None]  # [B, S]
+            flat = (offsets[batch][:, None] + slot[None, :]).clamp_max(n_isect - 1)
+            sid = torch.where(valid, splat[flat], torch.zeros_like(flat))
+            tx, ty = batch % tiles_x, batch // tiles_x
+            tile_xy = (torch.stack([tx, ty], -1).to(dtype) + 0.5) * tile_size
+            px = tx[:, None] * tile_size + local_px[None, :]  # [B, P] integer pixel columns
+            py = ty[:, None] * tile_size + local_py[None, :]
+            inside = ((px < width) & (py < height)).reshape(-1)
+            pixel = (py.clamp_max(height - 1) * width + px.clamp_max(width - 1)).reshape(-1)
+            batches.append(_TileBatch(sid, valid, tile_xy, pixel, inside))
+    return features, batches
+
+
+def _assemble(batches: list[_TileBatch], rgbs: list[Tensor], accs: list[Tensor], bg: Tensor, width: int,
+              height: int) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """Scatter the batches' pixels into ``[H, W, D]`` and ``[H, W]`` and composite the background."""
+    n_channels = bg.shape[0]
+    pix = torch.cat([b.pixel[b.inside] for b in batches])
+    rgb = torch.cat([c.reshape(-1, n_channels)[b.inside] for b, c in zip(batches, rgbs, strict=True)])
+    acc = torch.cat([a.reshape(-1)[b.inside] for b, a in zip(batches, accs, strict=True)])
+    n_pix = height * width
+    image = torch.zeros(n_pix, n_channels, device=bg.device, dtype=rgb.dtype).index_copy(0, pix, rgb)
+    alpha = torch.zeros(n_pix, device=bg.device, dtype=acc.dtype).index_copy(0, pix, acc)
+    image = image + (1.0 - alpha)[:, None] * bg[None, :]
+    return image.reshape(height, width, n_channels), alpha.reshape(height, width)
+
+
 def _render_torch(
     means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor, camera: Camera,
     sh_degree: int | None, bg: Tensor, tile_size: int, near: float, far: float, eps2d: float, max_batch_elems: int,
@@ -401,73 +489,221 @@ def _render_torch(
         cam_center = -(viewmat[:3, :3].T @ viewmat[:3, 3])
         col = eval_sh(colors[proj.ids], means[proj.ids] - cam_center, sh_degree)
 
-    # --- tile intersections, sorted by (tile, depth) with one sort on a combined key (gsplat isect_tiles)
-    tiles_x, tiles_y = math.ceil(width / tile_size), math.ceil(height / tile_size)
-    n_tiles = tiles_x * tiles_y
-    with torch.no_grad():
-        center = proj.means2d.detach()
-        lo = torch.floor((center - proj.radii) / tile_size).long()
-        hi = torch.ceil((center + proj.radii) / tile_size).long()
-        x0, x1 = lo[:, 0].clamp(0, tiles_x), hi[:, 0].clamp(0, tiles_x)
-        y0, y1 = lo[:, 1].clamp(0, tiles_y), hi[:, 1].clamp(0, tiles_y)
-        span_x = (x1 - x0).clamp_min(0)
-        per_splat = span_x * (y1 - y0).clamp_min(0)
-        n_isect = int(per_splat.sum())
-        splat = torch.repeat_interleave(torch.arange(m, device=device), per_splat)
-        start = torch.cumsum(per_splat, 0) - per_splat
-        local = torch.arange(n_isect, device=device) - start[splat]
-        sx = span_x[splat]
-        tile = (y0[splat] + local // sx) * tiles_x + x0[splat] + local % sx
-        depth_rank = torch.empty(m, dtype=torch.long, device=device)
-        depth_rank[torch.argsort(proj.depths, stable=True)] = torch.arange(m, device=device)
-        key = tile * m + depth_rank[splat]
-        key, order = torch.sort(key)
-        splat = splat[order]
-        counts = torch.bincount(key // m, minlength=n_tiles)
-        offsets = torch.cumsum(counts, 0) - counts
-        # busiest tiles first, batched so that tiles · pixels · max count stays under max_batch_elems
-        tile_order = torch.argsort(counts, descending=True, stable=True)
-        tile_order = tile_order[counts[tile_order] > 0].tolist()
-        counts_l = counts.tolist()
-    if not tile_order:
+    features, batches = _tile_plan(proj, width, height, tile_size, max_batch_elems, dtype)
+    if not batches:
         return background_only()
-    pixels_per_tile = tile_size * tile_size
-    local_pix = torch.arange(pixels_per_tile, device=device)
-    local_px, local_py = local_pix % tile_size, local_pix // tile_size
-    u = local_px.to(dtype) + (0.5 - 0.5 * tile_size)  # pixel centres relative to the tile centre
-    v = local_py.to(dtype) + (0.5 - 0.5 * tile_size)
-    features = torch.stack([u * u, v * v, u * v, u, v, torch.ones_like(u)], dim=-1)  # [P, 6]
-
     packed = torch.cat([proj.means2d, proj.conics, proj.opacities[:, None], col], dim=1)
-    out_pix, out_rgb, out_acc = [], [], []
-    i = 0
-    while i < len(tile_order):
-        cap = counts_l[tile_order[i]]
-        n_batch = max(1, min(len(tile_order) - i, max_batch_elems // max(1, pixels_per_tile * cap)))
-        batch = torch.tensor(tile_order[i : i + n_batch], device=device)
-        i += n_batch
-        slot = torch.arange(cap, device=device)
-        valid = slot[None, :] < counts[batch][:, None]  # [B, S]
-        flat = (offsets[batch][:, None] + slot[None, :]).clamp_max(n_isect - 1)
-        sid = torch.where(valid, splat[flat], torch.zeros_like(flat))  # [B, S] indices into the visible splats
-        tx, ty = batch % tiles_x, batch // tiles_x
-        tile_xy = (torch.stack([tx, ty], -1).to(dtype) + 0.5) * tile_size
-        g = packed[sid]  # [B, S, 6 + D]: one gather instead of one per attribute
-        args = (features, tile_xy, g[..., 0:2], g[..., 2:5], g[..., 5], g[..., 6:], valid)
+    rgbs, accs = [], []
+    for b in batches:
+        g = packed[b.sid]  # [B, S, 6 + D]: one gather instead of one per attribute
+        args = (features, b.tile_xy, g[..., 0:2], g[..., 2:5], g[..., 5], g[..., 6:], b.valid)
         if grad_on:
             rgb, acc = checkpoint(_tile_batch, *args, use_reentrant=False)
         else:
             rgb, acc = _tile_batch(*args)
-        px = tx[:, None] * tile_size + local_px[None, :]  # [B, P] integer pixel columns
-        py = ty[:, None] * tile_size + local_py[None, :]
-        inside = ((px < width) & (py < height)).reshape(-1)
-        out_pix.append((py * width + px).reshape(-1)[inside])
-        out_rgb.append(rgb.reshape(-1, n_channels)[inside])
-        out_acc.append(acc.reshape(-1)[inside])
-    pix = torch.cat(out_pix)
-    n_pix = height * width
-    image = torch.zeros(n_pix, n_channels, device=device, dtype=dtype).index_copy(0, pix, torch.cat(out_rgb))
-    alpha = torch.zeros(n_pix, device=device, dtype=dtype).index_copy(0, pix, torch.cat(out_acc))
-    image = image + (1.0 - alpha)[:, None] * bg[None, :]
-    return image.reshape(height, width, n_channels), alpha.reshape(height, width)
+        rgbs.append(rgb)
+        accs.append(acc)
+    return _assemble(batches, rgbs, accs, bg, width, height)
 
+
+# ---------------------------------------------------------------------------------------------------------------------
+# hit counts (LightGaussian's global significance)
+
+
+@torch.no_grad()
+def hit_counts(
+    means: Tensor,
+    quats: Tensor,
+    scales: Tensor,
+    opacities: Tensor,
+    cameras: Sequence[Camera],
+    *,
+    tile_size: int = 8,
+    near: float = 0.01,
+    far: float = 1e10,
+    eps2d: float = 0.3,
+    max_batch_elems: int | None = None,
+) -> Tensor:
+    """Per Gaussian, the number of pixels of all ``cameras`` it contributes to (LightGaussian's ``1(G_j, r_i)``).
+
+    Fan et al., "LightGaussian: Unbounded 3D Gaussian Compression with 15x Reduction and 200+ FPS" (NeurIPS 2024),
+    Sec. 3.1: the global significance ``GS_j = sum_i 1(G_j, r_i) sigma_j gamma(Sigma_j)`` sums over every pixel
+    (ray ``r_i``) of every training view. **Rule**: a pixel counts for Gaussian ``j`` exactly where ``j`` takes part
+    in that pixel's front-to-back compositing with this module's torch rasteriser: its ``alpha >= 1/255`` (smaller
+    ones are skipped) *and* it comes before the transmittance stop (the splat that would bring ``T`` below 1e-4 and
+    all later ones do not count): the pairs the INRIA kernel composites, which LightGaussian's counting renderer
+    (``count_render``, built on that kernel) counts. A Gaussian hidden behind opaque ones, or too faint at a pixel,
+    does not count there; the box/tile culling never drops a counted pair (module docstring).
+
+    Vectorised torch (CPU or CUDA; the torch tile path also on a GPU, gsplat has no per-Gaussian pixel count):
+    the same projection, tiles and batches as :func:`render`, without colours.
+
+    Args:
+        means, quats, scales, opacities: ``[N, 3]``, ``[N, 4]`` (``w x y z``), ``[N, 3]`` activated, ``[N]``
+            activated, floating point on one device.
+        cameras: the views (e.g. the training cameras); their image sizes may differ.
+        tile_size, near, far, eps2d, max_batch_elems: as :func:`render` (torch backend).
+
+    Returns:
+        int64 ``[N]`` pixel counts summed over the cameras (0 for a Gaussian no pixel sees).
+
+    Raises:
+        ValueError: on wrong shapes or an empty scene (as :func:`render`), or no cameras.
+    """
+    if not len(cameras):
+        raise ValueError("hit_counts needs at least one camera")
+    _check_inputs(means, quats, scales, opacities, means, None)
+    dtype, device = means.dtype, means.device
+    quats, scales, opacities = (t.to(dtype) for t in (quats, scales, opacities))
+    if max_batch_elems is None:
+        max_batch_elems = 1 << 18 if device.type == "cpu" else 1 << 24
+    counts = torch.zeros(means.shape[0], dtype=torch.int64, device=device)
+    for camera in cameras:
+        proj = _project(means, quats, scales, opacities, camera, near, far, eps2d)
+        if proj.ids.shape[0] == 0:
+            continue
+        features, batches = _tile_plan(proj, camera.width, camera.height, tile_size, max_batch_elems, dtype)
+        packed = torch.cat([proj.means2d, proj.conics, proj.opacities[:, None]], dim=1)
+        for b in batches:
+            g = packed[b.sid]
+            log_alpha = _log_alpha(features, b.tile_xy, g[..., 0:2], g[..., 2:5], g[..., 5], b.valid)
+            alpha = torch.exp(F.threshold(log_alpha, _LOG_ALPHA_MIN, -30.0).clamp_max_(_LOG_ALPHA_MAX))
+            trans_incl = torch.cumprod(1.0 - alpha, dim=-1)
+            n_tiles = b.sid.shape[0]
+            hit = (log_alpha > _LOG_ALPHA_MIN) & (trans_incl > T_MIN) & b.inside.reshape(n_tiles, -1, 1)
+            per_slot = hit.sum(1)  # [B, S]
+            counts.index_add_(0, proj.ids[b.sid[b.valid]], per_slot[b.valid])
+    return counts
+
+
+def _log_alpha(features: Tensor, tile_xy: Tensor, means2d: Tensor, conics: Tensor, opacities: Tensor,
+               valid: Tensor) -> Tensor:  # fmt: skip
+    """``log(o) - ½ dᵀ Σ2D⁻¹ d`` for every (pixel, splat) of a batch, ``[B, P, S]`` (-1e20 on padding)."""
+    return features @ _exponent_coefficients(tile_xy, means2d, conics, valid, torch.log(opacities))
+
+
+def _exponent_coefficients(tile_xy: Tensor, means2d: Tensor, conics: Tensor, valid: Tensor,
+                           log_opacity: Tensor | None) -> Tensor:  # fmt: skip
+    """``[B, 6, S]`` coefficients of ``log(o) - ½ dᵀ Σ2D⁻¹ d`` in the pixel features (see :func:`_tile_batch`);
+    without ``log_opacity`` the constant term leaves ``log(o)`` out."""
+    mx = means2d[..., 0] - tile_xy[:, None, 0]
+    my = means2d[..., 1] - tile_xy[:, None, 1]
+    a, b, c = conics.unbind(-1)
+    const = -(0.5 * a * mx * mx + 0.5 * c * my * my + b * mx * my)
+    if log_opacity is not None:
+        const = const + log_opacity
+    coef = torch.stack([-0.5 * a, -0.5 * c, -b, a * mx + b * my, c * my + b * mx, const], dim=1)
+    off = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, -1e20], dtype=coef.dtype, device=coef.device)
+    return torch.where(valid[:, None, :], coef, off[None, :, None])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# frozen geometry: one camera's projection, tiles and sort computed once, colours and opacities differentiable
+
+
+class _Composite(torch.autograd.Function):
+    """Front-to-back compositing of one tile batch with an analytic backward w.r.t. ``log(o)`` and colours.
+
+    Inputs: ``features [P, 6]``, geometric exponent coefficients ``coef [B, 6, S]`` (no ``log o``), ``log_o [B, S]``,
+    ``colors [B, S, D]``. Outputs as :func:`_tile_batch`. The forward keeps alpha and the compositing weights of the
+    batch (two ``[B, P, S]`` tensors, at most ``max_batch_elems`` entries each) and the backward applies, per pixel
+    and splat ``i`` (``w_i = alpha_i T_i`` the compositing weight, ``v_i = <dL/dC, c_i> + dL/dA``):
+
+        dL/dc_i = w_i dL/dC,     dL/dalpha_i = [i composited] (T_i v_i - (sum_{k>i} w_k v_k) / (1 - alpha_i)),
+
+    ``dalpha/dlog o = alpha`` where neither the 1/255 skip nor the 0.99 clamp is active (0 there), which is what
+    autograd gives for :func:`_tile_batch` (the tests compare both).
+    """
+
+    @staticmethod
+    def forward(ctx, features: Tensor, coef: Tensor, log_o: Tensor, colors: Tensor) -> tuple[Tensor, Tensor]:
+        log_alpha = torch.baddbmm(log_o[:, None, :], features.expand(coef.shape[0], -1, -1), coef)  # [B, P, S]
+        alpha = torch.exp(F.threshold(log_alpha, _LOG_ALPHA_MIN, -30.0).clamp_max_(_LOG_ALPHA_MAX))
+        del log_alpha
+        one_minus = 1.0 - alpha
+        # w_i = alpha_i T_i, T_i = prod_{j<i} (1 - alpha_j), 0 from the splat that brings T below 1e-4 on
+        weights = F.threshold(torch.cumprod(one_minus, dim=-1), T_MIN, 0.0).div_(one_minus).mul_(alpha)
+        ctx.save_for_backward(colors, alpha, weights)
+        return weights @ colors, weights.sum(-1)
+
+    @staticmethod
+    def backward(ctx, grad_rgb: Tensor, grad_acc: Tensor):
+        colors, alpha, weights = ctx.saved_tensors
+        grad_colors = weights.transpose(1, 2) @ grad_rgb  # [B, S, D]
+        u = torch.baddbmm(grad_acc[..., None], grad_rgb, colors.transpose(1, 2)).mul_(weights)  # w_i v_i
+        after = torch.cumsum(u, dim=-1).neg_().add_(u.sum(-1, keepdim=True))  # sum_{k > i} w_k v_k
+        # dL/dlog o_i = alpha_i dL/dalpha_i = w_i v_i - after_i alpha_i / (1 - alpha_i), masked after the stop (where
+        # w = 0) and where alpha is skipped (< 1/255, stored as exp(-30)) or clamped at 0.99
+        grad = u.sub_(after.mul_(alpha).div_(1.0 - alpha))
+        clamped = torch.exp(alpha.new_tensor(_LOG_ALPHA_MAX))  # the value the 0.99 clamp leaves, in alpha's dtype
+        free = (weights > 0) & (alpha >= ALPHA_MIN) & (alpha < clamped)  # w = 0 after the stop: after_i is rounding
+        return None, None, grad.mul_(free).sum(1), grad_colors
+
+
+class FrozenGeometryView:
+    """One camera's view of a scene whose means, scales and rotations are frozen: the projection, the tile
+    intersections, their depth sort, the batches and the SH basis of the view directions are computed once
+    (:meth:`__init__`), and :meth:`render` only composites the current opacities and SH colours, with an analytic
+    backward (:class:`_Composite`) instead of autograd through checkpointed batches. Used by the appearance
+    fine-tuning (``otcore.splats.appearance_finetune``), where the same cameras are rendered hundreds of times.
+
+    The opacity culling and the opacity-aware box of :func:`render` depend on the opacities, which change here, so
+    the plan uses the widest box (``3.33`` standard deviations, that of opacity 1) and keeps every Gaussian in the
+    depth range: every (pixel, splat) pair :func:`render` composites is in the plan, and the extra pairs have
+    ``alpha < 1/255`` and are skipped, so the image equals :func:`render`'s up to float rounding (the tests check
+    this), at the price of a few more pairs.
+
+    Args:
+        means, quats, scales: ``[N, 3]``, ``[N, 4]`` (``w x y z``), ``[N, 3]`` activated, the frozen geometry.
+        camera: the view.
+        sh_degree: SH degree of the colours passed to :meth:`render` (0..3).
+        tile_size, near, far, eps2d, max_batch_elems: as :func:`render` (torch backend).
+
+    Raises:
+        ValueError: on wrong shapes or an empty scene.
+    """
+
+    def __init__(self, means: Tensor, quats: Tensor, scales: Tensor, camera: Camera, sh_degree: int, *,
+                 tile_size: int = 8, near: float = 0.01, far: float = 1e10, eps2d: float = 0.3,
+                 max_batch_elems: int | None = None) -> None:  # fmt: skip
+        means, quats, scales = means.detach(), quats.detach().to(means.dtype), scales.detach().to(means.dtype)
+        ones = torch.ones(means.shape[0], dtype=means.dtype, device=means.device)
+        _check_inputs(means, quats, scales, ones, means, None)
+        if not 0 <= sh_degree <= 3:
+            raise ValueError(f"sh_degree must be in 0..3, got {sh_degree}")
+        device = means.device
+        if max_batch_elems is None:
+            max_batch_elems = 1 << 18 if device.type == "cpu" else 1 << 24
+        self.width, self.height, self.sh_degree = camera.width, camera.height, sh_degree
+        with torch.no_grad():
+            proj = _project(means, quats, scales, ones, camera, near, far, eps2d)
+            self.ids = proj.ids
+            self.features, self.batches = _tile_plan(proj, self.width, self.height, tile_size, max_batch_elems,
+                                                     means.dtype)
+            self.coefs = [_exponent_coefficients(b.tile_xy, proj.means2d[b.sid], proj.conics[b.sid], b.valid, None)
+                          for b in self.batches]
+            viewmat = camera.viewmat.to(device=device, dtype=means.dtype)
+            cam_center = -(viewmat[:3, :3].T @ viewmat[:3, 3])
+            self.basis = _sh_basis(F.normalize(means[self.ids] - cam_center, dim=-1), sh_degree)  # [M, K]
+
+    def render(self, opacities: Tensor, sh: Tensor, background: Tensor | None = None) -> Tensor:
+        """``[H, W, 3]`` image of the frozen geometry with ``opacities [N]`` (activated) and SH coefficients
+        ``sh [N, K >= (d+1)², 3]``, differentiable w.r.t. both; ``background [3]`` (default black)."""
+        dtype, device = self.features.dtype, self.features.device
+        bg = torch.zeros(3, dtype=dtype, device=device) if background is None else torch.as_tensor(
+            background, dtype=dtype, device=device).reshape(3)
+        if not self.batches:
+            image = bg.expand(self.height, self.width, 3).clone()
+            return image + 0.0 * (opacities.sum() + sh.sum())
+        k = self.basis.shape[1]
+        if sh.ndim != 3 or sh.shape[1] < k or sh.shape[2] != 3 or opacities.shape != sh.shape[:1]:
+            raise ValueError(f"opacities [N] and sh [N, K >= {k}, 3] expected, got {list(opacities.shape)}, "
+                             f"{list(sh.shape)}")
+        col = torch.clamp_min(torch.einsum("nk,nkc->nc", self.basis, sh[self.ids, :k].to(dtype)) + 0.5, 0.0)
+        log_o = torch.log(opacities[self.ids].to(dtype))
+        rgbs, accs = [], []
+        for b, coef in zip(self.batches, self.coefs, strict=True):
+            rgb, acc = _Composite.apply(self.features, coef, log_o[b.sid], col[b.sid])
+            rgbs.append(rgb)
+            accs.append(acc)
+        return _assemble(self.batches, rgbs, accs, bg, self.width, self.height)[0]

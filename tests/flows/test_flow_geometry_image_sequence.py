@@ -56,7 +56,8 @@ def test_sequence_flow_warm_starts_encodes_and_skips(tmp_path: Path) -> None:
     frames = read_table(result["tables"]["sequence_frames"]).sort_values("frame")
     assert list(frames.columns) == SEQUENCE_FRAMES_SCHEMA.names
     assert list(frames["frame"]) == [0, 1, 2] and list(frames["warm_start"]) == [False, True, True]
-    assert (frames["ot_solver"] == "neural").all() and (frames["mass_error"] < config.tol).all()
+    assert (frames["ot_solver"] == "newton").all() and (frames["mass_error"] < config.tol).all()
+    assert (frames["fit_steps"] == 0).all()  # the default: Newton warm-started from the previous frame's weights
     cold_steps = frames["steps"].iloc[0]
     assert (frames["steps"].iloc[1:] < cold_steps).all()
     assert (frames["flipped_triangles"] == 0).all()

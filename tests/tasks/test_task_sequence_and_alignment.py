@@ -31,6 +31,32 @@ def test_sequence_solve_encode_finish_and_skip(tmp_path: Path) -> None:
     assert again["skipped"] and len(again["rows"]) == len(record["solve_rows"]) + len(images)
 
 
+def test_a_neural_sequence_solve_trains_the_network_on_every_frame(tmp_path: Path) -> None:
+    """Issue 18: ``--ot-solver neural`` must run the network: fit steps on every frame, cold and warm alike, then
+    Newton to the tolerance; the default solver is Newton warm-started (no fit steps)."""
+    assert SequenceConfig().ot_solver == "newton" and SequenceConfig().warm_start
+    neural = SHORT.model_copy(update={"ot_solver": "neural"})
+    with disable_run_logger():
+        record = solve_sequence_ot.fn(str(CRANE), str(tmp_path), "neural", neural)
+    rows = record["solve_rows"]
+    assert record["failures"] == [] and [r["frame"] for r in rows] == [0, 1] and rows[1]["warm_start"]
+    assert all(r["ot_solver"] == "neural" and r["fit_steps"] >= 10 for r in rows)
+    assert all(r["steps"] == r["fit_steps"] + r["newton_iterations"] and r["newton_iterations"] > 0 for r in rows)
+    assert max(r["mass_error"] for r in rows) <= neural.tol
+    assert rows[1]["newton_iterations"] < rows[0]["newton_iterations"]  # the reused state still starts closer
+
+
+def test_both_geometry_image_jobs_offer_the_same_ot_solvers() -> None:
+    from typing import get_args
+
+    from otcore.mesh.parameterization import OT_SOLVERS
+    from tasks.geometry_images import GeometryImageConfig
+
+    choices = [get_args(c.model_fields["ot_solver"].annotation) for c in (SequenceConfig, GeometryImageConfig)]
+    assert choices[0] == choices[1] == OT_SOLVERS
+    assert SequenceConfig().ot_solver == GeometryImageConfig().ot_solver == "newton"
+
+
 def test_alignment_moves_one_shape_towards_another(tmp_path: Path) -> None:
     """Unit directions of the crane's and a horse's vertices (real data, d=3): the map reduces their energy distance."""
     import trimesh

@@ -61,6 +61,10 @@ def test_bad_input_raises() -> None:
         solve_ot_net(sites, np.ones(10))
     with pytest.raises(ValueError, match="masses"):
         solve_ot_net(sites[:, :2], -np.ones(10))
+    from otcore.ot.ot_net import OTNetConfig
+
+    with pytest.raises(ValueError, match="fit_min_steps"):
+        solve_ot_net(sites[:, :2], np.ones(10), config=OTNetConfig(fit_min_steps=-1))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -76,3 +80,21 @@ def test_ot_net_on_gpu_matches_cpu(spot_problem) -> None:
     subset = torch.from_numpy(sites[::20]).cuda()
     estimate = qmc_cell_masses(subset, torch.zeros(len(subset), dtype=torch.float64, device="cuda"), 1 << 14, 0)
     assert estimate.device.type == "cuda" and float(estimate.sum()) == pytest.approx(1.0)
+
+
+def test_every_solve_trains_the_network_and_newton_starts_from_the_best_iterate(spot_problem) -> None:
+    """Issue 18: a ``neural`` solve runs ``fit_min_steps`` Adam steps even from a reused state that Newton could
+    start from, and the refine phase starts from the best fit iterate, never worse than the reused start."""
+    from otcore.ot.ot_net import OTNetConfig
+
+    sites, masses, curved = spot_problem
+    first = solve_ot_net(sites, masses)
+    assert first.fit_steps >= OTNetConfig().fit_min_steps > 0
+    warm = solve_ot_net(sites, curved, state=first.state, config=OTNetConfig(fit_min_steps=6))
+    assert warm.fit_steps == 6 and warm.newton_steps > 0 and warm.mass_error < 1e-6
+    assert len(warm.history) == warm.fit_steps + 1 + warm.newton_steps
+    fit_errors = warm.history[: warm.fit_steps + 1]
+    assert warm.refine_start_error == pytest.approx(min(fit_errors))
+    assert warm.refine_start_error <= warm.history[0]
+    newton_only = solve_ot_net(sites, curved, state=first.state, config=OTNetConfig(fit_min_steps=0))
+    assert newton_only.fit_steps == 0 and newton_only.refine_start_error == newton_only.history[0]

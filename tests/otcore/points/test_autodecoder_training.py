@@ -117,8 +117,11 @@ def test_reassignment_never_increases_error():
 def test_augmented_chamfer_is_the_larger_direction():
     x = torch.zeros(1, 4, 3)
     y = torch.tensor([[[0.0, 0, 0], [1.0, 0, 0], [2.0, 0, 0], [3.0, 0, 0]]])
-    # x -> y: all 0; y -> x: mean of 0, 1, 4, 9
-    assert float(augmented_chamfer(x, y)) == pytest.approx(3.5)
+    # x -> y: all 0; y -> x: mean of 0, 1, 4, 9 (squared-mean) or sum of 0, 1, 2, 3 (Eq. 11, unsquared)
+    assert float(augmented_chamfer(x, y, form="squared-mean")) == pytest.approx(3.5)
+    assert float(augmented_chamfer(x, y)) == pytest.approx(6.0, abs=1e-5)
+    with pytest.raises(ValueError, match="form"):
+        augmented_chamfer(x, y, form="sum")
 
 
 def _config(**overrides) -> TrainingConfig:

@@ -1,5 +1,5 @@
-"""GHAP reduction (otcore.splats.ghap) and the pruning baselines on the bundled real 3DGS sample (donut, 8,192
-Gaussians)."""
+"""GHAP reduction (otcore.splats.ghap, both cost forms) and the pruning baselines on the bundled real 3DGS sample
+(donut, 8,192 Gaussians)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from otcore.splats.cameras import orbit_cameras
 from otcore.splats.gaussian_pruning import importance_scores, select_subset
-from otcore.splats.ghap import allocate_counts, covariances_to_scales_quats, ghap_reduce, merge_appearance
+from otcore.splats.ghap import GHAP_COSTS, allocate_counts, covariances_to_scales_quats, ghap_reduce, merge_appearance
+from otcore.splats.rasterizer import hit_counts
+from otcore.splats.scene import scene_tensors
 from storage.gaussians import quats_to_rotations, read_scene
 
 DONUT = Path(__file__).resolve().parents[3] / "data" / "samples" / "gaussians" / "donut-8k.ply"
@@ -128,17 +131,91 @@ def test_merge_appearance_modes():
         merge_appearance(assignment, costs, opacities, sh, 3)
 
 
-def test_pruning_baselines(donut):
+@pytest.fixture(scope="module")
+def donut_hits(donut):
+    """Pixel hit counts of the donut's Gaussians in 4 small orbit views (the lightgaussian baseline's input)."""
+    scene, _ = donut
+    t = scene_tensors(scene.means, scene.scales, scene.quats, scene.opacities, scene.sh_dc, scene.sh_rest)
+    cameras = orbit_cameras(scene.means, n_views=4, width=40, height=40, seed=1, weights=scene.opacities)
+    return hit_counts(t["means"], t["quats"], t["scales"], t["opacities"], cameras).numpy()
+
+
+def test_pruning_baselines(donut, donut_hits):
     scene, _ = donut
     for method in ("random", "top_opacity", "lightgaussian"):
-        keep = select_subset(method, scene.opacities, scene.scales, 819, seed=3)
+        keep = select_subset(method, scene.opacities, scene.scales, 819, seed=3, hits=donut_hits)
         assert len(np.unique(keep)) == 819
-        assert np.array_equal(keep, select_subset(method, scene.opacities, scene.scales, 819, seed=3))
+        assert np.array_equal(keep, select_subset(method, scene.opacities, scene.scales, 819, seed=3, hits=donut_hits))
     top = select_subset("top_opacity", scene.opacities, scene.scales, 819)
     assert scene.opacities[top].min() >= np.sort(scene.opacities)[-819]
-    scores = importance_scores("lightgaussian", scene.opacities, scene.scales)
-    assert np.all(scores <= scene.opacities + 1e-7) and np.all(scores >= 0)
     assert not np.array_equal(select_subset("random", scene.opacities, scene.scales, 819, seed=4),
                               select_subset("random", scene.opacities, scene.scales, 819, seed=3))
     with pytest.raises(ValueError, match="pruning method"):
         select_subset("bogus", scene.opacities, scene.scales, 10)
+
+
+def test_lightgaussian_is_the_global_significance(donut, donut_hits):
+    """GS_j = hits_j * opacity_j * (V_j / V_ref)^0.1 (Fan et al. 2024): unseen Gaussians go first, and the kept set is
+    neither the most opaque nor the most seen Gaussians alone."""
+    scene, _ = donut
+    hits = donut_hits
+    assert (hits == 0).any() and hits.max() > 10  # some Gaussians are hidden or off-screen in every view
+    scores = importance_scores("lightgaussian", scene.opacities, scene.scales, hits)
+    volume = np.prod(scene.scales.astype(np.float64), axis=1)
+    reference = np.sort(volume)[::-1][int(0.9 * len(volume))]
+    np.testing.assert_allclose(scores, hits * scene.opacities * (volume / reference) ** 0.1, rtol=1e-12)
+    assert np.all(scores[hits == 0] == 0)
+    keep = select_subset("lightgaussian", scene.opacities, scene.scales, 819, hits=hits)
+    assert hits[keep].min() > 0  # far more than 819 Gaussians are seen, so no unseen one is kept
+    assert scores[keep].min() >= np.delete(scores, keep).max()
+    top = select_subset("top_opacity", scene.opacities, scene.scales, 819)
+    most_seen = np.sort(np.argsort(-hits, kind="stable")[:819])
+    assert not np.array_equal(keep, top) and not np.array_equal(keep, most_seen)
+    with pytest.raises(ValueError, match="hit counts"):
+        select_subset("lightgaussian", scene.opacities, scene.scales, 10)
+    with pytest.raises(ValueError, match="hits must be"):
+        importance_scores("lightgaussian", scene.opacities, scene.scales, hits[:10])
+
+
+@pytest.mark.parametrize("cost", GHAP_COSTS)
+def test_each_cost_lowers_the_composite_divergence_every_round(donut, cost):
+    """The MM scheme of the CTD paper: every round (assignment + exact update, with the exact-count re-seeding)
+    lowers the weighted CTD, for the KL form and for the released code's Euclidean + Frobenius form."""
+    scene, cov = donut
+    result = ghap_reduce(scene.means, cov, scene.opacities, 819, pen_size=1024, max_iterations=40, cost=cost)
+    assert result.cost == cost and result.means.shape == (819, 3) and result.iterations >= 3
+    assert np.bincount(result.assignment, minlength=819).min() >= 1
+    ctd = np.asarray(result.ctd)
+    assert np.all(np.diff(ctd) <= 1e-9 * ctd[:-1]), ctd  # non-increasing up to rounding (KL: the 1e-9 ridge)
+    assert ctd[-1] < 0.9 * ctd[0]
+    w = scene.opacities.astype(np.float64)
+    assert ctd[-1] == pytest.approx((w * result.costs).sum() / w.sum(), rel=1e-9)
+
+
+def test_euclidean_cost_averages_without_the_spread_of_means(donut):
+    """The released code's form: each reduced Gaussian is the weighted average of its members' means and of their
+    covariances (no spread-of-means term), and every original sits with its cheapest reduced Gaussian in its pen."""
+    scene, cov = donut
+    mu, w = scene.means.astype(np.float64), scene.opacities.astype(np.float64)
+    result = ghap_reduce(mu, cov, w, 300, pen_size=2048, max_iterations=200, cost="euclidean")
+    mass = np.bincount(result.assignment, weights=w, minlength=300)
+    means = np.stack([np.bincount(result.assignment, weights=w * mu[:, d], minlength=300) for d in range(3)], 1)
+    np.testing.assert_allclose(result.means, means / mass[:, None], rtol=1e-9, atol=1e-9)
+    covs = np.zeros((300, 3, 3))
+    np.add.at(covs, result.assignment, w[:, None, None] * cov)
+    np.testing.assert_allclose(result.covariances, covs / mass[:, None, None], rtol=1e-8, atol=1e-14)
+    kl_result = ghap_reduce(mu, cov, w, 300, pen_size=2048, max_iterations=200, cost="kl")
+    # moment matching adds the spread of the means: the KL form's merged Gaussians are larger
+    assert np.trace(kl_result.covariances, axis1=1, axis2=2).sum() > np.trace(result.covariances, axis1=1,
+                                                                               axis2=2).sum()
+    for pen in range(result.n_pens):
+        members = np.flatnonzero(result.pen == pen)
+        slots = np.unique(result.assignment[members])
+        cost = (((mu[members, None] - result.means[None, slots]) ** 2).sum(-1)
+                + ((cov[members, None] - result.covariances[None, slots]) ** 2).sum((-1, -2)))
+        chosen = np.searchsorted(slots, result.assignment[members])
+        np.testing.assert_allclose(result.costs[members], cost[np.arange(len(members)), chosen], rtol=1e-6,
+                                   atol=1e-15)
+        assert np.all(cost[np.arange(len(members)), chosen] <= cost.min(axis=1) * (1 + 1e-9) + 1e-18)
+    with pytest.raises(ValueError, match="cost"):
+        ghap_reduce(mu, cov, w, 10, cost="wasserstein")

@@ -14,7 +14,7 @@ import torch
 
 from otcore.splats.cameras import Camera, look_at, orbit_cameras
 from otcore.splats.image_metrics import psnr, ssim
-from otcore.splats.rasterizer import render
+from otcore.splats.rasterizer import FrozenGeometryView, hit_counts, render
 from otcore.splats.scene import render_scene, scene_tensors
 from otcore.splats.spherical_harmonics import SH_C0, _sh_basis, eval_sh, sh0_to_rgb
 from storage.gaussians import GaussianScene, read_scene
@@ -466,3 +466,63 @@ def test_gsplat_backend_agrees_with_torch_backend(donut_params: dict[str, torch.
         # gsplat clamps alpha at 0.999 instead of 0.99: small differences on opaque pixels only
         assert float((a - b).abs().mean()) < 5e-3
         assert float(psnr(b, a)) > 35.0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# hit counts (LightGaussian) and the frozen-geometry view of the fine-tuning
+
+
+def test_hit_counts_are_the_composited_pixels() -> None:
+    """Alone, a Gaussian hits exactly the pixels where its alpha reaches 1/255 (read off its render: white on black);
+    behind two walls of alpha 0.99 (transmittance below 1e-4 after them) it hits nothing; a Gaussian below
+    opacity 1/255 hits nothing, and an off-screen one nothing."""
+    camera = head_on_camera(48, 40, 40.0, 24.0, 20.0)
+    means = torch.tensor([[0.1, -0.05, 3.0], [0.0, 0.0, 2.0], [0.0, 0.0, 2.5], [0.0, 0.0, 4.0], [9.0, 0.0, 1.0]])
+    scales = torch.tensor([[0.3, 0.2, 0.1], [20.0, 20.0, 0.1], [20.0, 20.0, 0.1], [0.3, 0.3, 0.1], [0.1, 0.1, 0.1]])
+    quats = torch.tensor([quat_z(0.4), quat_z(0.0), quat_z(0.0), quat_z(0.0), quat_z(0.0)])
+    opacities = torch.tensor([0.7, 1.0, 1.0, 0.003, 0.9])
+    target = slice(0, 1)
+    alone = hit_counts(means[target], quats[target], scales[target], opacities[target], [camera])
+    image = render(means[target], quats[target], scales[target], opacities[target], torch.ones(1, 1), camera)
+    assert int(alone[0]) == int((image[..., 0] >= 1.0 / 255.0 - 1e-6).sum()) > 100
+    hits = hit_counts(means, quats, scales, opacities, [camera, camera])
+    assert hits.dtype == torch.int64 and hits.shape == (5,)
+    assert int(hits[0]) == 0 and int(hits[1]) == 2 * 48 * 40  # two walls of alpha 0.99 in front: T < 1e-4 behind
+    assert int(hits[3]) == 0 and int(hits[4]) == 0
+    no_walls = hit_counts(means[[0, 3, 4]], quats[[0, 3, 4]], scales[[0, 3, 4]], opacities[[0, 3, 4]], [camera])
+    assert no_walls.tolist() == [int(alone[0]), 0, 0]
+    with pytest.raises(ValueError, match="camera"):
+        hit_counts(means, quats, scales, opacities, [])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_frozen_geometry_view_matches_render_and_autograd(donut: GaussianScene, dtype: torch.dtype) -> None:
+    """FrozenGeometryView (cached projection and tiles, analytic backward) gives render()'s image and autograd's
+    gradients w.r.t. SH coefficients (degree 3, random higher bands) and opacity logits, with a background."""
+    params = {k: v.to(dtype) for k, v in _tensors(donut).items()}
+    n = params["means"].shape[0]
+    generator = torch.Generator().manual_seed(0)
+    sh = torch.cat([params["sh_dc"][:, None], 0.2 * torch.randn(n, 15, 3, generator=generator, dtype=dtype)], 1)
+    logits = torch.logit(params["opacities"].clamp(1e-6, 1 - 1e-6))
+    background = torch.tensor([0.2, 0.3, 0.1])
+    for camera in orbit_cameras(donut.means, n_views=2, width=44, height=36, seed=1, weights=donut.opacities):
+        target = torch.rand(36, 44, 3, generator=generator, dtype=dtype)
+        grads, images = [], []
+        for frozen in (False, True):
+            s, lo = sh.clone().requires_grad_(True), logits.clone().requires_grad_(True)
+            if frozen:
+                view = FrozenGeometryView(params["means"], params["quats"], params["scales"], camera, 3)
+                image = view.render(torch.sigmoid(lo), s, background)
+            else:
+                image = render(params["means"], params["quats"], params["scales"], torch.sigmoid(lo), s, camera,
+                               sh_degree=3, background=background)
+            loss = (image - target).abs().mean() + 0.2 * (1.0 - ssim(image.clamp(0, 1), target))
+            grads.append(torch.autograd.grad(loss, [s, lo]))
+            images.append(image.detach())
+        tol = 1e-5 if dtype == torch.float32 else 1e-7
+        torch.testing.assert_close(images[1], images[0], atol=tol, rtol=0)
+        for got, want in zip(grads[1], grads[0], strict=True):
+            assert want.abs().max() > 0
+            torch.testing.assert_close(got, want, atol=50 * tol * float(want.abs().max()), rtol=0)
+    with pytest.raises(ValueError, match="sh"):
+        view.render(torch.sigmoid(logits), sh[:, :4])
