@@ -90,10 +90,10 @@ def test_cli_starts_its_own_server_and_leaves_no_process(migrated_prefect_home: 
 @pytest.mark.slow
 def test_cli_error_and_ctrl_c_stop_the_server(migrated_prefect_home: Path, tmp_path: Path, process_marker) -> None:
     env = cli_env(migrated_prefect_home, process_marker)
-    # An error inside the flow (no meshes there): non-zero exit, server stopped.
+    # A bad dataset path: refused before any server starts, one line, exit 2, nothing left running.
     failed = subprocess.run(brenier("geometry-images", str(tmp_path / "nothing-here"), "--store", str(tmp_path)),
                             env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert failed.returncode != 0 and "DatasetNotFoundError" in failed.stdout + failed.stderr
+    assert failed.returncode == 2 and "nothing-here' does not exist" in failed.stdout + failed.stderr
     assert process_marker.leftovers() == []
 
     # Ctrl-C in a terminal: SIGINT to the command's whole process group while its Dask workers compute.
@@ -107,7 +107,8 @@ def test_cli_error_and_ctrl_c_stop_the_server(migrated_prefect_home: Path, tmp_p
         for line in process.stdout:
             if "Prefect UI: http://127.0.0.1:" in line:
                 port = int(line.split("127.0.0.1:")[1].split()[0])
-            if "Task run" in line or time.monotonic() > deadline:  # tasks are running on the Dask workers
+            # the first finished mesh's progress line: tasks are running on the Dask workers
+            if "geometry images, run" in line or time.monotonic() > deadline:
                 break
         assert port is not None and is_healthy(f"http://127.0.0.1:{port}/api")
         os.killpg(process.pid, signal.SIGINT)
