@@ -27,13 +27,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from ghap import subset  # bench/ghap.py: a seeded random fraction of a scene
 
 from otcore.splats.appearance_finetune import FineTuneConfig, finetune_appearance, render_views
 from otcore.splats.cameras import orbit_cameras
 from otcore.splats.image_metrics import psnr
 from otcore.splats.reduction import reduce
 from otcore.splats.scene import scene_tensors
-from storage.gaussians import GaussianScene, read_scene
+from storage.gaussians import read_scene
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SHARED = ROOT.parent / "shared" / "data"
@@ -42,15 +43,6 @@ SCHEDULES = {
     "frozen": FineTuneConfig(steps=200, sh_learning_rate=0.01, opacity_learning_rate=0.05, renderer="frozen"),
     "new": FineTuneConfig(),
 }
-
-
-def subset(scene: GaussianScene, fraction: float, seed: int = 0) -> GaussianScene:
-    """A seeded random ``fraction`` of the scene's Gaussians."""
-    if fraction >= 1.0:
-        return scene
-    keep = np.sort(np.random.default_rng(seed).choice(len(scene), int(round(fraction * len(scene))), replace=False))
-    return GaussianScene(scene.scene_id, "", scene.means[keep], scene.scales[keep], scene.quats[keep],
-                         scene.opacities[keep], scene.sh_dc[keep], scene.sh_rest[keep], None)
 
 
 def mean_psnr(params: dict[str, torch.Tensor], cameras: list, reference: torch.Tensor) -> float:
