@@ -17,13 +17,12 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from flows.publish import failures_markdown, gather, open_tables, publish_tables
 from flows.runtime.artifacts import Progress, publish_pictures, table_records
 from flows.runtime.task_runner import gpu_annotation
+from tasks.configs import DEFAULT_RATIOS
 from tasks.dataset import list_items, read_files
 from tasks.gaussian_reduction import METHODS, GaussianReductionConfig, reduce_scene
 from tasks.shared.records import ItemResult
 
 __all__ = ["gaussian_reduction", "DEFAULT_RATIOS", "summary_frame"]
-
-DEFAULT_RATIOS = (0.1, 0.2, 0.5)
 
 
 def _status(result: ItemResult) -> str:

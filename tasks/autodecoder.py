@@ -10,101 +10,34 @@ from the last checkpoint; a re-run of a finished item returns its stored rows wi
 from __future__ import annotations
 
 import time
-from typing import ClassVar
 
 import numpy as np
 import torch
 from prefect import get_run_logger, task
-from pydantic import Field
 
 from otcore.device import resolve_device
 from otcore.points.autodecoder import Autodecoder, matched_baseline_width
 from otcore.points.autodecoder_training import (
-    BASELINE_PATCHES,
-    VARIANTS,
-    TrainingConfig,
     TrainingState,
     encode,
     evaluate,
     new_training_state,
     normalization,
     train,
-    variant_config,
 )
 from otcore.points.point_sampling import shape_points
 from storage.collections import ShapeCollection, read_collection
 from storage.errors import InputError
 from storage.zarr_store import ItemStore
-from tasks.shared.records import ItemResult, PipelineConfig, failure_row
+from tasks.configs import VARIANTS, AutodecoderConfig
+from tasks.shared.records import ItemResult, failure_row
 
 __all__ = ["AutodecoderConfig", "VARIANTS", "train_autodecoder", "encode_collection", "PIPELINE_VERSION", "load_model"]
 
-# 2: EM-kD scored with the principal-axis k-d split (otcore.points.em_kd.em_kd split="pca")
-# 3: paper fidelity (issue 18): QAAD_GREEDY by per-leaf auction, PointNet-initialised codes, q_i re-fed to the
-#    per-patch layer, Eq. 11 Chamfer, the paper's AtlasNetV2 baseline (2 patches x 4 x 128), Table 1 variants
-PIPELINE_VERSION = "3"
+PIPELINE_VERSION = AutodecoderConfig.PIPELINE_VERSION
 
 TRAIN_TIMEOUT_SECONDS = 12 * 3600  # one training run; checkpoints make the retry resume, not restart
 ENCODE_TIMEOUT_SECONDS = 2 * 3600
-
-# VARIANTS (otcore.points.autodecoder_training): the columns of the paper's Table 1 -- chamfer-only ("Chamfer"),
-# mse-random ("MSE", random bijection), greedy ("+ GREEDY"), neuralqaad ("+ REASSIGN", the full method) -- and
-# atlasnetv2 (the paper's baseline). The earlier names neuralqaad, chamfer-only and atlasnetv2 keep their meaning.
-
-
-class AutodecoderConfig(PipelineConfig):
-    """Parameters of the autodecoder pipeline (documented defaults; training ones follow NeuralQAAD)."""
-
-    RUN_PREFIX: ClassVar[str] = "autodecoder"
-    PIPELINE_VERSION: ClassVar[str] = PIPELINE_VERSION
-    # follow_symlinks only decides whether a file is read at all, never what a readable one gives: default run ids
-    # are unchanged
-    IDENTITY_EXCLUDE: ClassVar[frozenset[str]] = frozenset({"device", "checkpoint_every", "follow_symlinks"})
-
-    point_source: str = Field("vertices", pattern="^(vertices|surface)$",
-                              description="train on the vertices, or on area-uniform surface samples")
-    samples: int = Field(65_536, ge=16, description="surface samples per shape (point_source='surface')")
-    latent_size: int = Field(64, ge=1)
-    patches: int = Field(64, ge=1, description="K, a power of two")
-    points_per_shape: int = Field(2048, ge=1, description="points sampled per shape per step")
-    shapes_per_step: int = Field(8, ge=1)
-    chamfer_epochs: int = Field(20, ge=0, description="augmented-Chamfer warm-up epochs")
-    qaad_epochs: int = Field(80, ge=0, description="QAAD epochs (Chamfer variants train the same total)")
-    learning_rate: float = Field(1e-3, gt=0)
-    latent_learning_rate: float = Field(1e-3, gt=0)
-    leaf_size: int = Field(1024, ge=1, description="k-d leaf size of QAAD_GREEDY and EM-kD")
-    encoder_init: bool = Field(True, description="train a PointNet encoder in the Chamfer phase and initialise the "
-                                                 "latent table from its codes (the paper); off: random codes")
-    refeed_points: bool = Field(True, description="the per-patch layer takes the features and q_i (the paper's "
-                                                  "folding); off: features only")
-    chamfer_form: str = Field("eq11", pattern="^(eq11|squared-mean)$",
-                              description="augmented Chamfer: eq11 (the paper: sums of unsquared nearest-neighbour "
-                                          "distances) or squared-mean (max of mean squared distances)")
-    baseline_patches: int = Field(BASELINE_PATCHES, ge=1,
-                                  description="patches of the atlasnetv2 baseline (power of two; 4 x 128 MLP each)")
-    seed: int = 0
-    device: str = Field("auto", description="'auto' (CUDA when the worker has it), 'cpu', 'cuda', 'cuda:1', ...")
-    checkpoint_every: int = Field(50, ge=1, description="training steps between checkpoints")
-    follow_symlinks: bool = Field(False, description="read symbolic links that point outside the dataset folder")
-
-    def training(self, variant: str) -> TrainingConfig:
-        """The :class:`TrainingConfig` of ``variant`` (a key of :data:`VARIANTS`) under this config."""
-        return variant_config(variant, TrainingConfig(
-            latent_size=self.latent_size,
-            n_patches=self.patches,
-            points_per_shape=self.points_per_shape,
-            shapes_per_step=self.shapes_per_step,
-            chamfer_epochs=self.chamfer_epochs,
-            qaad_epochs=self.qaad_epochs,
-            learning_rate=self.learning_rate,
-            latent_learning_rate=self.latent_learning_rate,
-            leaf_size=self.leaf_size,
-            seed=self.seed,
-            encoder_init=self.encoder_init,
-            refeed_points=self.refeed_points,
-            chamfer_form=self.chamfer_form,
-        ), self.baseline_patches)
-
 
 def _read(
     collection_uri: str, run_id: str, suffix: str, follow_symlinks: bool = False

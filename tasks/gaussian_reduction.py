@@ -13,65 +13,32 @@ from __future__ import annotations
 
 import io
 import time
-from typing import Annotated, ClassVar
 
 import numpy as np
 import torch
-from cyclopts import Parameter  # CLI aliases of config fields (flows/runtime/cli.py)
 from PIL import Image, ImageDraw
 from prefect import get_run_logger, task
-from pydantic import Field
 
 from otcore.device import resolve_device
 from otcore.splats.appearance_finetune import FineTuneConfig, finetune_appearance, render_views
 from otcore.splats.cameras import orbit_cameras
 from otcore.splats.image_metrics import psnr, ssim
 from otcore.splats.rasterizer import hit_counts
-from otcore.splats.reduction import REDUCTION_METHODS, reduce
+from otcore.splats.reduction import reduce
 from otcore.splats.scene import scene_tensors
 from storage.errors import InputError
 from storage.gaussians import GaussianScene, read_scene, write_scene
 from storage.zarr_store import ItemStore
-from tasks.shared.records import ItemResult, PipelineConfig, failure_row
+from tasks.configs import DEFAULT_REDUCTION_METHODS, REDUCTION_METHODS, GaussianReductionConfig
+from tasks.shared.records import ItemResult, failure_row
 
 __all__ = ["DEFAULT_METHODS", "GaussianReductionConfig", "METHODS", "reduce_scene", "PIPELINE_VERSION", "reduce_with"]
 
-# 2: orbit cameras framed on opacity-weighted percentiles of the means (floaters barely count)
-# 3: GHAP cost option (``cost``, methods ghap-kl / ghap-euclidean), lightgaussian from training-view hit counts,
-#    fine-tuning with cached frozen geometry, 100 steps at twice the learning rates (was 200)
-PIPELINE_VERSION = "3"
+PIPELINE_VERSION = GaussianReductionConfig.PIPELINE_VERSION
 
 TASK_TIMEOUT_SECONDS = 6 * 3600  # one scene x ratio, every method, rendered and fine-tuned
 METHODS = REDUCTION_METHODS
-DEFAULT_METHODS = ("ghap", "random", "top_opacity", "lightgaussian")
-
-
-class GaussianReductionConfig(PipelineConfig):
-    """Parameters of the Gaussian-reduction pipeline (documented defaults)."""
-
-    RUN_PREFIX: ClassVar[str] = "reduce"
-    PIPELINE_VERSION: ClassVar[str] = PIPELINE_VERSION
-    # follow_symlinks only decides whether a scene is read at all, never what a readable scene gives: default run
-    # ids are unchanged
-    IDENTITY_EXCLUDE: ClassVar[frozenset[str]] = frozenset({"device", "follow_symlinks"})
-
-    methods: Annotated[list[str], Parameter(alias="--method")] = Field(
-        default_factory=lambda: list(DEFAULT_METHODS), description=f"repeatable; some of {', '.join(METHODS)}")
-    pen_size: int = Field(1024, ge=1, description="GHAP: at most this many Gaussians per k-d pen")
-    max_iterations: Annotated[int, Parameter(alias="--iterations")] = Field(
-        10, ge=1, description="GHAP: assignment/update rounds")
-    cost: str = Field("kl", pattern="^(kl|euclidean)$",
-                      description="GHAP cost of method 'ghap': KL + moment matching, or the released code's "
-                                  "|dmu|^2 + |dSigma|_F^2 (methods ghap-kl / ghap-euclidean fix it)")
-    appearance: str = Field("weighted", pattern="^(weighted|nearest)$",
-                            description="GHAP colour/opacity: opacity-weighted average of members, or nearest member")
-    resolution: int = Field(128, ge=16, description="render width = height in pixels")
-    views: int = Field(8, ge=1, description="held-out orbit cameras for psnr/ssim")
-    train_views: int = Field(16, ge=1, description="orbit cameras of the fine-tuning targets")
-    finetune_steps: int = Field(100, ge=0, description="appearance fine-tuning steps (0: none)")
-    seed: int = Field(0, description="random baseline and fine-tuning view order")
-    device: str = Field("auto", description="'auto' (CUDA when the worker has it), 'cpu', 'cuda', ...")
-    follow_symlinks: bool = Field(False, description="read symbolic links that point outside the dataset folder")
+DEFAULT_METHODS = DEFAULT_REDUCTION_METHODS
 
 
 def item_id_of(scene_id: str, ratio: float) -> str:

@@ -10,12 +10,11 @@ frame; ``encode-sequence-frames`` tasks then encode disjoint batches of frames i
 from __future__ import annotations
 
 import time
-from typing import Any, ClassVar, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from prefect import get_run_logger, task
-from pydantic import Field
 
 from otcore.device import resolve_device
 from otcore.errors import GeometryError, OTConvergenceError
@@ -28,46 +27,14 @@ from otcore.ot.ot_net import OTNetConfig, OTNetResult, OTNetState
 from storage.collections import read_collection
 from storage.errors import InputError
 from storage.zarr_store import ItemStore
+from tasks.configs import SequenceConfig
 from tasks.shared.pyramid import encode_pyramid
-from tasks.shared.records import ItemResult, PipelineConfig, failure_row
+from tasks.shared.records import ItemResult, failure_row
 
 __all__ = ["SequenceConfig", "solve_sequence_ot", "encode_sequence_frames", "finish_sequence",
            "SEQUENCE_PIPELINE_VERSION"]
 
-SEQUENCE_PIPELINE_VERSION = "3"  # 2: convex-combination repair of centroid flips (otcore.mesh.convex_combination)
-# 3: ot_solver="neural" trains the network on every frame (OTNetConfig.fit_min_steps) and Newton starts from the
-#    best fit iterate; the default solver is Newton warm-started from the previous frame's weights (issue 18)
-
-
-class SequenceConfig(PipelineConfig):
-    """Parameters of the geometry-image sequence job (documented defaults)."""
-
-    RUN_PREFIX: ClassVar[str] = "geometry-image-sequence"
-    PIPELINE_VERSION: ClassVar[str] = SEQUENCE_PIPELINE_VERSION
-    # follow_symlinks only decides whether a file is read at all, never what a readable one gives: default run ids
-    # are unchanged
-    IDENTITY_EXCLUDE: ClassVar[frozenset[str]] = frozenset({"frames_per_task", "device", "follow_symlinks"})
-
-    ot_solver: Literal["newton", "neural"] = Field("newton", description=(
-        "newton: damped Newton, each frame started from the previous frame's weights (--no-warm-start: from zero); "
-        "neural: OT-Net (arXiv 2306.08233), at least 10 Adam steps of the height network from the previous frame's "
-        "network, then Newton from the best iterate. On crane the network never saved a Newton step and took about "
-        "3x the seconds (bench/ot_net_reuse.py, otcore.ot.ot_net)"))
-    warm_start: bool = Field(True, description="start each frame's solve from the previous frame's solution")
-    frames: int | None = Field(None, ge=1, description="only the first N frames (default: all)")
-    cut_paths: int = Field(8, ge=0, description="most cut-augmentation paths (Gu-Gortler-Hoppe 2002)")
-    resolution: int = Field(257, description="geometry image side, 2^n + 1")
-    levels: int = Field(5, ge=1, description="mipmap levels")
-    bits: int = Field(16, ge=10, le=16, description="quantisation bits per channel (10..16)")
-    samples: int = Field(20_000, ge=1, description="samples per surface for chamfer_l2 / hausdorff")
-    seed: int = Field(0, description="sampling and network seed")
-    tol: float = Field(1e-6, gt=0.0, description=(
-        "max relative cell-mass error of every solve (1e-3 moves the map by ~1e-3 texel at 257^2 and took 14-27% "
-        "less time per warm frame in two runs of bench/sequence_warm_start.py)"))
-    max_newton_iterations: int = Field(60, ge=1)
-    frames_per_task: int = Field(16, ge=1, description="frames encoded per Prefect task")
-    device: str = Field("auto", description="torch device of OT-Net: auto = the worker's GPU if any")
-    follow_symlinks: bool = Field(False, description="read symbolic links that point outside the dataset folder")
+SEQUENCE_PIPELINE_VERSION = SequenceConfig.PIPELINE_VERSION
 
 
 def _state_arrays(state: OTNetState | None, weights: np.ndarray) -> dict[str, np.ndarray]:

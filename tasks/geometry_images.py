@@ -11,12 +11,11 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, Literal
+from typing import Any
 
 import numpy as np
 from prefect import get_run_logger, task
 from prefect.exceptions import MissingContextError
-from pydantic import Field, field_validator, model_validator
 
 from otcore.device import resolve_device
 from otcore.errors import GeometryError
@@ -31,114 +30,26 @@ from otcore.mesh.spherical_parameterization import (
 )
 from otcore.ot.ot_net import OTNetConfig, OTNetResult
 from storage.errors import InputError
-from storage.image_codecs import CodecName, CodecSetting
 from storage.meshes import MeshItem, read_mesh
 from storage.zarr_store import ItemStore
+from tasks.configs import GeometryImageConfig
 from tasks.shared.batching import ItemReporter, check_deadline, run_batch
 from tasks.shared.progress import report_progress, task_logger
 from tasks.shared.pyramid import encode_pyramid
 from tasks.shared.rate_distortion import rate_distortion_rows, setting_columns
-from tasks.shared.records import ItemResult, PipelineConfig, failure_row
-from tasks.shared.restoration import BILINEAR, Restoration, load_restoration
+from tasks.shared.records import ItemResult, failure_row
+from tasks.shared.restoration import BILINEAR, Restoration
 
 __all__ = ["GeometryImageConfig", "ParameterizedMesh", "parameterize_mesh", "encode_geometry_images",
            "geometry_images_batch", "PIPELINE_VERSION", "PREVIEW_RESTORED"]
 
-PIPELINE_VERSION = "3"  # bump when outputs of unchanged inputs would change: invalidates finished items
-# 2: cut augmentation by default, convex-combination repair of centroid flips; image-coded pyramid levels with
-#    side info, rate_distortion rows stored with the item
-# 3: rate_distortion rows per restoration (restore, restore_seconds, model_bytes); --restoration
+PIPELINE_VERSION = GeometryImageConfig.PIPELINE_VERSION
 
 PROGRESS_LOG_SECONDS = 10.0  # OT solves running longer than this report every Newton iteration
 
 PREVIEW_RESTORED = "restored_33"  # <method>/restored_33/{bilinear,neural}: the 33^2 level restored both ways
 PREVIEW_RESOLUTION = 33
 
-
-
-class GeometryImageConfig(PipelineConfig):
-    """Parameters of the geometry-image pipeline (documented defaults)."""
-
-    RUN_PREFIX: ClassVar[str] = "geometry-images"
-    PIPELINE_VERSION: ClassVar[str] = PIPELINE_VERSION
-    # strict / follow_symlinks only decide whether a mesh is read at all (refused or repaired / followed), never
-    # what a readable mesh gives: default run ids are unchanged
-    # item_timeout only decides whether a slow mesh finishes, never what a finished one gives
-    IDENTITY_EXCLUDE: ClassVar[frozenset[str]] = frozenset({"strict", "follow_symlinks", "item_timeout"})
-
-    resolution: int = Field(257, description="geometry image side, 2^n + 1")
-    levels: int = Field(5, ge=1, description="mipmap levels (257 -> 129, 65, 33, 17)")
-    feature_weight: float = Field(0.0, ge=0.0, description="lambda in masses * (1 + lambda |H| / mean |H|)")
-    bits: int = Field(14, ge=10, le=16, description="quantisation bits per channel (10..16); 14 (Draco's default) "
-                      "keeps the quantisation error (<= 2e-5 of the bbox diagonal) about 100x below the sampling error "
-                      "at 257 and stores about 0.7x the bytes of 16 bits")
-    codec: CodecName = Field("jpeg2k", description="image codec of the stored pyramid levels: jpeg2k | jpegxl | "
-                             "png | zstd (storage.image_codecs)")
-    codec_quality: float | None = Field(None, description="None: lossless; jpeg2k: target PSNR in dB; jpegxl: "
-                                        "quality 0..100")
-    rate_distortion: list[str] = Field(
-        default_factory=list, description="further codec settings ('jpeg2k:60', 'jpegxl:lossless', ...) coded in "
-        "memory and measured per level for the rate_distortion table, besides the stored one")
-    restoration: str | None = Field(
-        None, description="model file of a trained restoration network (brenier train-restoration): adds "
-        "restore=neural rows of the OT map's levels beside restore=bilinear to the rate_distortion table")
-    samples: int = Field(50_000, ge=1, description="area-uniform samples per surface for chamfer_l2 / hausdorff")
-    seed: int = Field(0, description="sampling seed")
-    tol: float = Field(1e-6, gt=0.0, description="Newton tolerance on max relative cell-mass error")
-    max_newton_iterations: int = Field(60, ge=1)
-    cut_paths: int = Field(8, ge=0, description="most cut-augmentation paths through appendages (0: plain cut)")
-    ot_solver: Literal["newton", "neural"] = Field(
-        "newton", description="semi-discrete OT solver: damped Newton from zero weights, or OT-Net (otcore.ot.ot_net: "
-        "at least 10 Adam steps of the height network on the dual, then Newton from the best iterate; slower, see "
-        "bench/ot_net_reuse.py)")
-    domain: Literal["square", "sphere"] = Field(
-        "square", description="square: cut to a disk, OT onto [0,1]^2; sphere: closed genus-0 meshes only, "
-        "spherical OT (HOTS3D) + seamless octahedral geometry image")
-    sphere_ot_steps: int = Field(100, ge=1, description="domain=sphere: HOTS3D min-max steps")
-    sphere_polish_iterations: int = Field(1000, ge=0, description="domain=sphere: L-BFGS iterations of the polish")
-    strict: bool = Field(False, description="refuse meshes with degenerate or duplicate faces instead of repairing "
-                         "them")
-    follow_symlinks: bool = Field(False, description="read symbolic links that point outside the dataset folder")
-    item_timeout: float | None = Field(None, gt=0, description="seconds one mesh may take (parameterize + encode); "
-                                       "past it the mesh gets an ItemTimeoutError failure row and the run goes on")
-
-    @field_validator("resolution")
-    @classmethod
-    def _check_resolution(cls, value: int) -> int:
-        if value < 3 or (value - 1) & (value - 2):
-            raise ValueError("must be 2^n + 1, e.g. 65, 129, 257 or 513")
-        return value
-
-    @model_validator(mode="after")
-    def _check_codec(self) -> GeometryImageConfig:
-        for text in self.rate_distortion:  # a bad setting raises CodecSettingError, a ValueError
-            CodecSetting.parse(text, self.bits)
-        CodecSetting(self.codec, self.codec_quality, self.bits)
-        return self
-
-    @property
-    def restorations(self) -> list[Restoration]:
-        """Bilinear, then the neural restoration of :attr:`restoration` when one is set.
-
-        Raises:
-            storage.models.ModelFileError: the model file is missing or not a restoration model.
-        """
-        return [BILINEAR] + ([load_restoration(self.restoration)] if self.restoration else [])
-
-    @property
-    def codec_setting(self) -> CodecSetting:
-        """The setting of the stored pyramid levels."""
-        return CodecSetting(self.codec, self.codec_quality, self.bits)
-
-    @property
-    def rate_distortion_settings(self) -> list[CodecSetting]:
-        """The stored setting first, then the further :attr:`rate_distortion` settings (duplicates dropped)."""
-        settings = [self.codec_setting]
-        for text in self.rate_distortion:
-            setting = CodecSetting.parse(text, self.bits)
-            if setting not in settings:
-                settings.append(setting)
-        return settings
 
 
 @dataclass

@@ -12,16 +12,19 @@ from typing import Annotated
 
 from cyclopts import Parameter
 
-from flows.gaussian_reduction import DEFAULT_RATIOS
 from flows.runtime.cli import Flat, RunOptions, UsageError, preflight, result_code
 from flows.runtime.console import console
 from flows.runtime.prefect_server import prefect_api
-from tasks.align_embeddings import AlignmentConfig
-from tasks.autodecoder import VARIANTS, AutodecoderConfig
-from tasks.gaussian_reduction import GaussianReductionConfig
-from tasks.geometry_image_sequence import SequenceConfig
-from tasks.geometry_images import GeometryImageConfig
-from tasks.restoration import TrainRestorationConfig
+from tasks.configs import (
+    DEFAULT_RATIOS,
+    VARIANTS,
+    AlignmentConfig,
+    AutodecoderConfig,
+    GaussianReductionConfig,
+    GeometryImageConfig,
+    SequenceConfig,
+    TrainRestorationConfig,
+)
 
 __all__ = ["geometry_images_command", "train_restoration_command", "autodecoder_command", "encode_command",
            "reduce_gaussians_command", "geometry_image_sequence_command", "align_embeddings_command"]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -47,13 +48,17 @@ class ConsoleFilter(logging.Filter):
 
 def _settings_file() -> Path:
     """Prefect's default logging configuration with :class:`ConsoleFilter` on its console handler."""
-    import prefect
-    import yaml
+    from importlib import metadata, util  # locate Prefect's files without importing it (half a second)
 
-    source = Path(prefect.__file__).parent / "logging" / "logging.yml"
+    spec = util.find_spec("prefect")
+    if spec is None or spec.origin is None:
+        raise OSError("prefect is not installed")
+    source = Path(spec.origin).parent / "logging" / "logging.yml"
     home = Path(os.environ.get("BRENIER_HOME", Path.home() / ".brenier"))
-    target = home / f"logging-prefect-{prefect.__version__}.yml"
+    target = home / f"logging-prefect-{metadata.version('prefect')}.yml"
     if not target.exists():
+        import yaml
+
         config = yaml.safe_load(source.read_text())
         config.setdefault("filters", {})["brenier_console"] = {"()": f"{__name__}.ConsoleFilter"}
         config["handlers"]["console"]["filters"] = ["brenier_console"]
@@ -78,6 +83,8 @@ def quiet_console() -> None:
         os.environ[SETTINGS_ENV] = str(_settings_file())  # read by worker processes when they import Prefect
     except (OSError, KeyError, TypeError) as error:  # an unwritable home, another logging.yml layout
         logging.getLogger(__name__).debug("console stays verbose: %s", error)
+        return
+    if "prefect" not in sys.modules:  # Prefect reads the settings file when this process imports it
         return
     # this process configured its logging when it imported Prefect: filter its console handlers in place
     from prefect.logging.handlers import PrefectConsoleHandler
