@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 import torch
-from prefect import get_run_logger, task
+from prefect import task
 
 from otcore.device import resolve_device
 from otcore.points.autodecoder import Autodecoder, matched_baseline_width
@@ -30,6 +30,7 @@ from storage.collections import ShapeCollection, read_collection
 from storage.errors import InputError
 from storage.zarr_store import ItemStore
 from tasks.configs import VARIANTS, AutodecoderConfig
+from tasks.shared.progress import ProgressClock, report_progress, task_logger
 from tasks.shared.records import ItemResult, failure_row
 
 __all__ = ["AutodecoderConfig", "VARIANTS", "train_autodecoder", "encode_collection", "PIPELINE_VERSION", "load_model"]
@@ -78,7 +79,7 @@ def train_autodecoder(
         The item's :class:`ItemResult`: tables ``autodecoder_epochs``, ``autodecoder_shapes`` and
         ``autodecoder_models`` (which records ``resumed_from_step``), and the read failures of bad shapes.
     """
-    logger = get_run_logger()
+    logger = task_logger(__name__)
     started = time.perf_counter()
     result, collection = _read(collection_uri, run_id, variant, config.follow_symlinks)
     if collection is None:
@@ -130,10 +131,13 @@ def train_autodecoder(
             arrays, meta = s.to_arrays()
             item_store.write_checkpoint(arrays, meta, global_step(s))
 
+    clock = ProgressClock()
+
     def on_epoch(s: TrainingState, record) -> None:
-        if record.epoch % 10 == 0 or s.finished:
-            logger.info("%s: epoch %d/%d %s loss %.3e swaps %d (%.1f s)", item_id, record.epoch + 1,
-                        training.epochs, record.phase, record.loss, record.swaps, record.seconds)
+        if clock.due(final=s.finished):
+            report_progress(logger, "%s: epoch %d/%d %s loss %.3e swaps %d (%.1f s per epoch, %.0f s)", item_id,
+                            record.epoch + 1, training.epochs, record.phase, record.loss, record.swaps,
+                            record.seconds, clock.elapsed)
 
     train(state, targets, on_step=on_step, on_epoch=on_epoch)
     train_seconds = sum(r.seconds for r in state.history)
@@ -224,7 +228,7 @@ def encode_collection(
     Writes ``latents`` and ``decoded`` under ``<store>/<run_id>/<collection>--encoded`` and returns
     ``autodecoder_shapes`` rows (variant ``"encoded"``) and failure rows.
     """
-    logger = get_run_logger()
+    logger = task_logger(__name__)
     result, collection = _read(collection_uri, run_id, "encoded", config.follow_symlinks)
     if collection is None:
         return result

@@ -17,7 +17,7 @@ import time
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
-from prefect import get_run_logger, task
+from prefect import task
 
 from otcore.device import resolve_device
 from otcore.splats.appearance_finetune import FineTuneConfig, finetune_appearance, render_views
@@ -30,6 +30,7 @@ from storage.errors import InputError
 from storage.gaussians import GaussianScene, read_scene, write_scene
 from storage.zarr_store import ItemStore
 from tasks.configs import DEFAULT_REDUCTION_METHODS, REDUCTION_METHODS, GaussianReductionConfig
+from tasks.shared.progress import report_progress, task_logger
 from tasks.shared.records import ItemResult, failure_row
 
 __all__ = ["DEFAULT_METHODS", "GaussianReductionConfig", "METHODS", "reduce_scene", "PIPELINE_VERSION", "reduce_with"]
@@ -99,7 +100,7 @@ def reduce_scene(scene_uri: str, ratio: float, store: str, run_id: str, config: 
     Returns the item's :class:`ItemResult`: table ``gaussian_reduction`` (one row per method x fine-tuned
     False/True), failure rows, and ``artifacts["preview"]``, the uri of the side-by-side PNG.
     """
-    logger = get_run_logger()
+    logger = task_logger(__name__)
     try:
         scene = read_scene(scene_uri, follow_symlinks=config.follow_symlinks)
     except InputError as error:
@@ -166,7 +167,7 @@ def reduce_scene(scene_uri: str, ratio: float, store: str, run_id: str, config: 
                             f"{item_store.uri}/ply/{method}-finetuned.ply")
                 line += f"; fine-tuned psnr {quality[0]:.2f} ssim {quality[1]:.4f} ({tuned.seconds:.1f} s)"
                 previews[f"{method} ft"] = _to_uint8(images[:1])[0]
-            logger.info("%s: %s", item_id, line)
+            report_progress(logger, "%s: %s", item_id, line)
         except (ValueError, RuntimeError) as error:
             result.failures.append(failure_row(run_id, item_id, scene_uri, method, error))
             logger.warning("%s: %s failed: %s: %s", item_id, method, type(error).__name__, error)

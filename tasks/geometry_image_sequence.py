@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from prefect import get_run_logger, task
+from prefect import task
 
 from otcore.device import resolve_device
 from otcore.errors import GeometryError, OTConvergenceError
@@ -28,6 +28,7 @@ from storage.collections import read_collection
 from storage.errors import InputError
 from storage.zarr_store import ItemStore
 from tasks.configs import SequenceConfig
+from tasks.shared.progress import ProgressClock, report_progress, task_logger
 from tasks.shared.pyramid import encode_pyramid
 from tasks.shared.records import ItemResult, failure_row
 
@@ -62,7 +63,7 @@ def solve_sequence_ot(path: str, store: str, run_id: str, config: SequenceConfig
     of every solved frame). Returns ``{"item_id", "source_uri", "fingerprint", "frames": [...], "solve_rows",
     "failures", "skipped", ...}``; a frame whose solve fails gets a failure row and the next one starts cold.
     """
-    logger = get_run_logger()
+    logger = task_logger(__name__)
     record: dict[str, Any] = {"item_id": None, "source_uri": path, "solve_rows": [], "failures": [],
                               "skipped": False, "frames": []}
     try:
@@ -132,6 +133,7 @@ def solve_sequence_ot(path: str, store: str, run_id: str, config: SequenceConfig
     frame_vertices = item_store.open_array("frames/vertices")
     uv_array = item_store.open_array("frames/uv", mode="r+")  # written frame by frame: one chunk, one writer
     device = str(resolve_device(config.device))
+    clock = ProgressClock()
     for k in range(done, n_frames):
         vertices_k = frame_vertices[k].astype(np.float64)
         disk = DiskMesh(vertices_k, disk_faces, disk_boundary, disk_source, genus=0, boundary_loops=0)
@@ -166,8 +168,10 @@ def solve_sequence_ot(path: str, store: str, run_id: str, config: SequenceConfig
                 "untangled_vertices": param.untangled_vertices, "sites": len(vertices_k), "device": device,
                 "seconds": time.perf_counter() - start,
             })
-            logger.info("%s frame %d/%d: %s %d steps, mass error %.1e, %.1f s", item_id, k + 1, n_frames,
-                        config.ot_solver, rows[-1]["steps"], ot.mass_error, rows[-1]["seconds"])
+            if clock.due(final=k + 1 == n_frames):
+                report_progress(logger, "%s frame %d/%d: %s %d steps, mass error %.1e, %.1f s (%.0f s)", item_id,
+                                k + 1, n_frames, config.ot_solver, rows[-1]["steps"], ot.mass_error,
+                                rows[-1]["seconds"], clock.elapsed)
         item_store.write_checkpoint(_state_arrays(state, weights if weights is not None else np.zeros(0)),
                                     {"rows": rows, "failures": failures}, step=k + 1)
     record.update(solve_rows=rows, failures=record["failures"] + failures)

@@ -8,14 +8,12 @@ fails still gets its harmonic geometry images).
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-from prefect import get_run_logger, task
-from prefect.exceptions import MissingContextError
+from prefect import task
 
 from otcore.device import resolve_device
 from otcore.errors import GeometryError
@@ -34,7 +32,7 @@ from storage.meshes import MeshItem, read_mesh
 from storage.zarr_store import ItemStore
 from tasks.configs import GeometryImageConfig
 from tasks.shared.batching import ItemReporter, check_deadline, run_batch
-from tasks.shared.progress import report_progress, task_logger
+from tasks.shared.progress import PROGRESS_SECONDS, report_progress, task_logger
 from tasks.shared.pyramid import encode_pyramid
 from tasks.shared.rate_distortion import rate_distortion_rows, setting_columns
 from tasks.shared.records import ItemResult, failure_row
@@ -45,7 +43,8 @@ __all__ = ["GeometryImageConfig", "ParameterizedMesh", "parameterize_mesh", "enc
 
 PIPELINE_VERSION = GeometryImageConfig.PIPELINE_VERSION
 
-PROGRESS_LOG_SECONDS = 10.0  # OT solves running longer than this report every Newton iteration
+LARGE_MESH_VERTICES = 20_000  # a mesh this large announces its parameterization: the cut and harmonic map
+# of a 50k-vertex mesh take about a minute before the OT solve reports
 
 PREVIEW_RESTORED = "restored_33"  # <method>/restored_33/{bilinear,neural}: the 33^2 level restored both ways
 PREVIEW_RESOLUTION = 33
@@ -103,17 +102,25 @@ def _sphere_stats(p: SphericalParameterization) -> dict[str, Any]:
 
 
 def _solve_progress(item_id: str):
-    """OT progress callback: checks the item's deadline every iteration and, once a solve runs long, reports
-    ``(iteration, max cell mass error)`` to the console and the task log."""
+    """OT progress callback, made before the cut: checks the item's deadline every iteration and, once the
+    parameterization runs long, reports how long the cut and harmonic map took, then every Newton iteration
+    ``(iteration, max cell mass error)``, to the console and the task log."""
     start = time.perf_counter()
+    first = True
 
     def report(iteration: int, mass_error: float) -> None:
+        nonlocal first
         seconds = time.perf_counter() - start
-        if seconds < PROGRESS_LOG_SECONDS:
+        if seconds < PROGRESS_SECONDS:
+            first = False
             check_deadline()
             return
-        report_progress(task_logger(__name__), "%s: OT iteration %d, max cell mass error %.2e, %.0f s", item_id,
-                        iteration, mass_error, seconds)
+        logger = task_logger(__name__)
+        if first:
+            report_progress(logger, "%s: cut and harmonic map done, %.0f s", item_id, seconds)
+            first = False
+        report_progress(logger, "%s: OT iteration %d, max cell mass error %.2e, %.0f s", item_id, iteration,
+                        mass_error, seconds)
 
     return report
 
@@ -179,6 +186,10 @@ def parameterize_mesh(item: MeshItem, store: str, run_id: str, config: GeometryI
     )
     item_store.write_array("source/vertices", vertices.astype(np.float32))
     item_store.write_array("source/faces", mesh.faces.astype(np.int32))
+    if len(vertices) >= LARGE_MESH_VERTICES:
+        report_progress(task_logger(__name__), "%s: %d vertices, %d faces: %s", item.item_id, len(vertices),
+                        len(mesh.faces), "initial spherical map, spherical OT" if config.domain == "sphere"
+                        else "cut, harmonic map, OT")
     if config.domain == "sphere":
         return _parameterize_sphere(record, item, vertices, mesh.faces, item_store, run_id, config)
     try:
@@ -311,9 +322,5 @@ def geometry_images_batch(items: list[MeshItem], store: str, run_id: str, config
     def work(item: MeshItem) -> ItemResult:
         return encode_geometry_images.fn(parameterize_mesh.fn(item, store, run_id, config), store, run_id, config)
 
-    try:
-        logger = get_run_logger()
-    except MissingContextError:  # called as a plain function
-        logger = logging.getLogger(__name__)
     return run_batch(items, work, lambda item: (item.item_id, item.uri), store, run_id, tables,
-                     ItemReporter(progress_queue), logger, config.item_timeout)
+                     ItemReporter(progress_queue), task_logger(__name__), config.item_timeout)

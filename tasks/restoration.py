@@ -15,7 +15,7 @@ from dataclasses import asdict
 
 import numpy as np
 import torch
-from prefect import get_run_logger, task
+from prefect import task
 
 from otcore.device import resolve_device
 from otcore.mesh.geometry_image import dequantize
@@ -29,7 +29,7 @@ from otcore.mesh.restoration_training import (
 from storage.models import decode_model, encode_model
 from storage.zarr_store import ItemStore
 from tasks.configs import TrainRestorationConfig
-from tasks.shared.progress import report_progress
+from tasks.shared.progress import report_progress, task_logger
 from tasks.shared.records import ItemResult, failure_row
 from tasks.shared.restoration import MODEL_FORMAT, network_tensors
 
@@ -70,7 +70,7 @@ def train_restoration_model(item_ids: list[str], geometry_run_id: str, store: st
         :class:`ItemResult` of item ``model``: tables ``restoration_epochs`` and ``restoration_models``, a failure
         row per mesh without an OT geometry image, and ``artifacts["model"]``, the model file's uri.
     """
-    logger = get_run_logger()
+    logger = task_logger(__name__)
     started = time.perf_counter()
     item_store = ItemStore(store, run_id, MODEL_ITEM)
     pairs, missing = _pairs(store, geometry_run_id, sorted(item_ids), config.surface_samples, config.seed)

@@ -9,16 +9,20 @@ console lets through (``flows/runtime/console.py``), and the call checks the ite
 from __future__ import annotations
 
 import logging
+import time
 
 from prefect import get_run_logger
 from prefect.exceptions import MissingContextError
 
 from tasks.shared.batching import check_deadline
 
-__all__ = ["CONSOLE", "task_logger", "report_progress"]
+__all__ = ["CONSOLE", "PROGRESS_SECONDS", "task_logger", "report_progress", "ProgressClock"]
 
 CONSOLE = {"console": True}
 """``extra=`` of a log record that the quiet console shows."""
+
+PROGRESS_SECONDS = 10.0
+"""Seconds between the progress lines of one loop: a loop quicker than this prints only its last line."""
 
 
 def task_logger(name: str = __name__) -> logging.Logger | logging.LoggerAdapter:
@@ -37,3 +41,28 @@ def report_progress(logger: logging.Logger | logging.LoggerAdapter, message: str
     """
     check_deadline()
     logger.info(message, *args, extra=CONSOLE)
+
+
+class ProgressClock:
+    """When a loop's next progress line is due: every ``seconds`` of wall time, and at the loop's end.
+
+    ``clock.due()`` is True once ``seconds`` (default :data:`PROGRESS_SECONDS`) have passed since the last line (or
+    since the clock was made), then restarts; ``clock.due(final=True)`` is always True. ``clock.elapsed`` is the
+    time since the clock was made.
+    """
+
+    def __init__(self, seconds: float | None = None) -> None:
+        self.seconds = PROGRESS_SECONDS if seconds is None else seconds
+        self.start = self._last = time.perf_counter()
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since the clock was made."""
+        return time.perf_counter() - self.start
+
+    def due(self, final: bool = False) -> bool:
+        now = time.perf_counter()
+        if final or now - self._last >= self.seconds:
+            self._last = now
+            return True
+        return False
