@@ -21,6 +21,7 @@ its next report (a Newton iteration, a training step), so it does not keep a cor
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import math
 import threading
@@ -71,7 +72,10 @@ def _run_with_deadline(work: Callable[[Item], ItemResult], item: Item, timeout: 
         except BaseException as error:  # noqa: BLE001 - re-raised in the batch's thread
             outcome["error"] = error
 
-    thread = threading.Thread(target=target, name="brenier-item", daemon=True)
+    # the item's thread runs in a copy of this context, so the Prefect task run's logger (the UI's task log) and
+    # settings reach it
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(target,), name="brenier-item",
+                              daemon=True)
     thread.start()
     thread.join(timeout)
     if thread.is_alive():

@@ -133,3 +133,20 @@ def test_geometry_images_batch_enforces_item_timeout(tmp_path: Path, monkeypatch
     assert [(f["error_type"], f["message"]) for f in results[0].failures] == [("ItemTimeoutError",
                                                                                 "timed out after 2 s")]
     assert not results[1].failures and len(results[1].rows("geometry_images")) == 4
+
+
+def test_an_item_under_a_timeout_runs_in_the_callers_context(tmp_path: Path) -> None:
+    """The item's thread sees the caller's context variables: Prefect's task run context, and with it the task
+    run logger whose lines reach the UI's task log, lives in one."""
+    import contextvars
+
+    marker: contextvars.ContextVar[str] = contextvars.ContextVar("marker", default="unset")
+    marker.set("task run")
+    seen: list[str] = []
+
+    def work(name: str) -> ItemResult:
+        seen.append(marker.get())
+        return ItemResult(name, {"failures": []}, [])
+
+    run_batch(["a"], work, lambda name: (name, f"/data/{name}.obj"), str(tmp_path), "run", [], item_timeout=30.0)
+    assert seen == ["task run"]
