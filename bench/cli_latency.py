@@ -1,8 +1,9 @@
 """Benchmark: how long the command line takes to answer, beside ``prefect --help`` in the same venv.
 
 Times (wall clock, median of ``--repeats`` runs, the commands interleaved so that load changes hit all alike):
-``brenier --help``, ``brenier geometry-images --help``, ``brenier geometry-images /nonexistent/path`` (a usage error:
-exit 2, no server) and ``prefect --help``. Target of issue 21: each of ours under 1 s and at or below Prefect's.
+``brenier --help``, ``brenier geometry-images --help``, the five usage errors of issue 21 (a missing path, a glob
+that matches nothing, an unknown ``--domain``, a negative ``--resolution``, a store that is a file: exit 2, no
+server) and ``prefect --help``. Target of issue 21: each of ours under 1 s and at or below Prefect's.
 The load average is printed: on a shared machine every figure moves with it.
 
 Run: ``.venv/bin/python bench/cli_latency.py [--repeats 5]``.
@@ -12,18 +13,29 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
+MESHES = str(Path(__file__).resolve().parents[1] / "data" / "samples" / "meshes")
+SCRATCH = Path(tempfile.mkdtemp(prefix="brenier-cli-latency-"))
+STORE_FILE = SCRATCH / "store-is-a-file"
+STORE_FILE.write_text("")
+GEOMETRY_IMAGES = [str(BIN / "brenier"), "geometry-images"]
+STORE = ["--store", str(SCRATCH / "store")]
 COMMANDS = {
     "brenier --help": [str(BIN / "brenier"), "--help"],
-    "brenier geometry-images --help": [str(BIN / "brenier"), "geometry-images", "--help"],
-    "brenier geometry-images /nonexistent/path": [str(BIN / "brenier"), "geometry-images", "/nonexistent/path",
-                                                  "--store", "/tmp/brenier-cli-latency"],
+    "brenier geometry-images --help": [*GEOMETRY_IMAGES, "--help"],
+    "usage error: /nonexistent/path": [*GEOMETRY_IMAGES, "/nonexistent/path", *STORE],
+    "usage error: glob matching nothing": [*GEOMETRY_IMAGES, f"{MESHES}/*.nothing", *STORE],
+    "usage error: --domain torus": [*GEOMETRY_IMAGES, MESHES, "--domain", "torus", *STORE],
+    "usage error: --resolution -3": [*GEOMETRY_IMAGES, MESHES, "--resolution", "-3", *STORE],
+    "usage error: --store is a file": [*GEOMETRY_IMAGES, MESHES, "--store", str(STORE_FILE)],
     "prefect --help": [str(BIN / "prefect"), "--help"],
 }
 
@@ -48,6 +60,7 @@ def main() -> None:
         seconds = statistics.median(runs)
         print(f"| {name:<42} | {seconds:>7.2f} | {seconds / prefect:>17.2f} | {codes[name]:>4} |")
     print(f"\nload average now {os.getloadavg()[0]:.2f}")
+    shutil.rmtree(SCRATCH, ignore_errors=True)
 
 
 if __name__ == "__main__":
