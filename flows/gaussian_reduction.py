@@ -17,9 +17,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from flows.publish import failures_markdown, gather, open_tables, publish_tables
 from flows.runtime.artifacts import Progress, publish_pictures, table_records
 from flows.runtime.task_runner import gpu_annotation
-from tasks.configs import DEFAULT_RATIOS
+from tasks.configs import DEFAULT_RATIOS, REDUCTION_METHODS
 from tasks.dataset import list_items, read_files
-from tasks.gaussian_reduction import METHODS, GaussianReductionConfig, reduce_scene
+from tasks.gaussian_reduction import GaussianReductionConfig, reduce_scene
 from tasks.shared.records import ItemResult
 
 __all__ = ["gaussian_reduction", "DEFAULT_RATIOS", "summary_frame"]
@@ -61,9 +61,9 @@ def gaussian_reduction(
     bad = [r for r in ratios if not 0 < r <= 1]
     if bad:
         raise ValueError(f"ratios must be in (0, 1], got {bad}")
-    unknown = sorted(set(config.methods) - set(METHODS))
+    unknown = sorted(set(config.methods) - set(REDUCTION_METHODS))
     if unknown:
-        raise ValueError(f"unknown methods {unknown}; expected some of {list(METHODS)}")
+        raise ValueError(f"unknown methods {unknown}; expected some of {list(REDUCTION_METHODS)}")
     run_id = run_id or config.default_run_id()
     scenes = list_items(path, "scenes")
     pairs = [(s, r) for s in scenes for r in ratios]

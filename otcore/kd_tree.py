@@ -132,26 +132,8 @@ def kd_split_pair(x: torch.Tensor, y: torch.Tensor, depth: int) -> tuple[KDParti
     """
     if x.shape != y.shape:
         raise ValueError(f"kd_split_pair needs clouds of equal shape, got {tuple(x.shape)} and {tuple(y.shape)}")
-    n_points = x.shape[0]
-    order_x = torch.arange(n_points, device=x.device)
-    order_y = order_x.clone()
-    offsets = torch.tensor([0, n_points], device=x.device)
-    for _ in range(depth):
-        members_x, valid = _node_members(order_x, offsets)
-        members_y, _ = _node_members(order_y, offsets)
-        px, py = x[members_x], y[members_y]  # [S, width, d]
-        mask = valid[:, :, None].to(x.dtype)
-        count = 2.0 * mask.sum(1).clamp(min=1.0)
-        mean = ((px * mask).sum(1) + (py * mask).sum(1)) / count
-        cx, cy = (px - mean[:, None]) * mask, (py - mean[:, None]) * mask
-        covariance = cx.transpose(1, 2) @ cx + cy.transpose(1, 2) @ cy  # [S, d, d]
-        direction = torch.linalg.eigh(covariance).eigenvectors[:, :, -1]  # [S, d]
-        coord_x = (px * direction[:, None]).sum(2)
-        coord_y = (py * direction[:, None]).sum(2)
-        order_x, new_offsets = _split_at_medians(members_x, valid, offsets, coord_x)
-        order_y, _ = _split_at_medians(members_y, valid, offsets, coord_y)
-        offsets = new_offsets
-    return KDPartition(order_x, offsets), KDPartition(order_y, offsets)
+    order_x, order_y, offsets = kd_split_batch(x[None], y[None], depth, "pca")
+    return KDPartition(order_x[0], offsets), KDPartition(order_y[0], offsets)
 
 
 def _node_members(order: torch.Tensor, offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

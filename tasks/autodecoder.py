@@ -37,8 +37,6 @@ __all__ = ["AutodecoderConfig", "VARIANTS", "train_autodecoder", "encode_collect
 
 PIPELINE_VERSION = AutodecoderConfig.PIPELINE_VERSION
 
-TRAIN_TIMEOUT_SECONDS = 12 * 3600  # one training run; checkpoints make the retry resume, not restart
-ENCODE_TIMEOUT_SECONDS = 2 * 3600
 
 def _read(
     collection_uri: str, run_id: str, suffix: str, follow_symlinks: bool = False
@@ -69,7 +67,7 @@ def _unit_diagonal_factors(points: np.ndarray, scale: float) -> np.ndarray:
     return scale / diagonals
 
 
-@task(name="train-autodecoder", retries=1, retry_delay_seconds=2, timeout_seconds=TRAIN_TIMEOUT_SECONDS)
+@task(name="train-autodecoder", retries=1, retry_delay_seconds=2)
 def train_autodecoder(
     collection_uri: str, variant: str, store: str, run_id: str, config: AutodecoderConfig
 ) -> ItemResult:
@@ -218,7 +216,7 @@ def load_model(store: str, run_id: str, item_id: str,
     return model.to(device), centre, scale
 
 
-@task(name="encode-collection", retries=1, retry_delay_seconds=2, timeout_seconds=ENCODE_TIMEOUT_SECONDS)
+@task(name="encode-collection", retries=1, retry_delay_seconds=2)
 def encode_collection(
     collection_uri: str, model_store: str, model_run_id: str, model_item_id: str, store: str, run_id: str,
     config: AutodecoderConfig, chamfer_steps: int = 100, qaad_steps: int = 300,

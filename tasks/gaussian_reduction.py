@@ -29,17 +29,13 @@ from otcore.splats.scene import scene_tensors
 from storage.errors import InputError
 from storage.gaussians import GaussianScene, read_scene, write_scene
 from storage.zarr_store import ItemStore
-from tasks.configs import DEFAULT_REDUCTION_METHODS, REDUCTION_METHODS, GaussianReductionConfig
+from tasks.configs import GaussianReductionConfig
 from tasks.shared.progress import report_progress, task_logger
 from tasks.shared.records import ItemResult, failure_row
 
-__all__ = ["DEFAULT_METHODS", "GaussianReductionConfig", "METHODS", "reduce_scene", "PIPELINE_VERSION", "reduce_with"]
+__all__ = ["GaussianReductionConfig", "reduce_scene", "PIPELINE_VERSION", "reduce_with"]
 
 PIPELINE_VERSION = GaussianReductionConfig.PIPELINE_VERSION
-
-TASK_TIMEOUT_SECONDS = 6 * 3600  # one scene x ratio, every method, rendered and fine-tuned
-METHODS = REDUCTION_METHODS
-DEFAULT_METHODS = DEFAULT_REDUCTION_METHODS
 
 
 def item_id_of(scene_id: str, ratio: float) -> str:
@@ -49,7 +45,7 @@ def item_id_of(scene_id: str, ratio: float) -> str:
 
 def reduce_with(method: str, scene: GaussianScene, count: int, config: GaussianReductionConfig,
                 hits: np.ndarray | None = None) -> GaussianScene:
-    """``scene`` reduced to exactly ``count`` Gaussians by ``method`` (one of :data:`METHODS`,
+    """``scene`` reduced to exactly ``count`` Gaussians by ``method`` (one of :data:`tasks.configs.REDUCTION_METHODS`,
     :func:`otcore.splats.reduction.reduce`); ``hits`` ``[N]``: the originals' pixel hit counts in the training
     views, needed by ``lightgaussian``.
 
@@ -93,7 +89,7 @@ def side_by_side_png(rows: dict[str, np.ndarray]) -> bytes:
     return buffer.getvalue()
 
 
-@task(name="reduce-gaussians", retries=1, retry_delay_seconds=2, timeout_seconds=TASK_TIMEOUT_SECONDS)
+@task(name="reduce-gaussians", retries=1, retry_delay_seconds=2)
 def reduce_scene(scene_uri: str, ratio: float, store: str, run_id: str, config: GaussianReductionConfig) -> ItemResult:
     """Reduce one scene to ``ratio`` of its Gaussians by every configured method and measure each result.
 

@@ -38,7 +38,6 @@ __all__ = ["TrainRestorationConfig", "train_restoration_model", "MODEL_ITEM", "M
 PIPELINE_VERSION = TrainRestorationConfig.PIPELINE_VERSION
 MODEL_ITEM = "model"
 MODEL_FILE = "restoration.safetensors"
-TRAIN_TIMEOUT_SECONDS = 6 * 3600
 
 
 def _pairs(store: str, geometry_run_id: str, item_ids: list[str], samples: int,
@@ -61,7 +60,7 @@ def _pairs(store: str, geometry_run_id: str, item_ids: list[str], samples: int,
     return pairs, missing
 
 
-@task(name="train-restoration", retries=1, retry_delay_seconds=2, timeout_seconds=TRAIN_TIMEOUT_SECONDS)
+@task(name="train-restoration", retries=1, retry_delay_seconds=2)
 def train_restoration_model(item_ids: list[str], geometry_run_id: str, store: str, run_id: str,
                             config: TrainRestorationConfig) -> ItemResult:
     """Train (or resume, or return the finished) restoration network on the meshes ``item_ids`` of a run.

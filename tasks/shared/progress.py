@@ -22,7 +22,7 @@ CONSOLE = {"console": True}
 """``extra=`` of a log record that the quiet console shows."""
 
 PROGRESS_SECONDS = 10.0
-"""Seconds between the progress lines of one loop: a loop quicker than this prints only its last line."""
+"""Seconds between the progress lines of one loop; a loop that ends sooner prints at most its last line."""
 
 
 def task_logger(name: str = __name__) -> logging.Logger | logging.LoggerAdapter:

@@ -150,3 +150,18 @@ def test_an_item_under_a_timeout_runs_in_the_callers_context(tmp_path: Path) -> 
 
     run_batch(["a"], work, lambda name: (name, f"/data/{name}.obj"), str(tmp_path), "run", [], item_timeout=30.0)
     assert seen == ["task run"]
+
+
+def test_no_task_declares_a_prefect_timeout() -> None:
+    """Prefect's ``timeout_seconds`` cannot stop a task in a worker thread and only prints a false warning on every
+    run (issue 21); item timeouts are enforced by ``run_batch`` instead."""
+    import importlib
+
+    from prefect import Task
+
+    modules = ["tasks.geometry_images", "tasks.geometry_image_sequence", "tasks.autodecoder", "tasks.restoration",
+               "tasks.gaussian_reduction", "tasks.align_embeddings"]
+    found = [value for name in modules for value in vars(importlib.import_module(name)).values()
+             if isinstance(value, Task)]
+    assert len(found) >= 9
+    assert [t.name for t in found if t.timeout_seconds is not None] == []
